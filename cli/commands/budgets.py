@@ -1,0 +1,57 @@
+"""Budget commands: apply, list, usage."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cli.commands.runs import FileOption, read_manifest_text
+from cli.context import GLOBALS, open_app
+from cli.render import USAGE_COLUMNS, console, emit_data, table
+
+app = typer.Typer(help="Team budgets: envelopes of GPU concurrency and GPU-hours.", no_args_is_help=True)
+
+
+@app.command("apply")
+def apply(file: FileOption) -> None:
+    """Apply Budget manifests (admins only)."""
+    service = open_app()
+    text_value, source = read_manifest_text(file)
+    applied = service.apply(service.parse(text_value, source), allowed=("Budget",))
+    if not emit_data([a.as_row() for a in applied], GLOBALS.output):
+        for a in applied:
+            console.print(f"budget/{a.name} {a.action}")
+
+
+@app.command("list")
+def list_budgets() -> None:
+    """List budgets and their envelopes."""
+    rows = open_app().budgets()
+    if emit_data(rows, GLOBALS.output):
+        return
+    flat = [
+        {
+            "owner": b["owner"],
+            "parents": b["spec"].get("parents", []),
+            "envelope": e["name"],
+            "gpuType": e["gpuType"],
+            "selector": ",".join(f"{k}={v}" for k, v in e.get("selector", {}).items()) or "*",
+            "concurrency": e["concurrency"],
+            "maxGPUHours": e.get("maxGPUHours"),
+            "sharing": e.get("sharing", "family"),
+        }
+        for b in rows
+        for e in b["spec"].get("envelopes", [])
+    ]
+    columns = [(k.upper(), lambda r, k=k: r[k]) for k in
+               ("owner", "parents", "envelope", "gpuType", "selector", "concurrency", "maxGPUHours", "sharing")]
+    table(flat, columns, empty="No budgets.")
+
+
+@app.command("usage")
+def usage(owner: Annotated[str | None, typer.Option(help="Only this owner's envelopes")] = None) -> None:
+    """GPUs in use now per envelope: owned / shared / borrowed, and headroom."""
+    rows = open_app().usage(owner)
+    if not emit_data(rows, GLOBALS.output):
+        table(rows, USAGE_COLUMNS, empty="No envelopes.")

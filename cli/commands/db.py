@@ -1,0 +1,33 @@
+"""Database commands: migrate, url, stop."""
+
+from __future__ import annotations
+
+import typer
+
+from cli.context import GLOBALS
+from cli.render import console
+from ledger.embedded import default_home, migrate, resolve_database_url, stop_embedded
+
+app = typer.Typer(help="The ledger's database.", no_args_is_help=True)
+
+
+@app.command("migrate")
+def migrate_command() -> None:
+    """Create or upgrade the ledger schema (idempotent)."""
+    url, embedded = resolve_database_url(GLOBALS.db)
+    migrate(url)
+    console.print(f"migrated {'embedded ' if embedded else ''}database")
+
+
+@app.command("url")
+def url() -> None:
+    """Print the database URL in use (starting the embedded server if needed)."""
+    found, _ = resolve_database_url(GLOBALS.db)
+    print(found)
+
+
+@app.command("stop")
+def stop() -> None:
+    """Stop the embedded PostgreSQL server under $JOBTREE_HOME."""
+    stop_embedded(default_home())
+    console.print("embedded database stopped")

@@ -1,0 +1,62 @@
+"""Node commands: apply, list, fail, recover, cordon, uncordon."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cli.commands.runs import FileOption, read_manifest_text
+from cli.context import GLOBALS, open_app
+from cli.render import NODE_COLUMNS, console, emit_data, table
+
+app = typer.Typer(help="The GPU node inventory.", no_args_is_help=True)
+NodeArg = Annotated[str, typer.Argument(help="Node name", metavar="NODE")]
+
+
+@app.command("apply")
+def apply(file: FileOption) -> None:
+    """Add or update nodes from a Cluster manifest (admins only)."""
+    service = open_app()
+    text_value, source = read_manifest_text(file)
+    applied = service.apply(service.parse(text_value, source), allowed=("Cluster",))
+    if not emit_data([a.as_row() for a in applied], GLOBALS.output):
+        console.print(f"{len(applied)} node(s) registered")
+
+
+@app.command("list")
+def list_nodes() -> None:
+    """Every node with its location, GPUs used and free."""
+    rows = open_app().nodes()
+    if not emit_data(rows, GLOBALS.output):
+        table(rows, NODE_COLUMNS, empty="No nodes. Apply a Cluster manifest: jobtree nodes apply -f cluster.yaml")
+
+
+def _node_action(action: str, node: str) -> None:
+    row = open_app().node_action(node, action)
+    if not emit_data(row, GLOBALS.output):
+        table([row], NODE_COLUMNS)
+
+
+@app.command("fail")
+def fail(node: NodeArg) -> None:
+    """Report a node as failed (admins only)."""
+    _node_action("fail", node)
+
+
+@app.command("recover")
+def recover(node: NodeArg) -> None:
+    """Return a failed node to service (admins only)."""
+    _node_action("recover", node)
+
+
+@app.command("cordon")
+def cordon(node: NodeArg) -> None:
+    """Keep new work off a node (admins only)."""
+    _node_action("cordon", node)
+
+
+@app.command("uncordon")
+def uncordon(node: NodeArg) -> None:
+    """Allow new work on a node again (admins only)."""
+    _node_action("uncordon", node)

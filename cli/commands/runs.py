@@ -1,0 +1,227 @@
+"""Run commands: submit, get, watch, explain, leases, shrink, cancel, complete."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cli.context import GLOBALS, open_app
+from cli.errors import BadInput
+from cli.render import (
+    LEASE_COLUMNS,
+    RUN_COLUMNS,
+    Row,
+    console,
+    emit_data,
+    key_values,
+    short_time,
+    table,
+)
+from ledger.queries import FINISHED_PHASES
+
+FileOption = Annotated[Path, typer.Option("-f", "--filename", help="Manifest file (YAML or JSON; '-' for stdin)")]
+RunArg = Annotated[str, typer.Argument(help="Run name, or NAMESPACE/NAME", metavar="RUN")]
+
+
+def split_run(ref: str) -> tuple[str, str]:
+    if "/" in ref:
+        namespace, _, name = ref.partition("/")
+        return namespace, name
+    return GLOBALS.ns, ref
+
+
+def read_manifest_text(path: Path) -> tuple[str, str]:
+    if str(path) == "-":
+        return sys.stdin.read(), "<stdin>"
+    try:
+        return path.read_text(), str(path)
+    except OSError as exc:
+        raise BadInput("-f", f"cannot read {path}: {exc.strerror}") from None
+
+
+def submit(file: FileOption, wait: Annotated[bool, typer.Option(help="Wait until the run settles")] = False) -> None:
+    """Submit Run manifests (Budget, Cluster and Policy documents are applied too, admins only)."""
+    app = open_app()
+    text_value, source = read_manifest_text(file)
+    applied = app.apply(app.parse(text_value, source))
+    rows = [a.as_row() | _run_state(app, a.name) for a in applied]
+    if emit_data(rows, GLOBALS.output):
+        return
+    for row in rows:
+        phase = f" — {row['phase']}" if row.get("phase") else ""
+        message = f": {row['message']}" if row.get("message") else ""
+        console.print(f"{row['kind'].lower()}/{row['name']} {row['action']}{phase}{message}")
+    if wait:
+        for a in applied:
+            if a.kind == "Run":
+                _watch(*split_run(a.name), timeout=None)
+
+
+def _run_state(app: Any, name: str) -> Row:
+    if "/" not in name:
+        return {}
+    namespace, _, run_name = name.partition("/")
+    try:
+        found = app.run(namespace, run_name)
+    except Exception:
+        return {}
+    return {"phase": found["phase"], "message": found["message"]}
+
+
+def get(
+    what: Annotated[str, typer.Argument(help="What to list: runs")],
+    all_namespaces: Annotated[bool, typer.Option("-A", "--all-namespaces")] = False,
+    selector: Annotated[str | None, typer.Option("-l", "--selector", help="owner=OWNER")] = None,
+) -> None:
+    """List runs (`get runs`)."""
+    if what not in ("runs", "run"):
+        raise BadInput("WHAT", f"can list 'runs' (got {what!r})")
+    owner = None
+    if selector:
+        key, _, value = selector.partition("=")
+        if key != "owner" or not value:
+            raise BadInput("-l", "the only selector is owner=OWNER")
+        owner = value
+    rows = open_app().runs(None if all_namespaces else GLOBALS.ns, owner)
+    if not emit_data(rows, GLOBALS.output):
+        table(rows, RUN_COLUMNS, empty="No runs.")
+
+
+def _summary(run: Row) -> str:
+    width = run["width"]
+    funding = ", ".join(f"{k} {v}" for k, v in run["funding"].items() if v)
+    line = f"{run['namespace']}/{run['name']}: {run['phase']}, {width['allocated']}/{width['desired']} GPUs"
+    line += f" (min {width['min']}, max {width['max']})"
+    if funding:
+        line += f"; {funding}"
+    if run["message"]:
+        line += f" — {run['message']}"
+    return line
+
+
+def _watch(namespace: str, name: str, timeout: float | None, interval: float = 2.0) -> None:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    last = ""
+    while True:
+        app = open_app()
+        run = app.run(namespace, name)
+        line = _summary(run)
+        if line != last:
+            if GLOBALS.output == "table":
+                console.print(line)
+            else:
+                emit_data(run, GLOBALS.output)
+            last = line
+        settled = run["phase"] in FINISHED_PHASES or (
+            run["phase"] == "Running" and run["width"]["allocated"] >= run["width"]["desired"]
+        )
+        if settled or (deadline is not None and time.monotonic() >= deadline):
+            return
+        time.sleep(interval)
+
+
+def watch(
+    run: RunArg,
+    timeout: Annotated[float | None, typer.Option(help="Stop after this many seconds")] = None,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes")] = 2.0,
+) -> None:
+    """Follow a run until it settles (Running at its desired width, or finished) or Ctrl-C."""
+    try:
+        _watch(*split_run(run), timeout=timeout, interval=interval)
+    except KeyboardInterrupt:
+        return
+
+
+def explain(run: RunArg) -> None:
+    """Why the run is where it is: width, funding split, leases and its history."""
+    namespace, name = split_run(run)
+    app = open_app()
+    found = app.run(namespace, name)
+    leases = app.leases(namespace, name)
+    history = app.history(namespace, name)
+    if emit_data({"run": found, "leases": leases, "history": history}, GLOBALS.output):
+        return
+    width, funding = found["width"], found["funding"]
+    open_leases = [lease for lease in leases if lease["end"] is None]
+    payers = sorted({lease["envelope"] or "nobody (unfunded)" for lease in open_leases if lease["role"] != "Fill"})
+    key_values([
+        ("Run", f"{namespace}/{name}"),
+        ("Owner", found["owner"]),
+        ("Submitted by", found["submitter"]),
+        ("Phase", found["phase"]),
+        ("Width", f"{width['allocated']} allocated / {width['desired']} desired (min {width['min']}, max {width['max']})"),
+        ("Funding", ", ".join(f"{k} {v}" for k, v in funding.items())),
+        ("Paid by", ", ".join(payers) or "-"),
+        ("Message", found["message"] or "-"),
+    ])
+    console.print()
+    table(leases, LEASE_COLUMNS, title="Leases", empty="No leases.")
+    console.print()
+    console.print("[bold]History[/bold]")
+    for event in history:
+        console.print(f"  {short_time(event['at'])}  {event['type']:<20} {_describe(event)}", markup=False)
+
+
+def _describe(event: Row) -> str:
+    data = event["data"]
+    kind = event["type"]
+    if kind == "LeaseStarted":
+        payer = data["envelope"] or "nobody"
+        return (f"{data['lease_id']} group {data['group']} {data['role']} on {data['node']} "
+                f"GPUs {data['slots']} paid by {payer} ({data['payer_class']}), {data['reason']}")
+    if kind == "LeaseEnded":
+        seed = f" seed {data['seed']}" if data.get("seed") else ""
+        return f"{data['lease_id']} ended: {data['reason']}{seed}"
+    if kind == "RunSubmitted":
+        return f"by {data['submitter']}"
+    if kind == "PodBound":
+        return f"{data['lease_id']} pods {', '.join(data['pods'])} on {data['node']}"
+    return ", ".join(f"{k}={v}" for k, v in data.items() if k not in ("run", "spec"))
+
+
+def leases(
+    run: Annotated[str | None, typer.Argument(help="Run name, or NAMESPACE/NAME", metavar="[RUN]")] = None,
+    owner: Annotated[str | None, typer.Option(help="All leases of runs of this owner")] = None,
+) -> None:
+    """Who paid for each lease of a run (or of every run of an owner)."""
+    if run is None and owner is None:
+        raise BadInput("RUN", "name a run or pass --owner OWNER")
+    app = open_app()
+    if run is not None:
+        rows = app.leases(*split_run(run))
+    else:
+        rows = app.leases(None, None, owner=owner)
+    if not emit_data(rows, GLOBALS.output):
+        table(rows, LEASE_COLUMNS, empty="No leases.")
+
+
+def _act(action: str, run: str, **kwargs: int) -> None:
+    app = open_app()
+    namespace, name = split_run(run)
+    result = getattr(app, action)(namespace, name, **kwargs)
+    if not emit_data(result, GLOBALS.output):
+        console.print(_summary(result))
+
+
+def shrink(run: RunArg, by: Annotated[int, typer.Option("--by", help="GPUs to give back")]) -> None:
+    """Lower a malleable run's desired width and end its highest groups now."""
+    _act("shrink", run, by=by)
+
+
+def cancel(run: RunArg) -> None:
+    """Cancel a run: every lease ends (Cancelled)."""
+    _act("cancel", run)
+
+
+def complete(run: RunArg) -> None:
+    """Mark a run's workload finished: every lease ends (Completed)."""
+    _act("complete", run)
+
+
+def register(app: typer.Typer) -> None:
+    for command in (submit, get, watch, explain, leases, shrink, cancel, complete):
+        app.command()(command)

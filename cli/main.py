@@ -1,0 +1,62 @@
+"""`jobtree` and `kubectl-runs`: the same typer app.
+
+Global options (`--db`, `-o`, `--as`, `--now`, `-n`) may stand anywhere on the
+command line, kubectl-style; they are lifted out before typer parses the rest.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from cli import context
+from cli.commands import budgets, db, demo, nodes, runs
+from cli.errors import CommandError
+from cli.render import errors
+
+app = typer.Typer(
+    name="jobtree",
+    help="Jobtree: GPU runs, budgets, leases and reservations on a shared fleet.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+runs.register(app)
+app.add_typer(budgets.app, name="budgets")
+app.add_typer(nodes.app, name="nodes")
+app.add_typer(db.app, name="db")
+app.command("demo")(demo.demo)
+
+
+def run(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    prog = Path(sys.argv[0]).name if argv is None else "jobtree"
+    try:
+        context.GLOBALS = context.split_globals(args)
+        command = typer.main.get_command(app)
+        command.main(args=context.GLOBALS.rest, prog_name=prog, standalone_mode=False)
+    except CommandError as exc:
+        errors.print(f"error: {exc}", markup=False)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        errors.print("aborted")
+        sys.exit(130)
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(2)
+        raise
+    finally:
+        context.close()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,113 @@
+"""Rendering: rich tables for people, stable JSON/YAML for tools."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+Row = dict[str, Any]
+Column = tuple[str, Callable[[Row], Any]]
+
+console = Console(highlight=False, soft_wrap=True)
+errors = Console(stderr=True, highlight=False, soft_wrap=True)
+
+FORMATS = ("table", "json", "yaml")
+
+
+def emit_data(data: Any, output: str) -> bool:
+    """Print data as JSON or YAML; return False when the caller should draw a table."""
+    if output == "json":
+        print(json.dumps(data, indent=2, default=str))
+        return True
+    if output == "yaml":
+        print(yaml.safe_dump(data, sort_keys=False, default_flow_style=False), end="")
+        return True
+    return False
+
+
+def table(rows: Sequence[Row], columns: Sequence[Column], title: str | None = None, empty: str = "") -> None:
+    if not rows:
+        if empty:
+            console.print(empty)
+        return
+    grid = Table(title=title, title_justify="left", header_style="bold", box=None, pad_edge=False)
+    for header, _ in columns:
+        grid.add_column(header)
+    for row in rows:
+        grid.add_row(*(_cell(get(row)) for _, get in columns))
+    console.print(grid)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value) or "-"
+    return str(value)
+
+
+def short_time(value: str | None) -> str:
+    """2026-01-01T12:00:00Z → 2026-01-01 12:00:00Z (readable, still exact)."""
+    return value.replace("T", " ") if value else "-"
+
+
+def key_values(pairs: Sequence[tuple[str, Any]]) -> None:
+    width = max(len(k) for k, _ in pairs)
+    for key, value in pairs:
+        console.print(f"[bold]{key.ljust(width)}[/bold]  {_cell(value)}")
+
+
+RUN_COLUMNS: list[Column] = [
+    ("NAMESPACE", lambda r: r["namespace"]),
+    ("NAME", lambda r: r["name"]),
+    ("OWNER", lambda r: r["owner"]),
+    ("PHASE", lambda r: r["phase"]),
+    ("GPU", lambda r: r["gpuType"]),
+    ("ALLOC/DESIRED", lambda r: f"{r['width']['allocated']}/{r['width']['desired']}"),
+    ("OWNED", lambda r: r["funding"]["owned"]),
+    ("SHARED", lambda r: r["funding"]["shared"]),
+    ("BORROWED", lambda r: r["funding"]["borrowed"]),
+    ("UNFUNDED", lambda r: r["funding"]["unfunded"]),
+    ("MESSAGE", lambda r: r["message"]),
+]
+
+LEASE_COLUMNS: list[Column] = [
+    ("LEASE", lambda r: r["id"]),
+    ("RUN", lambda r: r["run"]),
+    ("GROUP", lambda r: r["group"]),
+    ("ROLE", lambda r: r["role"]),
+    ("NODE", lambda r: r["node"]),
+    ("GPUS", lambda r: r["gpus"]),
+    ("PAID BY", lambda r: r["envelope"] or "nobody"),
+    ("CLASS", lambda r: r["class"]),
+    ("START", lambda r: short_time(r["start"])),
+    ("END", lambda r: short_time(r["end"])),
+    ("REASON", lambda r: r["reason"] + (f" → {r['endReason']}" if r["endReason"] else "")),
+]
+
+NODE_COLUMNS: list[Column] = [
+    ("NODE", lambda r: r["name"]),
+    ("GPU", lambda r: r["gpuType"]),
+    ("REGION", lambda r: r["labels"]["region"]),
+    ("CLUSTER", lambda r: r["labels"]["cluster"]),
+    ("DOMAIN", lambda r: r["labels"]["fabricDomain"]),
+    ("GPUS", lambda r: r["gpus"]),
+    ("USED", lambda r: r["used"]),
+    ("FREE", lambda r: r["free"]),
+    ("STATE", lambda r: "failed" if r["failed"] else "cordoned" if r["cordoned"] else "ready"),
+]
+
+USAGE_COLUMNS: list[Column] = [
+    ("ENVELOPE", lambda r: r["envelope"]),
+    ("GPU", lambda r: r["gpuType"]),
+    ("CAP", lambda r: r["concurrency"]),
+    ("OWNED", lambda r: r["owned"]),
+    ("SHARED", lambda r: r["shared"]),
+    ("BORROWED", lambda r: r["borrowed"]),
+    ("HEADROOM", lambda r: r["headroom"]),
+]

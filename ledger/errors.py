@@ -1,0 +1,70 @@
+"""The ledger's error tree and the mapping from driver errors onto it."""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy.exc import DBAPIError
+
+# SQLSTATE raised by the events immutability trigger (see migration 0001).
+IMMUTABLE_SQLSTATE = "JT001"
+_EXCLUSION_SQLSTATE = "23P01"
+_UNIQUE_SQLSTATE = "23505"
+_SLOT_KEY = re.compile(r"\(node, gpu, during\)=\((?P<node>[^,]+), (?P<gpu>\d+),")
+
+
+class LedgerError(Exception):
+    """Base of every error the ledger raises."""
+
+
+class ConcurrencyError(LedgerError):
+    """A stream moved on since the caller read it (expected version mismatch)."""
+
+
+class SlotConflictError(LedgerError):
+    """A GPU slot would be held by two Active/Spare leases at once."""
+
+    def __init__(self, message: str, node: str | None = None, gpu: int | None = None) -> None:
+        super().__init__(message)
+        self.node = node
+        self.gpu = gpu
+
+
+class ImmutableLedgerError(LedgerError):
+    """Someone tried to UPDATE, DELETE or TRUNCATE the events table."""
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a driver error wrapped by SQLAlchemy, if any."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    return getattr(orig, "sqlstate", None)
+
+
+def _detail(exc: DBAPIError) -> str:
+    diag = getattr(exc.orig, "diag", None)
+    return str(getattr(diag, "message_detail", None) or "")
+
+
+def slot_conflict(exc: DBAPIError, lease_id: str, node: str, slots: tuple[int, ...]) -> SlotConflictError:
+    """Describe an EXCLUDE violation on lease_slots, naming the node and GPU."""
+    match = _SLOT_KEY.search(_detail(exc))
+    gpu = int(match.group("gpu")) if match else None
+    where = f"GPU {gpu} of node {node}" if gpu is not None else f"GPUs {list(slots)} of node {node}"
+    return SlotConflictError(
+        f"lease {lease_id}: {where} is already held by another Active or Spare lease at that time",
+        node=node,
+        gpu=gpu,
+    )
+
+
+def translate(exc: DBAPIError) -> LedgerError:
+    """Map a driver error onto the ledger's error tree (the caller raises it ``from exc``)."""
+    state = sqlstate(exc)
+    message = str(exc.orig) if exc.orig is not None else str(exc)
+    if state == IMMUTABLE_SQLSTATE:
+        return ImmutableLedgerError(message.strip())
+    if state == _EXCLUSION_SQLSTATE:
+        return SlotConflictError(f"slot conflict: {_detail(exc) or message}")
+    if state == _UNIQUE_SQLSTATE:
+        return ConcurrencyError(f"concurrent append: {_detail(exc) or message}")
+    return LedgerError(message.strip())

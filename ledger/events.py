@@ -1,0 +1,283 @@
+"""The event catalog: every fact the ledger stores.
+
+Events are frozen dataclasses named in the past tense. Each has a stable type
+string (never renamed; add an upcaster instead) and a schema version. Payloads
+hold only JSON-friendly values so that ``to_data``/``from_data`` round-trip.
+
+Inputs come from people and Kubernetes; decisions come from the planner only.
+Time is not part of an event's payload: the ledger records the logical time of
+every event (``Recorded.occurred_at``), which is "now" as the caller saw it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar, TypeVar
+
+JSON = dict[str, Any]
+
+_REGISTRY: dict[str, type[Event]] = {}
+
+E = TypeVar("E", bound="type[Event]")
+
+
+class Event:
+    """Base of every event. Subclasses set TYPE and VERSION via ``@event``."""
+
+    __slots__ = ()
+    TYPE: ClassVar[str]
+    VERSION: ClassVar[int]
+
+
+def event(type_name: str, version: int = 1) -> Any:
+    """Register a frozen dataclass as an event with a stable type string."""
+
+    def register(cls: E) -> E:
+        if type_name in _REGISTRY:
+            raise ValueError(f"duplicate event type {type_name}")
+        cls.TYPE = type_name
+        cls.VERSION = version
+        _REGISTRY[type_name] = cls
+        return cls
+
+    return register
+
+
+# ---------------------------------------------------------------- streams
+
+POLICY_STREAM = "policy"
+
+
+def run_key(namespace: str, name: str) -> str:
+    return f"{namespace}/{name}"
+
+
+def run_stream(run: str) -> str:
+    return f"run:{run}"
+
+
+def budget_stream(owner: str) -> str:
+    return f"budget:{owner}"
+
+
+def node_stream(node: str) -> str:
+    return f"node:{node}"
+
+
+def plan_stream(shard: int = 0) -> str:
+    return f"plan:{shard}"
+
+
+def binder_stream(shard: int = 0) -> str:
+    return f"binder:{shard}"
+
+
+# ---------------------------------------------------------------- inputs
+
+
+@event("NodeRegistered")
+@dataclass(frozen=True, slots=True)
+class NodeRegistered(Event):
+    """A node was added or updated (gpus, labels)."""
+
+    name: str
+    gpu_type: str
+    gpus: int
+    labels: dict[str, str]
+
+
+@event("NodeCordoned")
+@dataclass(frozen=True, slots=True)
+class NodeCordoned(Event):
+    name: str
+    reason: str = "manual"
+
+
+@event("NodeUncordoned")
+@dataclass(frozen=True, slots=True)
+class NodeUncordoned(Event):
+    name: str
+
+
+@event("NodeFailed")
+@dataclass(frozen=True, slots=True)
+class NodeFailed(Event):
+    name: str
+    reason: str = "manual"
+
+
+@event("NodeRecovered")
+@dataclass(frozen=True, slots=True)
+class NodeRecovered(Event):
+    name: str
+
+
+@event("BudgetApplied")
+@dataclass(frozen=True, slots=True)
+class BudgetApplied(Event):
+    """A Budget manifest was applied; ``spec`` is the validated, normalised spec."""
+
+    owner: str
+    name: str
+    spec: JSON
+
+
+@event("PolicyChanged")
+@dataclass(frozen=True, slots=True)
+class PolicyChanged(Event):
+    spec: JSON
+
+
+@event("RunSubmitted")
+@dataclass(frozen=True, slots=True)
+class RunSubmitted(Event):
+    """A Run manifest was accepted; ``spec`` is the validated, normalised spec."""
+
+    run: str
+    namespace: str
+    name: str
+    submitter: str
+    spec: JSON
+
+
+@event("RunShrinkRequested")
+@dataclass(frozen=True, slots=True)
+class RunShrinkRequested(Event):
+    run: str
+    by: int
+
+
+@event("RunCancelRequested")
+@dataclass(frozen=True, slots=True)
+class RunCancelRequested(Event):
+    run: str
+
+
+@event("RunCompleted")
+@dataclass(frozen=True, slots=True)
+class RunCompleted(Event):
+    """The run's workload finished (binder) or someone said so (`jobtree complete`)."""
+
+    run: str
+
+
+@event("PodBound")
+@dataclass(frozen=True, slots=True)
+class PodBound(Event):
+    lease_id: str
+    node: str
+    pods: tuple[str, ...]
+
+
+@event("PodBindFailed")
+@dataclass(frozen=True, slots=True)
+class PodBindFailed(Event):
+    lease_id: str
+    node: str
+    message: str
+
+
+# ---------------------------------------------------------------- decisions
+
+
+@event("RunAdmitted")
+@dataclass(frozen=True, slots=True)
+class RunAdmitted(Event):
+    run: str
+    width: int
+
+
+@event("RunDeferred")
+@dataclass(frozen=True, slots=True)
+class RunDeferred(Event):
+    """The run stays Pending; ``message`` says what is short. Only recorded on change."""
+
+    run: str
+    message: str
+
+
+@event("LeaseStarted")
+@dataclass(frozen=True, slots=True)
+class LeaseStarted(Event):
+    """GPU slots of one node are held by one group of one run, paid by one payer.
+
+    ``role``: Active | Spare | Fill. ``envelope``: ``"<owner>/<envelope>"`` or None.
+    ``payer_class``: owned | shared | borrowed | unfunded.
+    """
+
+    lease_id: str
+    run: str
+    group: int
+    role: str
+    node: str
+    slots: tuple[int, ...]
+    envelope: str | None
+    payer_owner: str | None
+    payer_class: str
+    reason: str
+
+
+@event("LeaseEnded")
+@dataclass(frozen=True, slots=True)
+class LeaseEnded(Event):
+    lease_id: str
+    reason: str
+    seed: str | None = None
+
+
+@event("RunFinished")
+@dataclass(frozen=True, slots=True)
+class RunFinished(Event):
+    """``phase``: Completed | Failed | Cancelled."""
+
+    run: str
+    phase: str
+    reason: str
+
+
+# ---------------------------------------------------------------- records
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """An event as the ledger stored it."""
+
+    position: int
+    stream: str
+    version: int
+    event: Event
+    actor: str
+    occurred_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event about to be appended to one stream."""
+
+    stream: str
+    event: Event
+
+
+def event_types() -> dict[str, type[Event]]:
+    return dict(_REGISTRY)
+
+
+def to_data(ev: Event) -> JSON:
+    """The event's JSON payload (tuples become lists)."""
+    data: JSON = {}
+    for f in dataclasses.fields(ev):  # type: ignore[arg-type]
+        value = getattr(ev, f.name)
+        data[f.name] = list(value) if isinstance(value, tuple) else value
+    return data
+
+
+def from_data(type_name: str, data: JSON) -> Event:
+    """Rebuild an event from its type string and payload."""
+    try:
+        cls = _REGISTRY[type_name]
+    except KeyError:
+        raise ValueError(f"unknown event type {type_name!r}") from None
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    return cls(**kwargs)

@@ -1,0 +1,257 @@
+"""Read-side queries over the projections (read models).
+
+Everything here is a plain SELECT; the shapes returned are the stable JSON
+shapes the CLI prints with ``-o json`` (keep the key names).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, text
+
+Row = dict[str, Any]
+
+FINISHED_PHASES = ("Completed", "Failed", "Cancelled")
+
+
+def iso_utc(value: datetime | None) -> str | None:
+    """RFC 3339 in UTC with a trailing Z (whole seconds when possible)."""
+    if value is None:
+        return None
+    text_value = value.astimezone(UTC).isoformat()
+    return text_value.replace("+00:00", "Z")
+
+
+def run_row(row: Any) -> Row:
+    return {
+        "namespace": row.namespace,
+        "name": row.name,
+        "owner": row.owner,
+        "phase": row.phase,
+        "gpuType": row.gpu_type,
+        "width": {
+            "min": row.min_gpus,
+            "max": row.max_gpus,
+            "desired": row.desired_gpus,
+            "allocated": row.allocated_gpus,
+        },
+        "funding": {
+            "owned": row.owned,
+            "shared": row.shared,
+            "borrowed": row.borrowed,
+            "unfunded": row.unfunded,
+        },
+        "message": row.message or "",
+    }
+
+
+_RUN_COLUMNS = (
+    "run, namespace, name, owner, submitter, gpu_type, min_gpus, max_gpus, desired_gpus, "
+    "allocated_gpus, owned, shared, borrowed, unfunded, phase, message, submitted_at, "
+    "admitted_at, finished_at"
+)
+
+
+def list_runs(
+    engine: Engine, namespace: str | None = None, owner: str | None = None, phase: str | None = None
+) -> list[Row]:
+    sql = f"SELECT {_RUN_COLUMNS} FROM runs WHERE true"
+    params: dict[str, Any] = {}
+    if namespace is not None:
+        sql += " AND namespace = :ns"
+        params["ns"] = namespace
+    if owner is not None:
+        sql += " AND owner = :owner"
+        params["owner"] = owner
+    if phase is not None:
+        sql += " AND phase = :phase"
+        params["phase"] = phase
+    sql += " ORDER BY submitted_at, namespace, name"
+    with engine.connect() as conn:
+        return [run_row(r) for r in conn.execute(text(sql), params)]
+
+
+def get_run(engine: Engine, run: str) -> Row | None:
+    with engine.connect() as conn:
+        row = conn.execute(text(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run = :run"), {"run": run}).first()
+    if row is None:
+        return None
+    out = run_row(row)
+    out["submitter"] = row.submitter
+    out["submittedAt"] = iso_utc(row.submitted_at)
+    out["admittedAt"] = iso_utc(row.admitted_at)
+    out["finishedAt"] = iso_utc(row.finished_at)
+    return out
+
+
+def run_is_active(engine: Engine, run: str) -> bool:
+    found = get_run(engine, run)
+    return found is not None and found["phase"] not in FINISHED_PHASES
+
+
+def lease_row(row: Any) -> Row:
+    return {
+        "id": row.lease_id,
+        "run": row.run,
+        "group": row.group_index,
+        "role": row.role,
+        "node": row.node,
+        "slots": list(row.slots),
+        "gpus": row.gpus,
+        "envelope": row.envelope,
+        "payerOwner": row.payer_owner,
+        "class": row.payer_class,
+        "start": iso_utc(row.start_at),
+        "end": iso_utc(row.end_at),
+        "reason": row.reason,
+        "endReason": row.end_reason,
+    }
+
+
+_LEASE_COLUMNS = (
+    "lease_id, run, group_index, role, node, slots, gpus, envelope, payer_owner, payer_class, "
+    "start_at, end_at, reason, end_reason, seed, bound"
+)
+
+
+def list_leases(
+    engine: Engine,
+    run: str | None = None,
+    owner: str | None = None,
+    since: datetime | None = None,
+    open_only: bool = False,
+) -> list[Row]:
+    sql = f"SELECT {_LEASE_COLUMNS} FROM leases l WHERE true"
+    params: dict[str, Any] = {}
+    if run is not None:
+        sql += " AND run = :run"
+        params["run"] = run
+    if owner is not None:
+        sql += " AND run IN (SELECT run FROM runs WHERE owner = :owner)"
+        params["owner"] = owner
+    if since is not None:
+        sql += " AND start_at >= :since"
+        params["since"] = since
+    if open_only:
+        sql += " AND end_at IS NULL"
+    sql += " ORDER BY start_at, lease_id"
+    with engine.connect() as conn:
+        return [lease_row(r) for r in conn.execute(text(sql), params)]
+
+
+def list_nodes(engine: Engine) -> list[Row]:
+    sql = """
+        SELECT n.name, n.gpu_type, n.gpus, n.region, n.cluster, n.fabric_domain, n.cordoned, n.failed,
+               COALESCE((SELECT count(*) FROM lease_slots s
+                         WHERE s.node = n.name AND upper_inf(s.during) AND s.role IN ('Active', 'Spare')), 0)
+                 AS held
+        FROM nodes n ORDER BY n.cluster, n.fabric_domain, n.name
+    """
+    with engine.connect() as conn:
+        rows = conn.execute(text(sql)).all()
+    return [
+        {
+            "name": r.name,
+            "gpuType": r.gpu_type,
+            "gpus": r.gpus,
+            "used": int(r.held),
+            "free": 0 if (r.cordoned or r.failed) else r.gpus - int(r.held),
+            "labels": {"region": r.region, "cluster": r.cluster, "fabricDomain": r.fabric_domain},
+            "cordoned": bool(r.cordoned),
+            "failed": bool(r.failed),
+        }
+        for r in rows
+    ]
+
+
+def max_held_slot(engine: Engine, node: str) -> int:
+    """Highest GPU index held by an open lease on the node, or -1."""
+    sql = "SELECT COALESCE(max(gpu), -1) FROM lease_slots WHERE node = :node AND upper_inf(during)"
+    with engine.connect() as conn:
+        return int(conn.execute(text(sql), {"node": node}).scalar_one())
+
+
+def list_budgets(engine: Engine) -> list[Row]:
+    with engine.connect() as conn:
+        budgets = conn.execute(text("SELECT owner, name, spec FROM budgets ORDER BY owner")).all()
+    return [{"owner": b.owner, "name": b.name, "spec": b.spec} for b in budgets]
+
+
+def budget_parents(engine: Engine) -> dict[str, list[str]]:
+    return {b["owner"]: list(b["spec"].get("parents", [])) for b in list_budgets(engine)}
+
+
+def budget_submitters(engine: Engine, owner: str) -> list[str] | None:
+    """The owner's submitters, or None when the owner has no Budget."""
+    for budget in list_budgets(engine):
+        if budget["owner"] == owner:
+            return list(budget["spec"].get("submitters", []))
+    return None
+
+
+def envelope_usage(engine: Engine) -> list[Row]:
+    """Funded GPUs held now per envelope (Active and Spare at full count), by class."""
+    sql = """
+        SELECT e.owner, e.name, e.gpu_type, e.concurrency, e.max_gpu_hours, e.selector,
+               COALESCE(sum(l.gpus) FILTER (WHERE l.payer_class = 'owned'), 0) AS owned,
+               COALESCE(sum(l.gpus) FILTER (WHERE l.payer_class = 'shared'), 0) AS shared,
+               COALESCE(sum(l.gpus) FILTER (WHERE l.payer_class = 'borrowed'), 0) AS borrowed
+        FROM envelopes e
+        LEFT JOIN leases l
+          ON l.envelope = e.owner || '/' || e.name AND l.end_at IS NULL AND l.role IN ('Active', 'Spare')
+        GROUP BY e.owner, e.name, e.gpu_type, e.concurrency, e.max_gpu_hours, e.selector
+        ORDER BY e.owner, e.name
+    """
+    with engine.connect() as conn:
+        rows = conn.execute(text(sql)).all()
+    out = []
+    for r in rows:
+        used = int(r.owned) + int(r.shared) + int(r.borrowed)
+        out.append(
+            {
+                "envelope": f"{r.owner}/{r.name}",
+                "owner": r.owner,
+                "gpuType": r.gpu_type,
+                "selector": r.selector or {},
+                "concurrency": r.concurrency,
+                "owned": int(r.owned),
+                "shared": int(r.shared),
+                "borrowed": int(r.borrowed),
+                "headroom": max(r.concurrency - used, 0),
+                "maxGPUHours": r.max_gpu_hours,
+            }
+        )
+    return out
+
+
+def run_history(engine: Engine, run: str, since_position: int = 0) -> list[Row]:
+    """Events that mention the run (its stream, or decisions/facts about it or its leases)."""
+    sql = """
+        SELECT position, stream, type, data, actor, occurred_at FROM events
+        WHERE position >= :since AND (
+              stream = :stream
+           OR data->>'run' = :run
+           OR data->>'lease_id' IN (SELECT lease_id FROM leases WHERE run = :run))
+        ORDER BY position
+    """
+    with engine.connect() as conn:
+        rows = conn.execute(text(sql), {"since": since_position, "stream": f"run:{run}", "run": run}).all()
+    return [
+        {
+            "position": r.position,
+            "at": iso_utc(r.occurred_at),
+            "type": r.type,
+            "stream": r.stream,
+            "actor": r.actor,
+            "data": r.data,
+        }
+        for r in rows
+    ]
+
+
+def latest_submission_position(engine: Engine, run: str) -> int:
+    sql = "SELECT COALESCE(max(position), 0) FROM events WHERE stream = :stream AND type = 'RunSubmitted'"
+    with engine.connect() as conn:
+        return int(conn.execute(text(sql), {"stream": f"run:{run}"}).scalar_one())

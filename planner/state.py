@@ -1,0 +1,412 @@
+"""Fold ledger records into a ClusterState (ARCHITECTURE §1: state = fold(events)).
+
+``fold(records, base)`` is incremental: folding the next few records onto a base
+costs O(new records). **The base is consumed**: fold mutates and returns it, so a
+caller that wants to keep the old state must ``base.copy()`` first. ``plan()``
+never mutates a state; it works on an overlay (``planner.view.PlanView``).
+
+Derived counters are maintained as records arrive, so planning needs no full
+scans: per-node free slots, per-domain schedulable free GPUs, per-envelope
+funded GPUs, the FIFO of pending runs and the set of runs with a finish request.
+"""
+
+from __future__ import annotations
+
+import bisect
+import copy
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from ledger import events as ev
+from ledger.model import BudgetSpec, PolicySpec, RunSpec, budget_from_spec, policy_from_spec, run_from_spec
+
+DomainKey = tuple[str, str, str]
+"""(gpuType, cluster, fabricDomain): SPEC §3.1."""
+
+FINISHED = frozenset({"Completed", "Failed", "Cancelled"})
+HOLDING_ROLES = frozenset({"Active", "Spare"})
+"""Roles that hold slots exclusively (Fill leases sit on Spare slots, SPEC §6.2)."""
+
+
+def envelope_key(owner: str, envelope: str) -> str:
+    return f"{owner}/{envelope}"
+
+
+def lease_id(seq: int) -> str:
+    return f"lease-{seq:06d}"
+
+
+@dataclass(slots=True)
+class NodeState:
+    name: str
+    gpu_type: str
+    gpus: int
+    region: str
+    cluster: str
+    fabric_domain: str
+    cordoned: bool = False
+    cordon_reason: str = ""
+    failed: bool = False
+    free: set[int] = field(default_factory=set)
+    leases: set[str] = field(default_factory=set)
+
+    @property
+    def schedulable(self) -> bool:
+        return not (self.cordoned or self.failed)
+
+    @property
+    def domain(self) -> DomainKey:
+        return (self.gpu_type, self.cluster, self.fabric_domain)
+
+
+@dataclass(slots=True)
+class DomainState:
+    key: DomainKey
+    region: str
+    nodes: list[str] = field(default_factory=list)  # sorted by name
+    free: int = 0  # free GPUs on schedulable nodes
+
+    @property
+    def name(self) -> str:
+        return f"{self.key[1]}/{self.key[2]}"
+
+    @property
+    def location(self) -> dict[str, str]:
+        return {"region": self.region, "cluster": self.key[1], "fabricDomain": self.key[2]}
+
+
+@dataclass(slots=True)
+class LeaseState:
+    lease_id: str
+    run: str
+    group: int
+    role: str
+    node: str
+    slots: tuple[int, ...]
+    envelope: str | None
+    payer_owner: str | None
+    payer_class: str
+    started_at: datetime
+    position: int
+
+
+@dataclass(slots=True)
+class RunState:
+    key: str
+    namespace: str
+    name: str
+    spec: RunSpec
+    submitter: str
+    phase: str
+    submitted_position: int
+    submitted_at: datetime
+    desired: int
+    deferred_message: str | None = None
+    finish_request: str | None = None  # "Cancelled" | "Completed": first request wins
+    shrink_requested: int = 0
+    width: int = 0
+    admitted_at: datetime | None = None
+    finish_reason: str | None = None
+    leases: set[str] = field(default_factory=set)
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in FINISHED
+
+
+@dataclass(slots=True)
+class ClusterState:
+    nodes: dict[str, NodeState] = field(default_factory=dict)
+    domains: dict[DomainKey, DomainState] = field(default_factory=dict)
+    domains_by_type: dict[str, list[DomainKey]] = field(default_factory=dict)  # sorted
+    budgets: dict[str, BudgetSpec] = field(default_factory=dict)
+    policy: PolicySpec = field(default_factory=PolicySpec)
+    runs: dict[str, RunState] = field(default_factory=dict)
+    pending: dict[str, int] = field(default_factory=dict)  # run key -> submitted position
+    finishing: dict[str, int] = field(default_factory=dict)  # run key -> request position
+    leases: dict[str, LeaseState] = field(default_factory=dict)  # open leases
+    funded: dict[str, int] = field(default_factory=dict)  # envelope key -> funded GPUs now
+    plan_version: int = 0
+    last_position: int = 0
+    last_time: datetime | None = None
+    next_lease_seq: int = 1
+
+    def copy(self) -> ClusterState:
+        """An independent copy (fold consumes its base; plan never does)."""
+        return copy.deepcopy(self)
+
+    def pending_in_order(self) -> list[RunState]:
+        return [self.runs[k] for k, _ in sorted(self.pending.items(), key=lambda kv: kv[1])]
+
+
+def fold(records: Iterable[ev.Recorded], base: ClusterState | None = None) -> ClusterState:
+    """Apply ``records`` (in position order) to ``base`` — mutating it — and return it."""
+    state = base if base is not None else ClusterState()
+    plan = ev.plan_stream()
+    for record in records:
+        handler = _HANDLERS.get(type(record.event))
+        if handler is not None:
+            handler(state, record)
+        if record.stream == plan:
+            state.plan_version += 1
+        state.last_position = max(state.last_position, record.position)
+        state.last_time = (
+            record.occurred_at if state.last_time is None else max(state.last_time, record.occurred_at)
+        )
+    return state
+
+
+# ---------------------------------------------------------------- nodes
+
+
+def _detach(state: ClusterState, node: NodeState) -> None:
+    domain = state.domains[node.domain]
+    domain.nodes.remove(node.name)
+    if node.schedulable:
+        domain.free -= len(node.free)
+
+
+def _attach(state: ClusterState, node: NodeState) -> None:
+    key = node.domain
+    domain = state.domains.get(key)
+    if domain is None:
+        domain = state.domains[key] = DomainState(key=key, region=node.region)
+        bisect.insort(state.domains_by_type.setdefault(node.gpu_type, []), key)
+    domain.region = node.region or domain.region
+    bisect.insort(domain.nodes, node.name)
+    if node.schedulable:
+        domain.free += len(node.free)
+
+
+def _node_registered(state: ClusterState, record: ev.Recorded) -> None:
+    e = record.event
+    assert isinstance(e, ev.NodeRegistered)
+    node = state.nodes.get(e.name)
+    if node is None:
+        node = state.nodes[e.name] = NodeState(e.name, e.gpu_type, e.gpus, "", "", "")
+    else:
+        _detach(state, node)
+    node.gpu_type, node.gpus = e.gpu_type, e.gpus
+    node.region = e.labels.get("region", "")
+    node.cluster = e.labels.get("cluster", "")
+    node.fabric_domain = e.labels.get("fabricDomain", "")
+    held = {
+        s for lid in node.leases if state.leases[lid].role in HOLDING_ROLES for s in state.leases[lid].slots
+    }
+    node.free = set(range(e.gpus)) - held
+    _attach(state, node)
+
+
+def _set_flags(
+    state: ClusterState, name: str, cordoned: bool | None, failed: bool | None, reason: str
+) -> None:
+    node = state.nodes.get(name)
+    if node is None:
+        return
+    _detach(state, node)
+    if cordoned is not None:
+        node.cordoned, node.cordon_reason = cordoned, reason if cordoned else ""
+    if failed is not None:
+        node.failed = failed
+    _attach(state, node)
+
+
+def _node_cordoned(state: ClusterState, record: ev.Recorded) -> None:
+    e = record.event
+    assert isinstance(e, ev.NodeCordoned)
+    _set_flags(state, e.name, True, None, e.reason)
+
+
+def _node_uncordoned(state: ClusterState, record: ev.Recorded) -> None:
+    e = record.event
+    assert isinstance(e, ev.NodeUncordoned)
+    _set_flags(state, e.name, False, None, "")
+
+
+def _node_failed(state: ClusterState, record: ev.Recorded) -> None:
+    e = record.event
+    assert isinstance(e, ev.NodeFailed)
+    _set_flags(state, e.name, None, True, e.reason)
+
+
+def _node_recovered(state: ClusterState, record: ev.Recorded) -> None:
+    """Recovery clears the failure and any cordon not set by hand (SPEC §6.3)."""
+    e = record.event
+    assert isinstance(e, ev.NodeRecovered)
+    node = state.nodes.get(e.name)
+    keep_cordon = node is not None and node.cordoned and node.cordon_reason == "manual"
+    _set_flags(state, e.name, keep_cordon, False, "manual" if keep_cordon else "")
+
+
+# ---------------------------------------------------------------- budgets and policy
+
+
+def _budget_applied(state: ClusterState, record: ev.Recorded) -> None:
+    e = record.event
+    assert isinstance(e, ev.BudgetApplied)
+    spec = budget_from_spec(e.spec)
+    state.budgets[spec.owner] = spec
+
+
+def _policy_changed(state: ClusterState, record: ev.Recorded) -> None:
+    e = record.event
+    assert isinstance(e, ev.PolicyChanged)
+    state.policy = policy_from_spec(e.spec)
+
+
+# ---------------------------------------------------------------- runs
+
+
+def _run_submitted(state: ClusterState, record: ev.Recorded) -> None:
+    """A new run, or a new incarnation of a finished one; a live duplicate is ignored."""
+    e = record.event
+    assert isinstance(e, ev.RunSubmitted)
+    previous = state.runs.get(e.run)
+    if previous is not None and not previous.finished:
+        return
+    spec = run_from_spec(e.spec)
+    state.runs[e.run] = RunState(
+        key=e.run,
+        namespace=e.namespace,
+        name=e.name,
+        spec=spec,
+        submitter=e.submitter,
+        phase="Pending",
+        submitted_position=record.position,
+        submitted_at=record.occurred_at,
+        desired=spec.desired_gpus,
+    )
+    state.pending[e.run] = record.position
+
+
+def _live_run(state: ClusterState, key: str) -> RunState | None:
+    run = state.runs.get(key)
+    return None if run is None or run.finished else run
+
+
+def _finish_requested(state: ClusterState, key: str, phase: str, position: int) -> None:
+    run = _live_run(state, key)
+    if run is not None and run.finish_request is None:
+        run.finish_request = phase
+        state.finishing[key] = position
+
+
+def _run_cancel_requested(state: ClusterState, record: ev.Recorded) -> None:
+    e = record.event
+    assert isinstance(e, ev.RunCancelRequested)
+    _finish_requested(state, e.run, "Cancelled", record.position)
+
+
+def _run_completed(state: ClusterState, record: ev.Recorded) -> None:
+    e = record.event
+    assert isinstance(e, ev.RunCompleted)
+    _finish_requested(state, e.run, "Completed", record.position)
+
+
+def _run_shrink_requested(state: ClusterState, record: ev.Recorded) -> None:
+    """Lower ``desired`` (step-aligned, never below min); acting on it is SPEC §7."""
+    e = record.event
+    assert isinstance(e, ev.RunShrinkRequested)
+    run = _live_run(state, e.run)
+    if run is None:
+        return
+    step = run.spec.malleable.step_gpus if run.spec.malleable else 1
+    lowered = run.desired - (e.by // step) * step
+    run.desired = max(run.spec.min_gpus, lowered)
+    run.shrink_requested += e.by
+
+
+def _run_admitted(state: ClusterState, record: ev.Recorded) -> None:
+    e = record.event
+    assert isinstance(e, ev.RunAdmitted)
+    run = state.runs[e.run]
+    run.phase, run.width, run.admitted_at = "Running", e.width, record.occurred_at
+    state.pending.pop(e.run, None)
+
+
+def _run_deferred(state: ClusterState, record: ev.Recorded) -> None:
+    e = record.event
+    assert isinstance(e, ev.RunDeferred)
+    state.runs[e.run].deferred_message = e.message
+
+
+def _run_finished(state: ClusterState, record: ev.Recorded) -> None:
+    e = record.event
+    assert isinstance(e, ev.RunFinished)
+    run = state.runs[e.run]
+    run.phase, run.finish_reason = e.phase, e.reason
+    state.pending.pop(e.run, None)
+    state.finishing.pop(e.run, None)
+
+
+# ---------------------------------------------------------------- leases
+
+
+def _lease_started(state: ClusterState, record: ev.Recorded) -> None:
+    e = record.event
+    assert isinstance(e, ev.LeaseStarted)
+    lease = LeaseState(
+        e.lease_id, e.run, e.group, e.role, e.node, tuple(e.slots), e.envelope,
+        e.payer_owner, e.payer_class, record.occurred_at, record.position,
+    )  # fmt: skip
+    state.leases[e.lease_id] = lease
+    state.next_lease_seq += 1
+    run = state.runs.get(e.run)
+    if run is not None:
+        run.leases.add(e.lease_id)
+    node = state.nodes.get(e.node)
+    if node is not None:
+        node.leases.add(e.lease_id)
+        if e.role in HOLDING_ROLES:
+            _hold(state, node, lease.slots, take=True)
+    if e.envelope is not None:
+        state.funded[e.envelope] = state.funded.get(e.envelope, 0) + len(lease.slots)
+
+
+def _lease_ended(state: ClusterState, record: ev.Recorded) -> None:
+    e = record.event
+    assert isinstance(e, ev.LeaseEnded)
+    lease = state.leases.pop(e.lease_id, None)
+    if lease is None:
+        return
+    run = state.runs.get(lease.run)
+    if run is not None:
+        run.leases.discard(e.lease_id)
+    node = state.nodes.get(lease.node)
+    if node is not None:
+        node.leases.discard(e.lease_id)
+        if lease.role in HOLDING_ROLES:
+            _hold(state, node, lease.slots, take=False)
+    if lease.envelope is not None:
+        state.funded[lease.envelope] = state.funded.get(lease.envelope, 0) - len(lease.slots)
+
+
+def _hold(state: ClusterState, node: NodeState, slots: tuple[int, ...], take: bool) -> None:
+    before = len(node.free)
+    if take:
+        node.free.difference_update(slots)
+    else:
+        node.free.update(s for s in slots if s < node.gpus)
+    if node.schedulable:
+        state.domains[node.domain].free += len(node.free) - before
+
+
+_HANDLERS: dict[type[ev.Event], Callable[[ClusterState, ev.Recorded], None]] = {
+    ev.NodeRegistered: _node_registered,
+    ev.NodeCordoned: _node_cordoned,
+    ev.NodeUncordoned: _node_uncordoned,
+    ev.NodeFailed: _node_failed,
+    ev.NodeRecovered: _node_recovered,
+    ev.BudgetApplied: _budget_applied,
+    ev.PolicyChanged: _policy_changed,
+    ev.RunSubmitted: _run_submitted,
+    ev.RunCancelRequested: _run_cancel_requested,
+    ev.RunCompleted: _run_completed,
+    ev.RunShrinkRequested: _run_shrink_requested,
+    ev.RunAdmitted: _run_admitted,
+    ev.RunDeferred: _run_deferred,
+    ev.RunFinished: _run_finished,
+    ev.LeaseStarted: _lease_started,
+    ev.LeaseEnded: _lease_ended,
+}

@@ -1,0 +1,72 @@
+"""Planner worker: read → fold → plan → append, until the plan is quiet.
+
+The only place planner decisions are appended. Decisions go to the stream
+``plan:<shard>`` with the version the plan was made from, which fences a stale
+leader: a second planner that planned from an older state gets ConcurrencyError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from ledger.events import NewEvent, plan_stream
+from ledger.store import Ledger
+from planner.plan import plan
+from planner.state import ClusterState, fold
+
+PLANNER_ACTOR = "jobtree-planner"
+MAX_ROUNDS = 1000
+
+
+class PlannerStuck(RuntimeError):
+    """The planner kept deciding without reaching a fixpoint (a planner bug)."""
+
+
+@dataclass(slots=True)
+class CatchUp:
+    decisions: int = 0
+    bound: int = 0
+    rounds: int = 0
+
+
+def plan_once(ledger: Ledger, state: ClusterState, now: datetime) -> tuple[ClusterState, int]:
+    """Plan at ``now`` and append the decisions; return the new state and how many."""
+    decisions = plan(state, now)
+    if not decisions:
+        return state, 0
+    stream = plan_stream()
+    records = ledger.append(
+        [NewEvent(stream, d) for d in decisions],
+        actor=PLANNER_ACTOR,
+        at=now,
+        expected={stream: state.plan_version},
+    )
+    return fold(records, state), len(decisions)
+
+
+def catch_up(
+    ledger: Ledger,
+    now: datetime,
+    bind: Callable[[datetime], int] | None = None,
+) -> CatchUp:
+    """Let the planner (and the in-process binder) catch up to ``now``.
+
+    Holds the planner lock, so one process plans at a time. Loops until neither
+    the planner nor the binder has anything left to do.
+    """
+    result = CatchUp()
+    with ledger.planner_lock():
+        state = fold(ledger.read())
+        while result.rounds < MAX_ROUNDS:
+            result.rounds += 1
+            state, decided = plan_once(ledger, state, now)
+            result.decisions += decided
+            bound = bind(now) if bind is not None else 0
+            result.bound += bound
+            if bound:
+                state = fold(ledger.read(after=state.last_position), state)
+            if not decided and not bound:
+                return result
+    raise PlannerStuck(f"no fixpoint after {MAX_ROUNDS} rounds at {now.isoformat()}")

@@ -1,0 +1,75 @@
+"""End-to-end helpers: drive the real CLI in-process against a fresh database."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cli.main import run
+from ledger.store import Ledger
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+CLI = Callable[..., Result]
+
+
+@pytest.fixture
+def jt(database_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> CLI:
+    """``jt("get", "runs", "-o", "json")`` runs the CLI as the admin user ``root-admin``."""
+    monkeypatch.setenv("JOBTREE_USER", "root-admin")
+    monkeypatch.delenv("JOBTREE_GROUPS", raising=False)
+    monkeypatch.setenv("COLUMNS", "200")
+
+    def invoke(*args: str, user: str | None = None) -> Result:
+        if user is not None:
+            monkeypatch.setenv("JOBTREE_USER", user)
+        capsys.readouterr()
+        try:
+            run([*args, "--db", database_url])
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        finally:
+            monkeypatch.setenv("JOBTREE_USER", "root-admin")
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return invoke
+
+
+@pytest.fixture
+def events(database_url: str) -> Callable[[], int]:
+    """How many events the ledger holds right now."""
+
+    def count() -> int:
+        ledger = Ledger.from_url(database_url)
+        try:
+            return ledger.count()
+        finally:
+            ledger.engine.dispose()
+
+    return count
+
+
+@pytest.fixture
+def fleet(jt: CLI) -> CLI:
+    """The examples' cluster and the rai-sys budget, applied by the admin."""
+    assert jt("nodes", "apply", "-f", str(EXAMPLES / "cluster.yaml")).code == 0
+    assert jt("budgets", "apply", "-f", str(EXAMPLES / "budget-rai-sys.yaml")).code == 0
+    return jt

@@ -193,7 +193,9 @@ class JobtreeApp:
                 raise BadInput("kind", f"this command takes {' or '.join(allowed)} manifests, not {manifest.kind}")
             if isinstance(manifest, RunManifest):
                 events.append(self._run_event(manifest, expected))
-                applied.append(Applied("Run", run_key(manifest.metadata.namespace, manifest.metadata.name), "submitted"))
+                applied.append(
+                    Applied("Run", run_key(manifest.metadata.namespace, manifest.metadata.name), "submitted")
+                )
             elif isinstance(manifest, BudgetManifest):
                 events.append(self._budget_event(manifest, pending_parents))
                 applied.append(Applied("Budget", manifest.spec.owner, "applied"))
@@ -228,12 +230,14 @@ class JobtreeApp:
                     f"{self.identity.user} may not submit runs for {spec.owner} (not in the Budget's submitters)",
                 )
         if queries.run_is_active(self.engine, key) or run_stream(key) in expected:
-            raise BadInput("metadata.name", f"a run named {key} is already active in namespace "
-                           f"{manifest.metadata.namespace}")
+            raise BadInput(
+                "metadata.name", f"a run named {key} is already active in namespace {manifest.metadata.namespace}"
+            )
         stream = run_stream(key)
         expected[stream] = self.ledger.stream_version(stream)
-        submitted = RunSubmitted(key, manifest.metadata.namespace, manifest.metadata.name,
-                                 self.identity.user, spec.dump())
+        submitted = RunSubmitted(
+            key, manifest.metadata.namespace, manifest.metadata.name, self.identity.user, spec.dump()
+        )
         return NewEvent(stream, submitted)
 
     def _budget_event(self, manifest: BudgetManifest, parents: dict[str, list[str]]) -> NewEvent:
@@ -251,8 +255,10 @@ class JobtreeApp:
         for index, node in enumerate(manifest.spec.nodes):
             held = queries.max_held_slot(self.engine, node.name)
             if held >= node.gpus:
-                raise BadInput(f"spec.nodes[{index}].gpus",
-                               f"node {node.name} has open leases on GPU {held}; it cannot shrink to {node.gpus}")
+                raise BadInput(
+                    f"spec.nodes[{index}].gpus",
+                    f"node {node.name} has open leases on GPU {held}; it cannot shrink to {node.gpus}",
+                )
             registered = NodeRegistered(node.name, node.gpu_type, node.gpus, node.label_map())
             out.append(NewEvent(node_stream(node.name), registered))
         return out
@@ -276,12 +282,8 @@ class JobtreeApp:
             return queries.list_leases(self.engine, owner=owner)
         self.run(namespace or "default", name)
         key = run_key(namespace or "default", name)
-        since = self._incarnation_start(key)
-        return queries.list_leases(self.engine, run=key, since=since)
-
-    def _incarnation_start(self, key: str) -> datetime | None:
-        found = queries.get_run(self.engine, key)
-        return parse_time(found["submittedAt"]) if found and found["submittedAt"] else None
+        since = queries.latest_submission_position(self.engine, key)
+        return queries.list_leases(self.engine, run=key, since_position=since)
 
     def history(self, namespace: str, name: str) -> list[Row]:
         key = run_key(namespace, name)
@@ -311,7 +313,9 @@ class JobtreeApp:
         if by <= 0:
             raise BadInput("--by", "must be a positive number of GPUs")
         if width["desired"] - by < width["min"]:
-            raise BadInput("--by", f"desired width {width['desired']} - {by} would fall below the minimum {width['min']}")
+            raise BadInput(
+                "--by", f"desired width {width['desired']} - {by} would fall below the minimum {width['min']}"
+            )
         return self._act_on_run(namespace, name, "shrink", RunShrinkRequested(run_key(namespace, name), by))
 
     # ------------------------------------------------------------ nodes and budgets

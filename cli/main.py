@@ -31,31 +31,20 @@ app.command("demo")(demo.demo)
 
 
 def run(argv: list[str] | None = None) -> None:
-    """Console-script entry point."""
+    """Console-script entry point. Exits 0, 1 (failure) or 2 (bad input / usage)."""
     args = list(sys.argv[1:] if argv is None else argv)
     prog = Path(sys.argv[0]).name if argv is None else "jobtree"
+    if prog == "kubectl-runs":
+        prog = "kubectl runs"
     try:
         context.GLOBALS = context.split_globals(args)
-        command = typer.main.get_command(app)
-        command.main(args=context.GLOBALS.rest, prog_name=prog, standalone_mode=False)
+        # standalone mode: typer prints usage errors itself and exits 2
+        typer.main.get_command(app).main(args=context.GLOBALS.rest, prog_name=prog)
     except CommandError as exc:
         errors.print(f"error: {exc}", markup=False)
         sys.exit(exc.exit_code)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        errors.print("aborted")
-        sys.exit(130)
-    except Exception as exc:
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(2)
-        raise
     finally:
         context.close()
-    sys.exit(0)
 
 
 if __name__ == "__main__":

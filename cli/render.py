@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -13,7 +15,14 @@ from rich.table import Table
 Row = dict[str, Any]
 Column = tuple[str, Callable[[Row], Any]]
 
-console = Console(highlight=False, soft_wrap=True)
+def _width() -> int | None:
+    """Terminals report their own width; pipes and files get a wide one, so rows stay whole."""
+    if sys.stdout.isatty():
+        return None
+    return int(os.environ.get("COLUMNS") or 200)
+
+
+console = Console(highlight=False, soft_wrap=True, width=_width())
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
 FORMATS = ("table", "json", "yaml")
@@ -36,8 +45,9 @@ def table(rows: Sequence[Row], columns: Sequence[Column], title: str | None = No
             console.print(empty)
         return
     grid = Table(title=title, title_justify="left", header_style="bold", box=None, pad_edge=False)
-    for header, _ in columns:
-        grid.add_column(header)
+    last = len(columns) - 1
+    for index, (header, _) in enumerate(columns):
+        grid.add_column(header, no_wrap=index != last, overflow="fold" if index == last else "ellipsis")
     for row in rows:
         grid.add_row(*(_cell(get(row)) for _, get in columns))
     console.print(grid)

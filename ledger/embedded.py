@@ -11,6 +11,7 @@ import atexit
 import contextlib
 import os
 import subprocess
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,10 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 import migrations
+
+# The wheel asks platformdirs for a runtime dir at import; without XDG_RUNTIME_DIR it warns
+# and falls back to /tmp, which is what we want anyway.
+warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
 
 DATABASE = "jobtree"
 #: pg_advisory_lock(namespace, key) namespace shared by every jobtree lock.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -40,9 +40,7 @@ class ManifestError(ValueError):
 
 _GO_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)(h|m|s|ms))+$")
 _GO_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-_ISO_DURATION = re.compile(
-    r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?$"
-)
+_ISO_DURATION = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?$")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
 
@@ -337,7 +335,7 @@ class PolicyManifest(Strict):
     spec: PolicySpec
 
 
-Manifest = Union[ClusterManifest, BudgetManifest, RunManifest, PolicyManifest]
+Manifest = ClusterManifest | BudgetManifest | RunManifest | PolicyManifest
 
 _KINDS: dict[str, type[Strict]] = {
     "Cluster": ClusterManifest,

@@ -120,7 +120,7 @@ def list_leases(
     engine: Engine,
     run: str | None = None,
     owner: str | None = None,
-    since: datetime | None = None,
+    since_position: int | None = None,
     open_only: bool = False,
 ) -> list[Row]:
     sql = f"SELECT {_LEASE_COLUMNS} FROM leases l WHERE true"
@@ -131,9 +131,11 @@ def list_leases(
     if owner is not None:
         sql += " AND run IN (SELECT run FROM runs WHERE owner = :owner)"
         params["owner"] = owner
-    if since is not None:
-        sql += " AND start_at >= :since"
-        params["since"] = since
+    if since_position is not None:
+        sql += (
+            " AND lease_id IN (SELECT data->>'lease_id' FROM events WHERE type = 'LeaseStarted' AND position > :since)"
+        )
+        params["since"] = since_position
     if open_only:
         sql += " AND end_at IS NULL"
     sql += " ORDER BY start_at, lease_id"

@@ -42,13 +42,3 @@ def admission_widths(spec: RunSpec, desired: int | None = None) -> list[int]:
     low, step = spec.malleable.min_total_gpus, spec.malleable.step_gpus
     top = max(low, min(top, spec.malleable.max_total_gpus))
     return list(range(top, low - 1, -step))
-
-
-def describe_groups(spec: RunSpec, width: int) -> str:
-    """Human text for a width, e.g. ``2 groups of 8 in one fabric domain each``."""
-    size = spec.locality.group_gpus
-    if size is None:
-        return "spread over as few fabric domains as possible"
-    count = width // size
-    each = " each" if count > 1 else ""
-    return f"as {count} group{'s' if count > 1 else ''} of {size} in one fabric domain{each}"

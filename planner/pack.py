@@ -78,6 +78,11 @@ class Scratch:
             self._taken.setdefault(a.node, set()).update(a.slots)
             self._domain_taken[a.domain] = self._domain_taken.get(a.domain, 0) + len(a.slots)
 
+    def release(self, allocs: Iterable[Alloc]) -> None:
+        for a in allocs:
+            self._taken[a.node].difference_update(a.slots)
+            self._domain_taken[a.domain] -= len(a.slots)
+
 
 def pack(
     view: PlanView,
@@ -142,6 +147,7 @@ def _place_spread(s: Scratch, keys: Sequence[DomainKey], gpus: int, spares: int)
         allocs.extend(part)
         remaining -= max(amount, 0)
         spare_need -= k_here
+    s.release(allocs)  # the caller takes the whole group at once
     return allocs if remaining == 0 and spare_need == 0 else None
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -84,9 +85,7 @@ def pg_server() -> Iterator[PgServer]:
         yield PgServer(server, TEMPLATE)
     finally:
         server.stop()
-        with_parent = parent
-        if with_parent.exists():
-            with_parent.rmdir()
+        shutil.rmtree(parent, ignore_errors=True)
 
 
 @pytest.fixture

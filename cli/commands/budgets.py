@@ -6,8 +6,9 @@ from typing import Annotated
 
 import typer
 
+from cli import context
 from cli.commands.runs import FileOption, read_manifest_text
-from cli.context import GLOBALS, open_app
+from cli.context import open_app
 from cli.render import USAGE_COLUMNS, console, emit_data, table
 
 app = typer.Typer(help="Team budgets: envelopes of GPU concurrency and GPU-hours.", no_args_is_help=True)
@@ -19,7 +20,7 @@ def apply(file: FileOption) -> None:
     service = open_app()
     text_value, source = read_manifest_text(file)
     applied = service.apply(service.parse(text_value, source), allowed=("Budget",))
-    if not emit_data([a.as_row() for a in applied], GLOBALS.output):
+    if not emit_data([a.as_row() for a in applied], context.GLOBALS.output):
         for a in applied:
             console.print(f"budget/{a.name} {a.action}")
 
@@ -28,7 +29,7 @@ def apply(file: FileOption) -> None:
 def list_budgets() -> None:
     """List budgets and their envelopes."""
     rows = open_app().budgets()
-    if emit_data(rows, GLOBALS.output):
+    if emit_data(rows, context.GLOBALS.output):
         return
     flat = [
         {
@@ -44,8 +45,10 @@ def list_budgets() -> None:
         for b in rows
         for e in b["spec"].get("envelopes", [])
     ]
-    columns = [(k.upper(), lambda r, k=k: r[k]) for k in
-               ("owner", "parents", "envelope", "gpuType", "selector", "concurrency", "maxGPUHours", "sharing")]
+    columns = [
+        (k.upper(), lambda r, k=k: r[k])
+        for k in ("owner", "parents", "envelope", "gpuType", "selector", "concurrency", "maxGPUHours", "sharing")
+    ]
     table(flat, columns, empty="No budgets.")
 
 
@@ -53,5 +56,5 @@ def list_budgets() -> None:
 def usage(owner: Annotated[str | None, typer.Option(help="Only this owner's envelopes")] = None) -> None:
     """GPUs in use now per envelope: owned / shared / borrowed, and headroom."""
     rows = open_app().usage(owner)
-    if not emit_data(rows, GLOBALS.output):
+    if not emit_data(rows, context.GLOBALS.output):
         table(rows, USAGE_COLUMNS, empty="No envelopes.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli.context import GLOBALS
+from cli import context
 from cli.render import console
 from ledger.embedded import default_home, migrate, resolve_database_url, stop_embedded
 
@@ -14,7 +14,7 @@ app = typer.Typer(help="The ledger's database.", no_args_is_help=True)
 @app.command("migrate")
 def migrate_command() -> None:
     """Create or upgrade the ledger schema (idempotent)."""
-    url, embedded = resolve_database_url(GLOBALS.db)
+    url, embedded = resolve_database_url(context.GLOBALS.db)
     migrate(url)
     console.print(f"migrated {'embedded ' if embedded else ''}database")
 
@@ -22,7 +22,7 @@ def migrate_command() -> None:
 @app.command("url")
 def url() -> None:
     """Print the database URL in use (starting the embedded server if needed)."""
-    found, _ = resolve_database_url(GLOBALS.db)
+    found, _ = resolve_database_url(context.GLOBALS.db)
     print(found)
 
 

@@ -82,14 +82,17 @@ def chapter_quick_start(demo: Demo) -> None:
     leases = demo.data("leases resnet-small -n rai-sys")
     nodes = {n["name"]: n for n in demo.data("nodes list")}
     run = runs.get("resnet-small", {})
-    domains = {(nodes[lease["node"]]["labels"]["cluster"], nodes[lease["node"]]["labels"]["fabricDomain"])
-               for lease in leases}
+    domains = {
+        (nodes[lease["node"]]["labels"]["cluster"], nodes[lease["node"]]["labels"]["fabricDomain"]) for lease in leases
+    }
     demo.promise("resnet-small was admitted at once (Running)", run.get("phase") == "Running")
     demo.promise("all 8 GPUs are allocated", sum(lease["gpus"] for lease in leases) == 8)
     demo.promise(f"all 8 GPUs sit in one NVLink island {sorted(domains)}", len(domains) == 1)
-    demo.promise("paid by the team's envelope org:ai:rai:sys/west-h100, class owned",
-                 all(lease["envelope"] == "org:ai:rai:sys/west-h100" and lease["class"] == "owned"
-                     for lease in leases) and bool(leases))
+    demo.promise(
+        "paid by the team's envelope org:ai:rai:sys/west-h100, class owned",
+        all(lease["envelope"] == "org:ai:rai:sys/west-h100" and lease["class"] == "owned" for lease in leases)
+        and bool(leases),
+    )
     demo.promise("no reservation: nothing waits", run.get("message", "") == "")
 
 
@@ -100,17 +103,23 @@ def chapter_when_it_does_not_fit(demo: Demo) -> None:
     demo.show("get runs -n rai-sys")
     runs = {r["name"]: r for r in demo.data("get runs -n rai-sys")}
     usage = demo.data("budgets usage --owner org:ai:rai:sys")
-    demo.promise("wide-64 stays Pending and says the island is too small",
-                 runs["wide-64"]["phase"] == "Pending" and "domain" in runs["wide-64"]["message"])
-    demo.promise("over-budget stays Pending and says the budget is short",
-                 runs["over-budget"]["phase"] == "Pending" and "fund" in runs["over-budget"]["message"])
-    demo.promise("nothing is over-allocated: the envelope holds 8 of 64",
-                 usage[0]["owned"] == 8 and usage[0]["headroom"] == 56)
+    demo.promise(
+        "wide-64 stays Pending and says the island is too small",
+        runs["wide-64"]["phase"] == "Pending" and "domain" in runs["wide-64"]["message"],
+    )
+    demo.promise(
+        "over-budget stays Pending and says the budget is short",
+        runs["over-budget"]["phase"] == "Pending" and "fund" in runs["over-budget"]["message"],
+    )
+    demo.promise(
+        "nothing is over-allocated: the envelope holds 8 of 64", usage[0]["owned"] == 8 and usage[0]["headroom"] == 56
+    )
     demo.show("complete resnet-small -n rai-sys")
     demo.show("get runs -n rai-sys")
     runs = {r["name"]: r for r in demo.data("get runs -n rai-sys")}
-    demo.promise("once resnet-small completes, over-budget is funded and starts",
-                 runs["over-budget"]["phase"] == "Running")
+    demo.promise(
+        "once resnet-small completes, over-budget is funded and starts", runs["over-budget"]["phase"] == "Running"
+    )
 
 
 CHAPTERS: list[Callable[[Demo], None]] = [chapter_setup, chapter_quick_start, chapter_when_it_does_not_fit]

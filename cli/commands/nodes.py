@@ -6,8 +6,9 @@ from typing import Annotated
 
 import typer
 
+from cli import context
 from cli.commands.runs import FileOption, read_manifest_text
-from cli.context import GLOBALS, open_app
+from cli.context import open_app
 from cli.render import NODE_COLUMNS, console, emit_data, table
 
 app = typer.Typer(help="The GPU node inventory.", no_args_is_help=True)
@@ -20,7 +21,7 @@ def apply(file: FileOption) -> None:
     service = open_app()
     text_value, source = read_manifest_text(file)
     applied = service.apply(service.parse(text_value, source), allowed=("Cluster",))
-    if not emit_data([a.as_row() for a in applied], GLOBALS.output):
+    if not emit_data([a.as_row() for a in applied], context.GLOBALS.output):
         console.print(f"{len(applied)} node(s) registered")
 
 
@@ -28,13 +29,13 @@ def apply(file: FileOption) -> None:
 def list_nodes() -> None:
     """Every node with its location, GPUs used and free."""
     rows = open_app().nodes()
-    if not emit_data(rows, GLOBALS.output):
+    if not emit_data(rows, context.GLOBALS.output):
         table(rows, NODE_COLUMNS, empty="No nodes. Apply a Cluster manifest: jobtree nodes apply -f cluster.yaml")
 
 
 def _node_action(action: str, node: str) -> None:
     row = open_app().node_action(node, action)
-    if not emit_data(row, GLOBALS.output):
+    if not emit_data(row, context.GLOBALS.output):
         table([row], NODE_COLUMNS)
 
 

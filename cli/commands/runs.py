@@ -9,7 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.context import GLOBALS, open_app
+from cli import context
+from cli.context import open_app
 from cli.errors import BadInput
 from cli.render import (
     LEASE_COLUMNS,
@@ -31,7 +32,7 @@ def split_run(ref: str) -> tuple[str, str]:
     if "/" in ref:
         namespace, _, name = ref.partition("/")
         return namespace, name
-    return GLOBALS.ns, ref
+    return context.GLOBALS.ns, ref
 
 
 def read_manifest_text(path: Path) -> tuple[str, str]:
@@ -49,7 +50,7 @@ def submit(file: FileOption, wait: Annotated[bool, typer.Option(help="Wait until
     text_value, source = read_manifest_text(file)
     applied = app.apply(app.parse(text_value, source))
     rows = [a.as_row() | _run_state(app, a.name) for a in applied]
-    if emit_data(rows, GLOBALS.output):
+    if emit_data(rows, context.GLOBALS.output):
         return
     for row in rows:
         phase = f" — {row['phase']}" if row.get("phase") else ""
@@ -86,8 +87,8 @@ def get(
         if key != "owner" or not value:
             raise BadInput("-l", "the only selector is owner=OWNER")
         owner = value
-    rows = open_app().runs(None if all_namespaces else GLOBALS.ns, owner)
-    if not emit_data(rows, GLOBALS.output):
+    rows = open_app().runs(None if all_namespaces else context.GLOBALS.ns, owner)
+    if not emit_data(rows, context.GLOBALS.output):
         table(rows, RUN_COLUMNS, empty="No runs.")
 
 
@@ -111,10 +112,10 @@ def _watch(namespace: str, name: str, timeout: float | None, interval: float = 2
         run = app.run(namespace, name)
         line = _summary(run)
         if line != last:
-            if GLOBALS.output == "table":
+            if context.GLOBALS.output == "table":
                 console.print(line)
             else:
-                emit_data(run, GLOBALS.output)
+                emit_data(run, context.GLOBALS.output)
             last = line
         settled = run["phase"] in FINISHED_PHASES or (
             run["phase"] == "Running" and run["width"]["allocated"] >= run["width"]["desired"]
@@ -143,21 +144,26 @@ def explain(run: RunArg) -> None:
     found = app.run(namespace, name)
     leases = app.leases(namespace, name)
     history = app.history(namespace, name)
-    if emit_data({"run": found, "leases": leases, "history": history}, GLOBALS.output):
+    if emit_data({"run": found, "leases": leases, "history": history}, context.GLOBALS.output):
         return
     width, funding = found["width"], found["funding"]
     open_leases = [lease for lease in leases if lease["end"] is None]
     payers = sorted({lease["envelope"] or "nobody (unfunded)" for lease in open_leases if lease["role"] != "Fill"})
-    key_values([
-        ("Run", f"{namespace}/{name}"),
-        ("Owner", found["owner"]),
-        ("Submitted by", found["submitter"]),
-        ("Phase", found["phase"]),
-        ("Width", f"{width['allocated']} allocated / {width['desired']} desired (min {width['min']}, max {width['max']})"),
-        ("Funding", ", ".join(f"{k} {v}" for k, v in funding.items())),
-        ("Paid by", ", ".join(payers) or "-"),
-        ("Message", found["message"] or "-"),
-    ])
+    key_values(
+        [
+            ("Run", f"{namespace}/{name}"),
+            ("Owner", found["owner"]),
+            ("Submitted by", found["submitter"]),
+            ("Phase", found["phase"]),
+            (
+                "Width",
+                f"{width['allocated']} allocated / {width['desired']} desired (min {width['min']}, max {width['max']})",
+            ),
+            ("Funding", ", ".join(f"{k} {v}" for k, v in funding.items())),
+            ("Paid by", ", ".join(payers) or "-"),
+            ("Message", found["message"] or "-"),
+        ]
+    )
     console.print()
     table(leases, LEASE_COLUMNS, title="Leases", empty="No leases.")
     console.print()
@@ -171,8 +177,10 @@ def _describe(event: Row) -> str:
     kind = event["type"]
     if kind == "LeaseStarted":
         payer = data["envelope"] or "nobody"
-        return (f"{data['lease_id']} group {data['group']} {data['role']} on {data['node']} "
-                f"GPUs {data['slots']} paid by {payer} ({data['payer_class']}), {data['reason']}")
+        return (
+            f"{data['lease_id']} group {data['group']} {data['role']} on {data['node']} "
+            f"GPUs {data['slots']} paid by {payer} ({data['payer_class']}), {data['reason']}"
+        )
     if kind == "LeaseEnded":
         seed = f" seed {data['seed']}" if data.get("seed") else ""
         return f"{data['lease_id']} ended: {data['reason']}{seed}"
@@ -191,11 +199,8 @@ def leases(
     if run is None and owner is None:
         raise BadInput("RUN", "name a run or pass --owner OWNER")
     app = open_app()
-    if run is not None:
-        rows = app.leases(*split_run(run))
-    else:
-        rows = app.leases(None, None, owner=owner)
-    if not emit_data(rows, GLOBALS.output):
+    rows = app.leases(*split_run(run)) if run is not None else app.leases(None, None, owner=owner)
+    if not emit_data(rows, context.GLOBALS.output):
         table(rows, LEASE_COLUMNS, empty="No leases.")
 
 
@@ -203,7 +208,7 @@ def _act(action: str, run: str, **kwargs: int) -> None:
     app = open_app()
     namespace, name = split_run(run)
     result = getattr(app, action)(namespace, name, **kwargs)
-    if not emit_data(result, GLOBALS.output):
+    if not emit_data(result, context.GLOBALS.output):
         console.print(_summary(result))
 
 

@@ -16,8 +16,10 @@ BAD_RUNS = {
     "malformed YAML": ("spec: [unclosed", "malformed YAML"),
     "unknown field": (RUN.replace("  runtime:", "  colour: blue\n  runtime:"), "spec.colour: unknown field"),
     "zero GPUs": (RUN.replace("totalGPUs: 8", "totalGPUs: 0"), "spec.resources.totalGPUs"),
-    "group does not divide": (RUN.replace("    totalGPUs: 8", "    totalGPUs: 8\n  locality: {groupGPUs: 3}"),
-                              "groupGPUs"),
+    "group does not divide": (
+        RUN.replace("    totalGPUs: 8", "    totalGPUs: 8\n  locality: {groupGPUs: 3}"),
+        "groupGPUs",
+    ),
     "bad duration": (RUN.replace('"10m"', '"ten minutes"'), "spec.runtime.checkpoint"),
     "wrong kind": (RUN.replace("kind: Run", "kind: Job"), "kind"),
     "wrong apiVersion": (RUN.replace("rq.davidlangworthy.io/v1", "batch/v1"), "apiVersion"),
@@ -26,24 +28,31 @@ BAD_RUNS = {
         RUN.replace("  runtime:", "  malleable: {minTotalGPUs: 16, maxTotalGPUs: 32, stepGPUs: 8}\n  runtime:"),
         "malleable",
     ),
-    "borrow cap zero": (RUN.replace("  runtime:", "  funding: {maxBorrowGPUs: 0}\n  runtime:"),
-                        "spec.funding.maxBorrowGPUs"),
+    "borrow cap zero": (
+        RUN.replace("  runtime:", "  funding: {maxBorrowGPUs: 0}\n  runtime:"),
+        "spec.funding.maxBorrowGPUs",
+    ),
 }
 
 BAD_BUDGETS = {
     "empty owner": (BUDGET.replace("owner: org:ai:rai:sys", 'owner: ""'), "spec.owner"),
     "negative concurrency": (BUDGET.replace("concurrency: 64", "concurrency: -1"), "concurrency"),
     "zero hours": (BUDGET.replace("maxGPUHours: 50000", "maxGPUHours: 0"), "maxGPUHours"),
-    "unknown sharing": (BUDGET.replace("      concurrency: 64", "      concurrency: 64\n      sharing: friends"),
-                        "sharing"),
+    "unknown sharing": (
+        BUDGET.replace("      concurrency: 64", "      concurrency: 64\n      sharing: friends"),
+        "sharing",
+    ),
     "window backwards": (
-        BUDGET.replace("      concurrency: 64",
-                       "      concurrency: 64\n      window: {start: 2026-02-01T00:00:00Z, end: 2026-01-01T00:00:00Z}"),
+        BUDGET.replace(
+            "      concurrency: 64",
+            "      concurrency: 64\n      window: {start: 2026-02-01T00:00:00Z, end: 2026-01-01T00:00:00Z}",
+        ),
         "window",
     ),
     "lending cap zero": (
-        BUDGET.replace("      concurrency: 64",
-                       "      concurrency: 64\n      lending: {allow: true, to: ['*'], maxConcurrency: 0}"),
+        BUDGET.replace(
+            "      concurrency: 64", "      concurrency: 64\n      lending: {allow: true, to: ['*'], maxConcurrency: 0}"
+        ),
         "lending.maxConcurrency",
     ),
     "duplicate envelopes": (
@@ -83,7 +92,9 @@ def test_bad_budget_is_rejected(fleet: CLI, events: Callable[[], int], tmp_path:
 
 
 def test_a_cycle_in_the_family_tree_is_rejected(fleet: CLI, events: Callable[[], int], tmp_path: Path) -> None:
-    parent = BUDGET.replace("org:ai:rai:sys", "org:ai:rai").replace("parents: [org:ai:rai]", "parents: [org:ai:rai:sys]")
+    parent = BUDGET.replace("org:ai:rai:sys", "org:ai:rai").replace(
+        "parents: [org:ai:rai]", "parents: [org:ai:rai:sys]"
+    )
     before = events()
     result = fleet("budgets", "apply", "-f", write(tmp_path, parent))
     assert_rejected(result.code, result.err, "spec.parents", before, events())
@@ -104,9 +115,11 @@ def test_a_listed_submitter_may_submit(fleet: CLI) -> None:
 
 def test_only_admins_change_budgets_and_nodes(fleet: CLI, events: Callable[[], int]) -> None:
     before = events()
-    for args in (("budgets", "apply", "-f", str(EXAMPLES / "budget-rai-sys.yaml")),
-                 ("nodes", "apply", "-f", str(EXAMPLES / "cluster.yaml")),
-                 ("nodes", "cordon", "a-0")):
+    for args in (
+        ("budgets", "apply", "-f", str(EXAMPLES / "budget-rai-sys.yaml")),
+        ("nodes", "apply", "-f", str(EXAMPLES / "cluster.yaml")),
+        ("nodes", "cordon", "a-0"),
+    ):
         result = fleet(*args, user="alice")
         assert result.code == 2 and "admin" in result.err
     assert events() == before

@@ -5,8 +5,22 @@ from __future__ import annotations
 from tests.e2e.conftest import CLI, EXAMPLES
 
 RUN_KEYS = {"namespace", "name", "owner", "phase", "gpuType", "width", "funding", "message"}
-LEASE_KEYS = {"id", "run", "group", "role", "node", "slots", "gpus", "envelope", "payerOwner", "class",
-              "start", "end", "reason", "endReason"}
+LEASE_KEYS = {
+    "id",
+    "run",
+    "group",
+    "role",
+    "node",
+    "slots",
+    "gpus",
+    "envelope",
+    "payerOwner",
+    "class",
+    "start",
+    "end",
+    "reason",
+    "endReason",
+}
 
 
 def domains_of(jt: CLI, leases: list[dict[str, object]]) -> set[tuple[str, str]]:
@@ -108,8 +122,7 @@ def test_explain_tells_the_story(fleet: CLI) -> None:
     fleet("submit", "-f", str(EXAMPLES / "resnet-small.yaml"))
     out = fleet("explain", "rai-sys/resnet-small")
     assert out.code == 0
-    for expected in ("Running", "org:ai:rai:sys/west-h100", "RunSubmitted", "RunAdmitted", "LeaseStarted",
-                     "PodBound"):
+    for expected in ("Running", "org:ai:rai:sys/west-h100", "RunSubmitted", "RunAdmitted", "LeaseStarted", "PodBound"):
         assert expected in out.out
 
 

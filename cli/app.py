@@ -49,6 +49,7 @@ from ledger.model import (
     RunManifest,
     parse_manifests,
 )
+from ledger.errors import ConcurrencyError
 from ledger.store import Ledger
 from planner.worker import CatchUp, catch_up
 
@@ -152,7 +153,7 @@ class JobtreeApp:
                 expected={POLICY_STREAM: 0},
                 idempotency_key="bootstrap-policy",
             )
-        except Exception:  # another process bootstrapped first: fine
+        except ConcurrencyError:  # another process bootstrapped first: fine
             if self.ledger.stream_version(POLICY_STREAM) == 0:
                 raise
 

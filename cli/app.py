@@ -19,6 +19,7 @@ from binder.worker import bind_pending
 from cli.errors import BadInput, Forbidden, NotFound
 from cli.identity import Identity
 from ledger import queries
+from ledger.errors import ConcurrencyError
 from ledger.events import (
     POLICY_STREAM,
     BudgetApplied,
@@ -49,7 +50,6 @@ from ledger.model import (
     RunManifest,
     parse_manifests,
 )
-from ledger.errors import ConcurrencyError
 from ledger.store import Ledger
 from planner.worker import CatchUp, catch_up
 

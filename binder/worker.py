@@ -6,13 +6,14 @@ Idempotent by construction: each PodBound is appended with the idempotency key
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
 from sqlalchemy import text
 
 from binder.sim import LeaseToBind
-from ledger.events import NewEvent, PodBindFailed, PodBound, binder_stream
+from ledger.events import Event, NewEvent, PodBindFailed, PodBound, RunCompleted, binder_stream, run_stream
 from ledger.store import Ledger
 
 BINDER_ACTOR = "jobtree-binder"
@@ -22,6 +23,18 @@ class Backend(Protocol):
     name: str
 
     def bind(self, lease: LeaseToBind) -> tuple[str, ...]: ...
+
+
+class ClusterBackend(Backend, Protocol):
+    """A backend that also tears pods down and reports what the workload did (Kubernetes)."""
+
+    def unbind(self, open_leases: Sequence[LeaseToBind]) -> tuple[str, ...]:
+        """Delete (gracefully) every pod no open lease wants any more; return their names."""
+        ...
+
+    def observe(self) -> Sequence[Event]:
+        """Facts about the workload, e.g. RunCompleted when a run's pods all succeeded."""
+        ...
 
 
 class BindError(Exception):
@@ -38,6 +51,27 @@ def unbound_leases(ledger: Ledger) -> list[LeaseToBind]:
     return [LeaseToBind(r.lease_id, r.run, r.group_index, r.role, r.node, r.gpus) for r in rows]
 
 
+_KEPT_PODS = text(
+    """
+    SELECT b.data->'pods' AS pods FROM events s
+    JOIN events b ON b.type = 'PodBound' AND b.data->>'lease_id' = s.data->>'previous'
+    WHERE s.type = 'LeaseStarted' AND s.data->>'lease_id' = :lease AND s.data->>'reason' = 'PayerChanged'
+    ORDER BY b.position DESC LIMIT 1
+    """
+)
+
+
+def kept_pods(ledger: Ledger, lease_id: str) -> tuple[str, ...]:
+    """Pods a PayerChanged lease carries on from the lease it replaced (SPEC §4.3: no change).
+
+    The new lease is recorded as bound to the same pods, without asking the backend.
+    Empty when the lease is not a payer change or its predecessor was never bound.
+    """
+    with ledger.engine.connect() as conn:
+        pods = conn.execute(_KEPT_PODS, {"lease": lease_id}).scalar_one_or_none()
+    return tuple(pods or ())
+
+
 def bind_pending(ledger: Ledger, backend: Backend, now: datetime) -> int:
     """Bind every open, unbound lease; return how many were bound.
 
@@ -47,7 +81,7 @@ def bind_pending(ledger: Ledger, backend: Backend, now: datetime) -> int:
     reported = 0
     for lease in unbound_leases(ledger):
         try:
-            pods = backend.bind(lease)
+            pods = kept_pods(ledger, lease.lease_id) or backend.bind(lease)
         except BindError as exc:
             failed = PodBindFailed(lease.lease_id, lease.node, str(exc))
             key = f"bindfail:{lease.lease_id}"
@@ -58,3 +92,39 @@ def bind_pending(ledger: Ledger, backend: Backend, now: datetime) -> int:
         ledger.append([NewEvent(binder_stream(), bound)], actor=BINDER_ACTOR, at=now, idempotency_key=key)
         reported += 1
     return reported
+
+
+def open_leases(ledger: Ledger) -> list[LeaseToBind]:
+    sql = """
+        SELECT lease_id, run, group_index, role, node, gpus FROM leases
+        WHERE end_at IS NULL ORDER BY start_at, lease_id
+    """
+    with ledger.engine.connect() as conn:
+        rows = conn.execute(text(sql)).all()
+    return [LeaseToBind(r.lease_id, r.run, r.group_index, r.role, r.node, r.gpus) for r in rows]
+
+
+def _observed_key(ledger: Ledger, event: Event) -> str:
+    run = getattr(event, "run", "")
+    with ledger.engine.connect() as conn:
+        since = conn.execute(
+            text("SELECT COALESCE(max(position), 0) FROM events WHERE stream = :s AND type = 'RunSubmitted'"),
+            {"s": run_stream(run)},
+        ).scalar_one()
+    return f"observed:{event.TYPE}:{run}:{since}"
+
+
+def reconcile(ledger: Ledger, backend: ClusterBackend, now: datetime) -> tuple[int, int, int]:
+    """One binder pass: bind new leases, report workload facts, remove unwanted pods.
+
+    Returns (leases bound, facts reported, pods removed). Facts are appended with
+    an idempotency key per run incarnation, so a redelivered observation is harmless.
+    """
+    bound = bind_pending(ledger, backend, now)
+    facts = 0
+    for fact in backend.observe():
+        stream = run_stream(fact.run) if isinstance(fact, RunCompleted) else binder_stream()
+        key = _observed_key(ledger, fact)
+        facts += len(ledger.append([NewEvent(stream, fact)], actor=BINDER_ACTOR, at=now, idempotency_key=key))
+    removed = backend.unbind(open_leases(ledger))
+    return bound, facts, len(removed)

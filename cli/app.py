@@ -167,7 +167,9 @@ class JobtreeApp:
     # ------------------------------------------------------------ planner
 
     def sync(self) -> CatchUp:
-        """Let the planner and binder catch up to now."""
+        """Let the planner (and, on the simulated cluster, the binder) catch up to now."""
+        if self.policy().binder != "sim":
+            return catch_up(self.ledger, self.now)
         backend = self.backend
         return catch_up(self.ledger, self.now, bind=lambda at: bind_pending(self.ledger, backend, at))
 
@@ -313,11 +315,22 @@ class JobtreeApp:
         width = found["width"]
         if by <= 0:
             raise BadInput("--by", "must be a positive number of GPUs")
+        step = self._step_gpus(run_key(namespace, name))
+        if step is None:
+            raise BadInput("RUN", f"run {namespace}/{name} is not malleable (no spec.malleable): its width is fixed")
+        if by % step:
+            raise BadInput("--by", f"must be a multiple of the run's stepGPUs ({step}), got {by}")
         if width["desired"] - by < width["min"]:
             raise BadInput(
                 "--by", f"desired width {width['desired']} - {by} would fall below the minimum {width['min']}"
             )
         return self._act_on_run(namespace, name, "shrink", RunShrinkRequested(run_key(namespace, name), by))
+
+    def _step_gpus(self, key: str) -> int | None:
+        with self.engine.connect() as conn:
+            spec = conn.execute(text("SELECT spec FROM runs WHERE run = :run"), {"run": key}).scalar_one()
+        malleable = spec.get("malleable")
+        return int(malleable["stepGPUs"]) if malleable else None
 
     # ------------------------------------------------------------ nodes and budgets
 
@@ -347,7 +360,7 @@ class JobtreeApp:
 
     def usage(self, owner: str | None) -> list[Row]:
         self.sync()
-        rows = queries.envelope_usage(self.engine)
+        rows = queries.funding_usage(self.engine, self.now, self.policy().spare_charge_rate)
         return [r for r in rows if owner is None or r["owner"] == owner]
 
     def event_count(self) -> int:

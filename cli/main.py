@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 from cli import context
-from cli.commands import budgets, db, demo, nodes, runs
+from cli.commands import audit, budgets, db, demo, metrics, nodes, report, runs, sim, workers
 from cli.errors import CommandError
 from cli.render import errors
 
@@ -27,7 +27,12 @@ runs.register(app)
 app.add_typer(budgets.app, name="budgets")
 app.add_typer(nodes.app, name="nodes")
 app.add_typer(db.app, name="db")
+app.add_typer(workers.app, name="workers")
+app.add_typer(sim.app, name="sim")
 app.command("demo")(demo.demo)
+app.add_typer(audit.app, name="audit")
+app.command("report")(report.report)
+app.command("metrics")(metrics.metrics_cmd)
 
 
 def run(argv: list[str] | None = None) -> None:

@@ -25,7 +25,7 @@ def _width() -> int | None:
 console = Console(highlight=False, soft_wrap=True, width=_width())
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
-FORMATS = ("table", "json", "yaml")
+FORMATS = ("table", "json", "yaml", "csv")
 
 
 def emit_data(data: Any, output: str) -> bool:
@@ -36,7 +36,28 @@ def emit_data(data: Any, output: str) -> bool:
     if output == "yaml":
         print(yaml.safe_dump(data, sort_keys=False, default_flow_style=False), end="")
         return True
+    if output == "csv":
+        print(to_csv(data), end="")
+        return True
     return False
+
+
+def to_csv(data: Any) -> str:
+    """Rows (a list of dicts, or one dict) as CSV; nested values are JSON-encoded."""
+    import csv
+    import io
+
+    rows = data if isinstance(data, list) else [data]
+    header: list[str] = []
+    for row in rows:
+        header += [k for k in row if k not in header]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        cells = [row.get(k) for k in header]
+        writer.writerow(["" if v is None else json.dumps(v) if isinstance(v, dict | list) else v for v in cells])
+    return out.getvalue()
 
 
 def table(rows: Sequence[Row], columns: Sequence[Column], title: str | None = None, empty: str = "") -> None:

@@ -205,6 +205,8 @@ class LeaseStarted(Event):
 
     ``role``: Active | Spare | Fill. ``envelope``: ``"<owner>/<envelope>"`` or None.
     ``payer_class``: owned | shared | borrowed | unfunded.
+    ``previous``: for reason ``PayerChanged``, the lease (ended at the same instant)
+    whose slots this one carries on; the binder keeps its pods.
     """
 
     lease_id: str
@@ -217,6 +219,7 @@ class LeaseStarted(Event):
     payer_owner: str | None
     payer_class: str
     reason: str
+    previous: str | None = None
 
 
 @event("LeaseEnded")
@@ -234,6 +237,25 @@ class RunFinished(Event):
 
     run: str
     phase: str
+    reason: str
+
+
+@event("RunRequeued")
+@dataclass(frozen=True, slots=True)
+class RunRequeued(Event):
+    """The run lost its leases (SPEC §6.3, §5.4) and is Pending again in its old FIFO place."""
+
+    run: str
+    reason: str
+
+
+@event("RunResized")
+@dataclass(frozen=True, slots=True)
+class RunResized(Event):
+    """A running malleable run's allocated width changed (``reason``: Grow | Shrink | NodeFailure …)."""
+
+    run: str
+    width: int
     reason: str
 
 

@@ -324,6 +324,9 @@ class PolicySpec(Strict):
     spare_charge_rate: float = Field(default=0.5, ge=0, le=1)
     admins: list[str] = Field(default_factory=list)
     node_labels: NodeLabelKeys = Field(default_factory=NodeLabelKeys)
+    # sim: every command binds leases on the simulated cluster in-process (the embedded default);
+    # kubernetes: the binder workers own binding, and commands only plan.
+    binder: Literal["sim", "kubernetes"] = "sim"
 
     _durations = field_validator("reservation_notice", "accounting_period")(_check_duration)
 

@@ -175,6 +175,11 @@ def _run_finished(conn: Connection, e: ev.RunFinished, at: datetime) -> None:
     _set_run(conn, e.run, phase=e.phase, message=e.reason, finished_at=at)
 
 
+@_on(ev.RunRequeued)
+def _run_requeued(conn: Connection, e: ev.RunRequeued, at: datetime) -> None:
+    _set_run(conn, e.run, phase="Pending", message=f"requeued: {e.reason}")
+
+
 # ---------------------------------------------------------------- leases
 
 

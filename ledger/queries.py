@@ -257,3 +257,158 @@ def latest_submission_position(engine: Engine, run: str) -> int:
     sql = "SELECT COALESCE(max(position), 0) FROM events WHERE stream = :stream AND type = 'RunSubmitted'"
     with engine.connect() as conn:
         return int(conn.execute(text(sql), {"stream": f"run:{run}"}).scalar_one())
+
+
+# ---------------------------------------------------------------- reservations and the event log
+
+#: The reservation keys kept in the ``reservations.data`` jsonb column, with their defaults.
+#: The columns ``id``, ``run``, ``state`` and ``earliest_start`` hold the rest; any further
+#: keys in ``data`` (e.g. placement, payers) are passed through after these.
+RESERVATION_DATA_DEFAULTS: dict[str, Any] = {
+    "deficitGPUs": None,
+    "deficit": {},
+    "conflictSet": [],
+    "remedies": [],
+    "killProbability": {},
+    "confidence": None,
+    "seed": None,
+}
+
+
+def reservation_row(row: Any) -> Row:
+    """``{id, run, state, earliestStart, deficitGPUs, deficit, conflictSet, remedies, killProbability,
+    confidence, seed}`` from a ``reservations`` row (``data`` holds every key after earliestStart)."""
+    data = dict(row.data or {})
+    out: Row = {"id": row.id, "run": row.run, "state": row.state, "earliestStart": iso_utc(row.earliest_start)}
+    for key, default in RESERVATION_DATA_DEFAULTS.items():
+        value = data.pop(key, default)
+        out[key] = type(default)() if value is None and isinstance(default, dict | list) else value
+    if out["deficitGPUs"] is None:
+        out["deficitGPUs"] = sum(int(n) for n in out["deficit"].values())
+    return out | data
+
+
+def list_reservations(engine: Engine, run: str | None = None, state: str | None = None) -> list[Row]:
+    sql = "SELECT id, run, state, earliest_start, data FROM reservations WHERE true"
+    params: dict[str, Any] = {}
+    if run is not None:
+        sql += " AND run = :run"
+        params["run"] = run
+    if state is not None:
+        sql += " AND state = :state"
+        params["state"] = state
+    sql += " ORDER BY earliest_start NULLS LAST, id"
+    with engine.connect() as conn:
+        return [reservation_row(r) for r in conn.execute(text(sql), params)]
+
+
+def list_events(engine: Engine, after: int = 0) -> list[Row]:
+    """The ledger's events ``{position, at, type, stream, data}`` in order (logical time only:
+    no actor, no wall-clock ``recorded_at``, so a replayed scenario gives the same rows)."""
+    sql = "SELECT position, occurred_at, type, stream, data FROM events WHERE position > :after ORDER BY position"
+    with engine.connect() as conn:
+        rows = conn.execute(text(sql), {"after": after}).all()
+    return [
+        {"position": r.position, "at": iso_utc(r.occurred_at), "type": r.type, "stream": r.stream, "data": r.data}
+        for r in rows
+    ]
+
+
+# ---------------------------------------------------------------- funding usage (SPEC §4, §9)
+
+_UNFUNDED_BY_ENVELOPE = """
+    SELECT e.owner, e.name, COALESCE(sum(l.gpus), 0) AS gpus
+    FROM envelopes e
+    JOIN runs r ON r.owner = e.owner
+    JOIN leases l ON l.run = r.run AND l.end_at IS NULL AND l.payer_class = 'unfunded'
+                 AND l.role IN ('Active', 'Spare')
+    JOIN nodes n ON n.name = l.node AND n.gpu_type = e.gpu_type
+                AND (e.selector->>'region' IS NULL OR e.selector->>'region' = n.region)
+                AND (e.selector->>'cluster' IS NULL OR e.selector->>'cluster' = n.cluster)
+                AND (e.selector->>'fabricDomain' IS NULL OR e.selector->>'fabricDomain' = n.fabric_domain)
+    GROUP BY e.owner, e.name
+"""
+
+_RELATIONS = """
+    SELECT l.envelope, l.payer_owner, l.payer_class, r.owner AS run_owner, n.gpu_type, sum(l.gpus) AS gpus
+    FROM leases l JOIN runs r ON r.run = l.run LEFT JOIN nodes n ON n.name = l.node
+    WHERE l.end_at IS NULL AND l.role IN ('Active', 'Spare') AND l.payer_class IN ('shared', 'borrowed')
+    GROUP BY l.envelope, l.payer_owner, l.payer_class, r.owner, n.gpu_type
+    ORDER BY l.envelope, r.owner
+"""
+
+_CHARGED_HOURS = """
+    SELECT l.envelope,
+           sum(l.gpus * CASE WHEN l.role = 'Spare' THEN CAST(:spare AS numeric) ELSE 1 END
+               * EXTRACT(EPOCH FROM least(COALESCE(l.end_at, :now), :now) - l.start_at)) / 3600 AS hours,
+           sum(l.gpus * EXTRACT(EPOCH FROM least(COALESCE(l.end_at, :now), :now) - l.start_at))
+               FILTER (WHERE l.payer_class = 'borrowed') / 3600 AS lent_hours
+    FROM leases l
+    WHERE l.envelope IS NOT NULL AND l.payer_class <> 'unfunded' AND l.role IN ('Active', 'Spare')
+      AND l.start_at < :now
+    GROUP BY l.envelope
+"""
+
+
+def _window(start: datetime | None, end: datetime | None, now: datetime) -> tuple[Row | None, bool]:
+    if start is None and end is None:
+        return None, True
+    open_now = (start is None or start <= now) and (end is None or now < end)
+    return {"start": iso_utc(start), "end": iso_utc(end)}, open_now
+
+
+def funding_usage(engine: Engine, now: datetime, spare_rate: float = 0.5) -> list[Row]:
+    """``envelope_usage`` plus who pays for whom, GPU-hours and windows, per envelope.
+
+    Added keys: ``unfunded`` (unfunded GPUs of the owner's runs this envelope could pay
+    for: same gpuType, selector matches), ``gpuHoursUsed`` (charged: spares at
+    ``spare_rate``), ``gpuHoursLeft`` (of ``maxGPUHours``, or None), ``lentGPUHours``,
+    ``window``/``windowOpen``, ``sharing``, ``lending``, ``lentTo`` and ``sharedWith``
+    (other owners this envelope pays for now), ``borrowedFrom`` and ``sharedFrom`` (other
+    owners' envelopes paying for this owner's runs of this gpuType now).
+    """
+    rows = envelope_usage(engine)
+    params = {"now": now, "spare": spare_rate}
+    with engine.connect() as conn:
+        unfunded = {(r.owner, r.name): int(r.gpus) for r in conn.execute(text(_UNFUNDED_BY_ENVELOPE))}
+        relations = list(conn.execute(text(_RELATIONS)).all())
+        hours = {r.envelope: r for r in conn.execute(text(_CHARGED_HOURS), params)}
+        extra = {
+            (r.owner, r.name): r
+            for r in conn.execute(
+                text("SELECT owner, name, window_start, window_end, sharing, lending FROM envelopes")
+            )
+        }
+    for row in rows:
+        key = (row["owner"], row["envelope"].rsplit("/", 1)[1])
+        used = hours.get(row["envelope"])
+        spent = round(float(used.hours or 0), 6) if used is not None else 0.0
+        info = extra[key]
+        window, open_now = _window(info.window_start, info.window_end, now)
+        row |= {
+            "unfunded": unfunded.get(key, 0),
+            "gpuHoursUsed": spent,
+            "gpuHoursLeft": None if row["maxGPUHours"] is None else round(row["maxGPUHours"] - spent, 6),
+            "lentGPUHours": round(float(used.lent_hours or 0), 6) if used is not None else 0.0,
+            "window": window,
+            "windowOpen": open_now,
+            "sharing": info.sharing,
+            "lending": info.lending,
+            "lentTo": _others(relations, row, "borrowed", lender=True),
+            "sharedWith": _others(relations, row, "shared", lender=True),
+            "borrowedFrom": _others(relations, row, "borrowed", lender=False),
+            "sharedFrom": _others(relations, row, "shared", lender=False),
+        }
+    return rows
+
+
+def _others(relations: list[Any], row: Row, payer_class: str, lender: bool) -> list[Row]:
+    out = []
+    for r in relations:
+        if r.payer_class != payer_class:
+            continue
+        if lender and r.envelope == row["envelope"]:
+            out.append({"owner": r.run_owner, "gpus": int(r.gpus)})
+        elif not lender and r.run_owner == row["owner"] and r.gpu_type == row["gpuType"]:
+            out.append({"envelope": r.envelope, "owner": r.payer_owner, "gpus": int(r.gpus)})
+    return out

@@ -186,3 +186,19 @@ PROJECTION_TABLES: tuple[Table, ...] = (
     lease_slots,
     reservations,
 )
+
+#: Accounting views and set-returning functions created by migration 0002 (SQL only,
+#: not expressible as metadata; see docs/accounting.md). They read ``leases`` and ``nodes``.
+ACCOUNTING_VIEWS: tuple[str, ...] = (
+    "lease_history",
+    "gpu_hours_by_envelope",
+    "gpu_hours_by_owner",
+    "usage_now_by_class",
+)
+ACCOUNTING_FUNCTIONS: tuple[str, ...] = (
+    "gpu_hours",
+    "gpu_hours_by_envelope",
+    "gpu_hours_by_owner",
+    "gpu_hours_by_class",
+    "gpu_hours_by_run",
+)

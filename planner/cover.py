@@ -1,14 +1,17 @@
 """Cover (SPEC §4): who pays for each placed slot.
 
 ``cover`` walks a placement group by group (active slots, then spares at full
-count) and takes funding from the eligible envelopes in search order, as much as
-each can give under its pointwise cap (``concurrency``). One node's slots funded
-by two envelopes become two leases; what nobody funds is class ``unfunded``.
+count) and takes funding from the eligible envelopes in SPEC §4.2 search order
+(``planner.payers``: owner, family, sponsors), as much as each can give under its
+limits (``planner.limits``: concurrency, the GPU-hour look-ahead, lending caps and
+the run's ``maxBorrowGPUs``). One node's slots funded by two envelopes become two
+leases; what nobody funds is class ``unfunded``.
 
-Search order is built by ``payers``: a list of tiers, each a list of
-candidates. v1 has tier 1 (the owner's own envelopes, class ``owned``); family
-(``shared``) and sponsor (``borrowed``) tiers slot in as further tiers.
-Within a tier, exact-location selectors come before wildcard ones, then by name.
+With ``recall=True`` (admission of a run) the owner tier may also count the
+envelope's *shared* GPUs as headroom: the owner's own demand re-ranks family claims
+unfunded (SPEC §4.1). ``Cover.recalls`` says how many GPUs to take back from which
+envelope; the caller applies them through the funding book (``planner.rerank``).
+Cover itself never changes the view.
 """
 
 from __future__ import annotations
@@ -17,33 +20,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from ledger.model import Envelope, RunSpec
+from ledger.model import RunSpec
+from planner.limits import Limits, Tally
 from planner.pack import Alloc, GroupPlacement
-from planner.state import DomainKey, envelope_key
+from planner.payers import LOCATION_KEYS, UNFUNDED, Candidate, Payer, eligible, is_exact, search_order
+from planner.rerank import FundingBook, funding_book
+from planner.state import DomainKey
 from planner.view import PlanView
 
-LOCATION_KEYS = ("region", "cluster", "fabricDomain")
-
-
-@dataclass(frozen=True, slots=True)
-class Payer:
-    envelope: str | None  # "<owner>/<envelope>" or None
-    owner: str | None
-    payer_class: str  # owned | shared | borrowed | unfunded
-
-
-UNFUNDED = Payer(None, None, "unfunded")
-
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    payer: Payer
-    envelope: Envelope
-
-    @property
-    def key(self) -> str:
-        assert self.payer.envelope is not None
-        return self.payer.envelope
+__all__ = ["UNFUNDED", "Candidate", "Cover", "LeasePlan", "Payer", "cover", "eligible", "is_exact", "payers"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,82 +45,74 @@ class Cover:
     leases: tuple[LeasePlan, ...]
     unfunded: int  # GPUs nobody pays for
     shortfall: str | None  # what is short, when unfunded > 0
+    recalls: tuple[tuple[str, int], ...] = ()  # (envelope, shared GPUs its owner takes back)
 
 
 def payers(view: PlanView, spec: RunSpec, location: dict[str, str], now: datetime) -> list[Candidate]:
-    """Eligible envelopes for one domain, in SPEC §4.2 search order."""
-    tiers = [_own_tier(view, spec, location, now)]
-    return [c for tier in tiers for c in tier]
-
-
-def _own_tier(view: PlanView, spec: RunSpec, location: dict[str, str], now: datetime) -> list[Candidate]:
-    budget = view.budget(spec.owner)
-    if budget is None:
-        return []
-    found = [
-        Candidate(Payer(envelope_key(budget.owner, e.name), budget.owner, "owned"), e)
-        for e in budget.envelopes
-        if eligible(e, spec.resources.gpu_type, location, now)
-    ]
-    return sorted(found, key=lambda c: (not is_exact(c.envelope, location), c.envelope.name))
-
-
-def eligible(envelope: Envelope, gpu_type: str, location: dict[str, str], now: datetime) -> bool:
-    window_open = envelope.window is None or envelope.window.is_open(now)
-    return envelope.gpu_type == gpu_type and envelope.matches(location) and window_open
-
-
-def is_exact(envelope: Envelope, location: dict[str, str]) -> bool:
-    return all(envelope.selector.get(k) == location.get(k) for k in LOCATION_KEYS)
+    """Eligible envelopes for one location, in SPEC §4.2 search order."""
+    return search_order(view.state.budgets, funding_book(view, now).limits.family, spec, location, now)
 
 
 class _Funding:
-    """Headroom per envelope during one cover call (view funded + this call's claims)."""
+    """Room per candidate during one cover call (view + this call's tentative claims)."""
 
-    def __init__(self, view: PlanView) -> None:
-        self.view = view
-        self.claimed: dict[str, int] = {}
+    def __init__(self, book: FundingBook, spec: RunSpec, run: str | None, recall: bool) -> None:
+        self.book = book
+        self.limits: Limits = book.limits
+        self.spec = spec
+        self.run = run
+        self.recall = recall
+        self.tally = Tally()
 
-    def headroom(self, c: Candidate) -> int:
-        used = self.view.funded(c.key) + self.claimed.get(c.key, 0)
-        return max(0, c.envelope.concurrency - used)
+    def take(self, cand: Candidate, want: int) -> int:
+        room = self.limits.room(cand, self.spec, self.run, self.tally)
+        recallable = 0
+        if self.recall and cand.payer_class == "owned" and self.limits.alive(cand):
+            recallable = self.book.recallable(cand.key) - self.tally.recalled[cand.key]
+        take = min(want, max(0, room + recallable))
+        if take > 0:
+            self.tally.claim(cand, take, max(0, take - room))
+        return take
 
-    def claim(self, c: Candidate, gpus: int) -> None:
-        self.claimed[c.key] = self.claimed.get(c.key, 0) + gpus
 
+def cover(
+    view: PlanView,
+    spec: RunSpec,
+    placement: Sequence[GroupPlacement],
+    now: datetime,
+    run: str | None = None,
+    recall: bool = False,
+) -> Cover:
+    """Assign one payer per lease; split a node's slots when payers change.
 
-def cover(view: PlanView, spec: RunSpec, placement: Sequence[GroupPlacement], now: datetime) -> Cover:
-    """Assign one payer per lease; split a node's slots when payers change."""
-    funding = _Funding(view)
-    by_domain: dict[DomainKey, list[Candidate]] = {}
+    ``run`` (the run's key) makes ``maxBorrowGPUs`` count what the run already borrows.
+    """
+    book = funding_book(view, now)
+    funding = _Funding(book, spec, run, recall)
     leases: list[LeasePlan] = []
     unfunded = 0
     short: tuple[DomainKey, list[Candidate]] | None = None
     for group in placement:
         for alloc in group.allocs:
-            cands = by_domain.get(alloc.domain)
-            if cands is None:
-                cands = by_domain[alloc.domain] = payers(view, spec, view.domain(alloc.domain).location, now)
+            cands = book.limits.candidates(spec, alloc.domain)
             parts, left = _fund_alloc(funding, cands, group.index, alloc)
             leases += parts
             if left and short is None:
                 short = (alloc.domain, cands)
             unfunded += left
-    message = None if short is None else _shortfall(view, spec, placement, *short)
-    return Cover(tuple(leases), unfunded, message)
+    message = None if short is None else _shortfall(funding, placement, *short, unfunded)
+    recalls = tuple((k, n) for k, n in sorted(funding.tally.recalled.items()) if n)
+    return Cover(tuple(leases), unfunded, message, recalls)
 
 
-def _fund_alloc(
-    funding: _Funding, cands: list[Candidate], group: int, alloc: Alloc
-) -> tuple[list[LeasePlan], int]:
+def _fund_alloc(funding: _Funding, cands: list[Candidate], group: int, alloc: Alloc) -> tuple[list[LeasePlan], int]:
     parts: list[LeasePlan] = []
     slots = list(alloc.slots)
     for cand in cands:
         if not slots:
             break
-        take = min(len(slots), funding.headroom(cand))
+        take = funding.take(cand, len(slots))
         if take:
-            funding.claim(cand, take)
             parts.append(LeasePlan(group, alloc.role, alloc.node, tuple(slots[:take]), cand.payer))
             slots = slots[take:]
     if slots:
@@ -143,26 +120,72 @@ def _fund_alloc(
     return parts, len(slots)
 
 
+# ---------------------------------------------------------------- messages
+
+
 def _shortfall(
-    view: PlanView,
-    spec: RunSpec,
+    funding: _Funding,
     placement: Sequence[GroupPlacement],
     domain: DomainKey,
     cands: list[Candidate],
+    unfunded: int,
 ) -> str:
     """E.g. ``not funded: envelope O/E has 4 of 64 GPUs free, needs 8 (no other eligible envelope)``."""
+    view, spec = funding.limits.view, funding.spec
     needs = sum(len(a.slots) for g in placement for a in g.allocs if a.domain == domain)
     gpu_type = spec.resources.gpu_type
     where = view.domain(domain)
+    notes = _borrow_notes(funding, cands)
+    borrow_limit = [n for n in notes if n.startswith("the borrow limit")]
+    if borrow_limit:
+        total = sum(len(a.slots) for g in placement for a in g.allocs)
+        return f"not funded: {borrow_limit[0]}; {unfunded} of {total} {gpu_type} GPUs have no payer"
+    tail = "".join(f"; {n}" for n in notes)
     if not cands:
         loc = "/".join(where.location[k] for k in LOCATION_KEYS)
-        return f"not funded: no envelope of {spec.owner} for {gpu_type} covers {loc} now, needs {needs}"
+        return f"not funded: no envelope of {spec.owner} for {gpu_type} covers {loc} now, needs {needs}{tail}"
 
     def free(c: Candidate) -> str:
         cap = c.envelope.concurrency
-        return f"{c.key} has {max(0, cap - view.funded(c.key))} of {cap} GPUs free"
+        text = f"{c.key} has {max(0, cap - view.funded(c.key))} of {cap} GPUs free"
+        if not funding.limits.alive(c):
+            return text + " (its GPU-hours have run out)"
+        room = funding.limits.envelope_room(c)
+        if room < cap - view.funded(c.key):
+            text += f" ({max(0, room)} within its maxGPUHours look-ahead)"
+        return text
 
     if len(cands) == 1:
-        return f"not funded: envelope {free(cands[0])}, needs {needs} (no other eligible envelope)"
+        return f"not funded: envelope {free(cands[0])}, needs {needs} (no other eligible envelope){tail}"
     listed = "; ".join(f"envelope {free(c)}" for c in cands)
-    return f"not funded: needs {needs} {gpu_type} GPUs in {where.name}; {listed}"
+    return f"not funded: needs {needs} {gpu_type} GPUs in {where.name}; {listed}{tail}"
+
+
+def _borrow_notes(funding: _Funding, cands: list[Candidate]) -> list[str]:
+    """Why borrowing did not cover the rest (SPEC §4.2 tier 3)."""
+    spec, limits = funding.spec, funding.limits
+    sponsors = spec.funding.sponsors
+    if not sponsors:
+        return []
+    if not spec.funding.allow_borrow:
+        return [f"sponsors {', '.join(sponsors)} are not asked (funding.allowBorrow is false)"]
+    lenders = [c for c in cands if c.payer_class == "borrowed"]
+    if not lenders:
+        return [f"no sponsor envelope here lends to {spec.owner} ({', '.join(sponsors)}: lending.allow / lending.to)"]
+    tally = funding.tally
+    could = sum(max(0, min(limits.envelope_room(c, tally), limits.lending_room(c, tally))) for c in lenders)
+    allowed = limits.borrow_room(spec, funding.run, funding.tally)
+    cap = spec.funding.max_borrow_gpus
+    if cap is not None and could > 0 and allowed <= 0:
+        return [
+            f"the borrow limit is what is short: funding.maxBorrowGPUs allows {cap} borrowed GPUs "
+            f"and sponsors could lend {could} more"
+        ]
+    notes = []
+    for c in lenders:
+        lending = c.envelope.lending
+        assert lending is not None
+        lent = limits.view.lent(c.key) + funding.tally.lent[c.key]
+        cap_text = f" of lending.maxConcurrency {lending.max_concurrency}" if lending.max_concurrency else ""
+        notes.append(f"sponsor envelope {c.key} lends {lent}{cap_text}")
+    return notes

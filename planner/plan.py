@@ -6,9 +6,14 @@ reach a fixpoint: folding them and planning again at the same ``now`` gives [].
 
 Order inside one call:
 1. finish runs with a cancel/complete request (end their leases, then RunFinished);
-2. admission in FIFO order with skipping (SPEC §4.4 outcome 1 and 3);
-3. a RunDeferred for each still-pending run whose message changed, computed after
-   every admission of this call so the message already reflects them.
+2. node failures, shrinks and fills orphaned by ended spares (planner.failures,
+   planner.elastic, planner.spares; consequences in planner.losses);
+3. admission in FIFO order with skipping (SPEC §4.4 outcome 1 and 3), runs requeued
+   in step 2 keeping their old place; unfunded opportunistic runs try spare slots
+   first (Fill, SPEC §6.2);
+4. a RunDeferred for each still-pending run whose message changed, computed after
+   every admission of this call so the message already reflects them;
+5. spare top-up and growth of malleable runs, for GPU types nobody waits for (SPEC §7).
 """
 
 from __future__ import annotations
@@ -18,8 +23,13 @@ from datetime import datetime
 
 from ledger.events import Event, LeaseEnded, LeaseStarted, RunAdmitted, RunDeferred, RunFinished
 from planner.cover import LeasePlan, cover
+from planner.elastic import apply_shrinks, grow
+from planner.failures import handle_failures
+from planner.losses import Batch
 from planner.lower import admission_widths, lower
 from planner.pack import PackFailure, pack
+from planner.rerank import finalize, funding_book, rerank
+from planner.spares import end_orphan_fills, fill_attempt
 from planner.state import ClusterState, RunState
 from planner.view import PlanView
 
@@ -30,30 +40,48 @@ ADMITTED = "Admitted"
 class Admission:
     width: int
     leases: tuple[LeasePlan, ...]
+    recalls: tuple[tuple[str, int], ...] = ()  # shared GPUs the owner takes back (SPEC §4.1)
 
 
 def plan(state: ClusterState, now: datetime) -> list[Event]:
     """Decisions to append, in order. Never mutates ``state``."""
     view = PlanView(state)
     decisions = _finish(view)
-    decisions += _admit(view, now)
-    return decisions
+    batch = Batch(view, now, decisions)  # appends to ``decisions``
+    handle_failures(batch)
+    apply_shrinks(batch)
+    end_orphan_fills(batch)
+    decisions += rerank(view, now)  # SPEC §4.3: payer changes before anyone new is admitted
+    decisions += _admit(view, now, batch.requeued)
+    grow(batch, _waiting(state, decisions, batch.requeued))
+    return finalize(view, decisions)
+
+
+def _waiting(state: ClusterState, decisions: list[Event], requeued: list[str]) -> set[str]:
+    """GPU types some run still waits for after this call's admissions."""
+    admitted = {d.run for d in decisions if isinstance(d, RunAdmitted)}
+    queued = set(state.pending) | set(requeued)
+    keys = queued - admitted - set(state.finishing)
+    return {state.runs[k].spec.resources.gpu_type for k in keys}
 
 
 def attempt(view: PlanView, run: RunState, now: datetime) -> Admission | str:
     """Widest width that packs and is funded (or packs, if opportunistic); else what is short."""
     spec = run.spec
+    filled = fill_attempt(view, run, now)
+    if filled is not None:
+        return Admission(*filled)
     failure = ""
     for width in admission_widths(spec, run.desired):
         placement = pack(view, spec.resources.gpu_type, lower(spec, width), spec.spares)
         if isinstance(placement, PackFailure):
             failure = placement.message
             continue
-        funded = cover(view, spec, placement, now)
+        funded = cover(view, spec, placement, now, run=run.key, recall=True)
         if funded.unfunded and not spec.funding.opportunistic:
             failure = funded.shortfall or "not funded"
             continue
-        return Admission(width, funded.leases)
+        return Admission(width, funded.leases, funded.recalls)
     return failure
 
 
@@ -75,30 +103,68 @@ def _finish(view: PlanView) -> list[Event]:
 # ---------------------------------------------------------------- admission
 
 
-def _admit(view: PlanView, now: datetime) -> list[Event]:
+def _admit(view: PlanView, now: datetime, requeued: list[str] | None = None) -> list[Event]:
     state = view.state
     out: list[Event] = []
     deferred: list[tuple[RunState, str, int]] = []
     admitted = 0
-    for run in state.pending_in_order():
+    for run in _queue(state, requeued or []):
         if run.key in state.finishing:
             continue
         result = attempt(view, run, now)
         if isinstance(result, Admission):
-            out += _start(view, run, result)
+            out += _start(view, run, result, now)
             admitted += 1
         else:
             deferred.append((run, result, admitted))
+    deferred, admitted, late = _retry(view, now, deferred, admitted)
+    out += late
     for run, message, admitted_before in deferred:
         if admitted_before < admitted:  # later admissions took capacity: describe the final state
             again = attempt(view, run, now)
             message = again if isinstance(again, str) else message
-        if message != run.deferred_message:
+        previous = None if run.key in (requeued or []) else run.deferred_message
+        if message != previous:
             out.append(RunDeferred(run.key, message))
     return out
 
 
-def _start(view: PlanView, run: RunState, admission: Admission) -> list[Event]:
+def _retry(
+    view: PlanView, now: datetime, deferred: list[tuple[RunState, str, int]], admitted: int
+) -> tuple[list[tuple[RunState, str, int]], int, list[Event]]:
+    """Later admissions can move pack elsewhere (and with it, who pays): admit what fits now.
+
+    Repeats until a pass admits nothing, so the messages written after it are final.
+    """
+    out: list[Event] = []
+    progress = True
+    while progress:
+        progress = False
+        still = []
+        for run, message, before in deferred:
+            again = attempt(view, run, now) if before < admitted else message
+            if isinstance(again, Admission):
+                out += _start(view, run, again, now)
+                admitted += 1
+                progress = True
+            else:
+                still.append((run, message, before))
+        deferred = still
+    return deferred, admitted, out
+
+
+def _queue(state: ClusterState, requeued: list[str]) -> list[RunState]:
+    """Pending runs in FIFO order, with runs requeued in this call back in their old place."""
+    if not requeued:
+        return state.pending_in_order()
+    runs = [*state.pending_in_order(), *(state.runs[k] for k in requeued if k not in state.pending)]
+    return sorted(runs, key=lambda r: r.submitted_position)
+
+
+def _start(view: PlanView, run: RunState, admission: Admission, now: datetime) -> list[Event]:
+    book = funding_book(view, now)
+    for envelope, gpus in admission.recalls:
+        book.recall(envelope, gpus)
     out: list[Event] = [RunAdmitted(run.key, admission.width)]
     for lp in admission.leases:
         payer = lp.payer
@@ -117,8 +183,9 @@ def _start(view: PlanView, run: RunState, admission: Admission) -> list[Event]:
                 reason=ADMITTED,
             )
         )
-        view.start(lp.node, lp.slots, lp.role, payer.envelope)
-    return out
+        view.start_lease(out[-1])  # type: ignore[arg-type]
+    book.promote(everyone=False)  # recalled GPUs try their next payer
+    return [*book.flush(), *out]
 
 
 # ---------------------------------------------------------------- explain

@@ -20,6 +20,7 @@ from datetime import datetime
 
 from ledger import events as ev
 from ledger.model import BudgetSpec, PolicySpec, RunSpec, budget_from_spec, policy_from_spec, run_from_spec
+from planner.hours import FundingIndex
 
 DomainKey = tuple[str, str, str]
 """(gpuType, cluster, fabricDomain): SPEC §3.1."""
@@ -127,6 +128,8 @@ class ClusterState:
     finishing: dict[str, int] = field(default_factory=dict)  # run key -> request position
     leases: dict[str, LeaseState] = field(default_factory=dict)  # open leases
     funded: dict[str, int] = field(default_factory=dict)  # envelope key -> funded GPUs now
+    fills: set[str] = field(default_factory=set)  # open Fill lease ids (SPEC §6.2)
+    funding: FundingIndex = field(default_factory=FundingIndex)  # funded leases and GPU-hours (§4.3)
     plan_version: int = 0
     last_position: int = 0
     last_time: datetime | None = None
@@ -150,6 +153,7 @@ def fold(records: Iterable[ev.Recorded], base: ClusterState | None = None) -> Cl
             handler(state, record)
         if record.stream == plan:
             state.plan_version += 1
+        state.funding.seen(record)
         state.last_position = max(state.last_position, record.position)
         state.last_time = (
             record.occurred_at if state.last_time is None else max(state.last_time, record.occurred_at)
@@ -252,6 +256,7 @@ def _budget_applied(state: ClusterState, record: ev.Recorded) -> None:
 def _policy_changed(state: ClusterState, record: ev.Recorded) -> None:
     e = record.event
     assert isinstance(e, ev.PolicyChanged)
+    state.funding.checkpoint(record.occurred_at, state.policy.spare_charge_rate)
     state.policy = policy_from_spec(e.spec)
 
 
@@ -340,6 +345,21 @@ def _run_finished(state: ClusterState, record: ev.Recorded) -> None:
     state.finishing.pop(e.run, None)
 
 
+def _run_requeued(state: ClusterState, record: ev.Recorded) -> None:
+    """Back to Pending in its old FIFO place (SPEC §6.3); its leases ended just before."""
+    e = record.event
+    assert isinstance(e, ev.RunRequeued)
+    run = state.runs[e.run]
+    run.phase, run.width, run.deferred_message = "Pending", 0, None
+    state.pending[e.run] = run.submitted_position
+
+
+def _run_resized(state: ClusterState, record: ev.Recorded) -> None:
+    e = record.event
+    assert isinstance(e, ev.RunResized)
+    state.runs[e.run].width = e.width
+
+
 # ---------------------------------------------------------------- leases
 
 
@@ -352,6 +372,8 @@ def _lease_started(state: ClusterState, record: ev.Recorded) -> None:
     )  # fmt: skip
     state.leases[e.lease_id] = lease
     state.next_lease_seq += 1
+    if e.role == "Fill":
+        state.fills.add(e.lease_id)
     run = state.runs.get(e.run)
     if run is not None:
         run.leases.add(e.lease_id)
@@ -362,6 +384,7 @@ def _lease_started(state: ClusterState, record: ev.Recorded) -> None:
             _hold(state, node, lease.slots, take=True)
     if e.envelope is not None:
         state.funded[e.envelope] = state.funded.get(e.envelope, 0) + len(lease.slots)
+    state.funding.started(lease, record.occurred_at, state.policy.spare_charge_rate)
 
 
 def _lease_ended(state: ClusterState, record: ev.Recorded) -> None:
@@ -370,6 +393,7 @@ def _lease_ended(state: ClusterState, record: ev.Recorded) -> None:
     lease = state.leases.pop(e.lease_id, None)
     if lease is None:
         return
+    state.fills.discard(e.lease_id)
     run = state.runs.get(lease.run)
     if run is not None:
         run.leases.discard(e.lease_id)
@@ -380,6 +404,7 @@ def _lease_ended(state: ClusterState, record: ev.Recorded) -> None:
             _hold(state, node, lease.slots, take=False)
     if lease.envelope is not None:
         state.funded[lease.envelope] = state.funded.get(lease.envelope, 0) - len(lease.slots)
+    state.funding.ended(lease, record.occurred_at, state.policy.spare_charge_rate)
 
 
 def _hold(state: ClusterState, node: NodeState, slots: tuple[int, ...], take: bool) -> None:
@@ -407,6 +432,8 @@ _HANDLERS: dict[type[ev.Event], Callable[[ClusterState, ev.Recorded], None]] = {
     ev.RunAdmitted: _run_admitted,
     ev.RunDeferred: _run_deferred,
     ev.RunFinished: _run_finished,
+    ev.RunRequeued: _run_requeued,
+    ev.RunResized: _run_resized,
     ev.LeaseStarted: _lease_started,
     ev.LeaseEnded: _lease_ended,
 }

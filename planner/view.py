@@ -8,6 +8,9 @@ Every read is O(1) or O(one node); nothing scans all leases.
 
 from __future__ import annotations
 
+from typing import Any
+
+from ledger.events import LeaseStarted
 from ledger.model import BudgetSpec
 from planner.state import HOLDING_ROLES, ClusterState, DomainKey, DomainState, LeaseState, NodeState, lease_id
 
@@ -19,7 +22,13 @@ class PlanView:
         self._domain_delta: dict[DomainKey, int] = {}
         self._funded_delta: dict[str, int] = {}
         self._ended: set[str] = set()
+        self._started: dict[str, list[tuple[str, tuple[int, ...]]]] = {}  # node -> (role, slots) this call
         self._seq = state.next_lease_seq
+        self._lent_delta: dict[str, int] = {}  # envelope -> borrowed GPUs started - ended this call
+        self._borrowed_delta: dict[str, int] = {}  # run -> borrowed GPUs started - ended this call
+        self._shared_delta: dict[str, int] = {}  # envelope -> shared GPUs started - ended this call
+        self.fresh: list[LeaseStarted] = []  # leases started this call through start_lease
+        self.funding: Any = None  # the funding book of this call (planner.rerank.FundingBook)
 
     # ------------------------------------------------------------ reads
 
@@ -45,12 +54,43 @@ class PlanView:
     def funded(self, envelope: str) -> int:
         return self.state.funded.get(envelope, 0) + self._funded_delta.get(envelope, 0)
 
+    def lent(self, envelope: str) -> int:
+        """GPUs ``envelope`` lends now (borrowed class)."""
+        return self.state.funding.lent_now.get(envelope, 0) + self._lent_delta.get(envelope, 0)
+
+    def shared(self, envelope: str) -> int:
+        """GPUs ``envelope`` pays for family members now (class shared)."""
+        return self.state.funding.shared_now.get(envelope, 0) + self._shared_delta.get(envelope, 0)
+
+    def run_borrowed(self, run: str) -> int:
+        """GPUs ``run`` borrows now (SPEC §4.2: maxBorrowGPUs is cumulative per run)."""
+        found = self.state.runs.get(run)
+        ids = found.leases if found is not None else set()
+        base = sum(len(self.state.leases[i].slots) for i in ids if self.state.leases[i].payer_class == "borrowed")
+        return base + self._borrowed_delta.get(run, 0)
+
     def budget(self, owner: str) -> BudgetSpec | None:
         return self.state.budgets.get(owner)
 
     def open_leases(self, run: str) -> list[LeaseState]:
         ids = self.state.runs[run].leases - self._ended
         return [self.state.leases[i] for i in sorted(ids)]
+
+    def ended(self, lease_id: str) -> bool:
+        return lease_id in self._ended
+
+    def node_leases(self, name: str) -> list[LeaseState]:
+        """Open leases on a node as of the state, minus those ended in this call."""
+        ids = self.state.nodes[name].leases - self._ended
+        return [self.state.leases[i] for i in sorted(ids)]
+
+    def role_slots(self, name: str, role: str) -> set[int]:
+        """Slots of a node held by open leases of ``role``, counting leases started in this call."""
+        out = {s for lease in self.node_leases(name) if lease.role == role for s in lease.slots}
+        for started_role, slots in self._started.get(name, ()):
+            if started_role == role:
+                out.update(slots)
+        return out
 
     # ------------------------------------------------------------ writes (overlay only)
 
@@ -59,11 +99,48 @@ class PlanView:
         self._seq += 1
         return lid
 
-    def start(self, node: str, slots: tuple[int, ...], role: str, envelope: str | None) -> None:
+    def start(
+        self,
+        node: str,
+        slots: tuple[int, ...],
+        role: str,
+        envelope: str | None,
+        payer_class: str | None = None,
+        run: str | None = None,
+    ) -> None:
+        self._started.setdefault(node, []).append((role, slots))
         if role in HOLDING_ROLES:
             self._hold(node, slots, take=True)
         if envelope is not None:
             self._funded_delta[envelope] = self._funded_delta.get(envelope, 0) + len(slots)
+            self._count(envelope, payer_class, run, len(slots))
+
+    def start_lease(self, lease: LeaseStarted) -> None:
+        """Start a lease decided in this call; the funding book may still re-pay it."""
+        self.start(lease.node, lease.slots, lease.role, lease.envelope, lease.payer_class, lease.run)
+        self.fresh.append(lease)
+
+    def retag(self, run: str, gpus: int, old: tuple[str | None, str], new: tuple[str | None, str]) -> None:
+        """Move ``gpus`` of ``run`` from payer ``old`` to ``new`` ((envelope, class) pairs): counts only."""
+        for (envelope, payer_class), sign in ((old, -1), (new, 1)):
+            if envelope is None:
+                continue
+            self._funded_delta[envelope] = self._funded_delta.get(envelope, 0) + sign * gpus
+            self._count(envelope, payer_class, run, sign * gpus)
+
+    def replaced(self, lease: LeaseState) -> None:
+        """A lease the funding book ends and re-starts (PayerChanged): slots, roles and counts stay."""
+        self._ended.add(lease.lease_id)
+        self._started.setdefault(lease.node, []).append((lease.role, lease.slots))
+
+    def _count(self, envelope: str, payer_class: str | None, run: str | None, gpus: int) -> None:
+        if payer_class == "shared":
+            self._shared_delta[envelope] = self._shared_delta.get(envelope, 0) + gpus
+        if payer_class != "borrowed":
+            return
+        self._lent_delta[envelope] = self._lent_delta.get(envelope, 0) + gpus
+        if run is not None:
+            self._borrowed_delta[run] = self._borrowed_delta.get(run, 0) + gpus
 
     def end(self, lease: LeaseState) -> None:
         self._ended.add(lease.lease_id)
@@ -71,6 +148,7 @@ class PlanView:
             self._hold(lease.node, lease.slots, take=False)
         if lease.envelope is not None:
             self._funded_delta[lease.envelope] = self._funded_delta.get(lease.envelope, 0) - len(lease.slots)
+            self._count(lease.envelope, lease.payer_class, lease.run, -len(lease.slots))
 
     def _hold(self, name: str, slots: tuple[int, ...], take: bool) -> None:
         node = self.state.nodes[name]

@@ -13,6 +13,7 @@ from datetime import datetime
 
 from ledger.events import NewEvent, plan_stream
 from ledger.store import Ledger
+from planner.edges import next_edge
 from planner.plan import plan
 from planner.state import ClusterState, fold
 
@@ -59,14 +60,31 @@ def catch_up(
     result = CatchUp()
     with ledger.planner_lock():
         state = fold(ledger.read())
+        cursor = state.last_time
         while result.rounds < MAX_ROUNDS:
-            result.rounds += 1
-            state, decided = plan_once(ledger, state, now)
-            result.decisions += decided
-            bound = bind(now) if bind is not None else 0
-            result.bound += bound
-            if bound:
-                state = fold(ledger.read(after=state.last_position), state)
-            if not decided and not bound:
+            # Funding edges (windows, hours running out) between the last event and now
+            # are planned at their own instant (planner.edges).
+            edge = next_edge(state, cursor, now) if cursor is not None else None
+            at = edge or now
+            state = _settle(ledger, state, at, bind, result)
+            if at == now:
                 return result
+            cursor = at
     raise PlannerStuck(f"no fixpoint after {MAX_ROUNDS} rounds at {now.isoformat()}")
+
+
+def _settle(
+    ledger: Ledger, state: ClusterState, at: datetime, bind: Callable[[datetime], int] | None, result: CatchUp
+) -> ClusterState:
+    """Plan and bind at ``at`` until neither has anything left to do."""
+    while result.rounds < MAX_ROUNDS:
+        result.rounds += 1
+        state, decided = plan_once(ledger, state, at)
+        result.decisions += decided
+        bound = bind(at) if bind is not None else 0
+        result.bound += bound
+        if bound:
+            state = fold(ledger.read(after=state.last_position), state)
+        if not decided and not bound:
+            return state
+    raise PlannerStuck(f"no fixpoint after {MAX_ROUNDS} rounds at {at.isoformat()}")

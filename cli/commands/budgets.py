@@ -7,9 +7,39 @@ from typing import Annotated
 import typer
 
 from cli import context
+from cli.commands import audit
 from cli.commands.runs import FileOption, read_manifest_text
 from cli.context import open_app
-from cli.render import USAGE_COLUMNS, console, emit_data, table
+from cli.render import Column, Row, console, emit_data, table
+
+
+def _hours(row: Row) -> str:
+    used = f"{row['gpuHoursUsed']:g}"
+    return f"{used}/{row['maxGPUHours']:g}" if row.get("maxGPUHours") is not None else used
+
+
+def _relations(row: Row) -> str:
+    parts = [f"lent {r['gpus']} to {r['owner']}" for r in row["lentTo"]]
+    parts += [f"shared {r['gpus']} with {r['owner']}" for r in row["sharedWith"]]
+    parts += [f"borrows {r['gpus']} from {r['envelope']}" for r in row["borrowedFrom"]]
+    parts += [f"uses {r['gpus']} of {r['envelope']}" for r in row["sharedFrom"]]
+    if not row["windowOpen"]:
+        parts.append("window closed")
+    return "; ".join(parts) or "-"
+
+
+FUNDING_USAGE_COLUMNS: list[Column] = [
+    ("ENVELOPE", lambda r: r["envelope"]),
+    ("GPU", lambda r: r["gpuType"]),
+    ("CAP", lambda r: r["concurrency"]),
+    ("OWNED", lambda r: r["owned"]),
+    ("SHARED", lambda r: r["shared"]),
+    ("BORROWED", lambda r: r["borrowed"]),
+    ("UNFUNDED", lambda r: r["unfunded"]),
+    ("HEADROOM", lambda r: r["headroom"]),
+    ("GPU-HOURS", _hours),
+    ("LENDING / BORROWING", _relations),
+]
 
 app = typer.Typer(help="Team budgets: envelopes of GPU concurrency and GPU-hours.", no_args_is_help=True)
 
@@ -53,8 +83,16 @@ def list_budgets() -> None:
 
 
 @app.command("usage")
-def usage(owner: Annotated[str | None, typer.Option(help="Only this owner's envelopes")] = None) -> None:
-    """GPUs in use now per envelope: owned / shared / borrowed, and headroom."""
+def usage(
+    owner: Annotated[str | None, typer.Option(help="Only this owner's envelopes")] = None,
+    period: Annotated[
+        str | None, typer.Option(help="GPU-hours in a period instead: YYYY-MM, YYYY-MM-DD, FROM/TO or e.g. 24h")
+    ] = None,
+) -> None:
+    """GPUs in use now per envelope: owned / shared / borrowed, and headroom (--period: GPU-hours)."""
+    if period is not None:
+        audit.budget_period_usage(owner, period)
+        return
     rows = open_app().usage(owner)
     if not emit_data(rows, context.GLOBALS.output):
-        table(rows, USAGE_COLUMNS, empty="No envelopes.")
+        table(rows, FUNDING_USAGE_COLUMNS, empty="No envelopes.")

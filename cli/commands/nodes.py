@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cli import context
+from cli import context, slotmap
 from cli.commands.runs import FileOption, read_manifest_text
 from cli.context import open_app
 from cli.render import NODE_COLUMNS, console, emit_data, table
@@ -26,9 +26,15 @@ def apply(file: FileOption) -> None:
 
 
 @app.command("list")
-def list_nodes() -> None:
-    """Every node with its location, GPUs used and free."""
-    rows = open_app().nodes()
+def list_nodes(
+    show_map: Annotated[bool, typer.Option("--map", help="Map each domain's GPU slots by run")] = False,
+) -> None:
+    """Every node with its location, GPUs used and free (--map: one character per GPU slot)."""
+    service = open_app()
+    rows = service.nodes()
+    if show_map:
+        slotmap.show(rows, service.engine, context.GLOBALS.output)
+        return
     if not emit_data(rows, context.GLOBALS.output):
         table(rows, NODE_COLUMNS, empty="No nodes. Apply a Cluster manifest: jobtree nodes apply -f cluster.yaml")
 

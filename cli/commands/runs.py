@@ -22,6 +22,7 @@ from cli.render import (
     short_time,
     table,
 )
+from cli.story import story, width_history
 from ledger.queries import FINISHED_PHASES
 
 FileOption = Annotated[Path, typer.Option("-f", "--filename", help="Manifest file (YAML or JSON; '-' for stdin)")]
@@ -144,11 +145,16 @@ def explain(run: RunArg) -> None:
     found = app.run(namespace, name)
     leases = app.leases(namespace, name)
     history = app.history(namespace, name)
-    if emit_data({"run": found, "leases": leases, "history": history}, context.GLOBALS.output):
+    told, widths = story(history), width_history(history)
+    split = funding_split(leases)
+    data = {
+        "run": found, "leases": leases, "history": history, "story": told, "widthHistory": widths, "payers": split,
+    }  # fmt: skip
+    if emit_data(data, context.GLOBALS.output):
         return
     width, funding = found["width"], found["funding"]
-    open_leases = [lease for lease in leases if lease["end"] is None]
-    payers = sorted({lease["envelope"] or "nobody (unfunded)" for lease in open_leases if lease["role"] != "Fill"})
+    payers = [f"{p['envelope'] or 'nobody'} {p['class']} {p['gpus']}" for p in split]
+    lenders = [f"{p['payerOwner']} ({p['envelope']}, {p['gpus']} GPUs)" for p in split if p["class"] == "borrowed"]
     key_values(
         [
             ("Run", f"{namespace}/{name}"),
@@ -161,15 +167,35 @@ def explain(run: RunArg) -> None:
             ),
             ("Funding", ", ".join(f"{k} {v}" for k, v in funding.items())),
             ("Paid by", ", ".join(payers) or "-"),
+            ("Lenders", ", ".join(lenders) or "-"),
             ("Message", found["message"] or "-"),
         ]
     )
     console.print()
     table(leases, LEASE_COLUMNS, title="Leases", empty="No leases.")
     console.print()
+    console.print("[bold]Width[/bold]  " + (" → ".join(f"{w['width']} ({w['reason']})" for w in widths) or "-"))
+    console.print("[bold]Story[/bold]")
+    for line in told:
+        console.print(f"  {short_time(line['at'])}  {line['text']}", markup=False)
+    console.print()
     console.print("[bold]History[/bold]")
     for event in history:
         console.print(f"  {short_time(event['at'])}  {event['type']:<20} {_describe(event)}", markup=False)
+
+
+def funding_split(leases: list[Row]) -> list[Row]:
+    """GPUs held now (Active and Spare) per payer envelope and class: who pays for the run."""
+    split: dict[tuple[str | None, str | None, str], int] = {}
+    for lease in leases:
+        if lease["end"] is None and lease["role"] != "Fill":
+            key = (lease["envelope"], lease["payerOwner"], lease["class"])
+            split[key] = split.get(key, 0) + lease["gpus"]
+    order = {"owned": 0, "shared": 1, "borrowed": 2, "unfunded": 3}
+    return [
+        {"envelope": e, "payerOwner": o, "class": c, "gpus": g}
+        for (e, o, c), g in sorted(split.items(), key=lambda kv: (order.get(kv[0][2], 4), kv[0][0] or ""))
+    ]
 
 
 def _describe(event: Row) -> str:

@@ -1,0 +1,173 @@
+"""`jobtree workers planner|intake|binder`: the long-running services of a cluster install.
+
+In a cluster the planner, the intake and the binder are separate Deployments
+sharing one ledger database (``--db`` / ``JOBTREE_DATABASE_URL``). ``--once``
+runs a single pass and exits (for tests, cron-style use and debugging).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated
+
+import typer
+
+from binder.intake import INTAKE_ACTOR, Intake, Rejected
+from binder.kube import KubeApi, KubeError, KubeUnavailable
+from binder.kube_binder import KubeBinder
+from binder.worker import reconcile
+from cli.app import JobtreeApp
+from cli.context import open_ledger
+from cli.errors import BadInput, CommandError, Forbidden
+from cli.identity import Identity
+from cli.render import console
+from ledger.model import Manifest, PolicySpec, parse_duration
+from ledger.store import Ledger
+from planner.worker import CatchUp, catch_up
+
+app = typer.Typer(help="Run the planner, intake and binder services (a cluster install).", no_args_is_help=True)
+log = logging.getLogger("jobtree.workers")
+Clock = Callable[[], datetime]
+
+KubeconfigOption = Annotated[
+    str | None, typer.Option("--kubeconfig", envvar="KUBECONFIG", help="kubeconfig file (default: in-cluster)")
+]
+ContextOption = Annotated[str | None, typer.Option("--context", help="kubeconfig context")]
+OnceOption = Annotated[bool, typer.Option("--once", help="one pass, then exit")]
+IntervalOption = Annotated[float, typer.Option("--interval", min=0.1, help="seconds between passes")]
+
+
+def wall_clock() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+class ClusterApp(JobtreeApp):
+    """The application service in Kubernetes mode: catching up plans; pods are the binder worker's job."""
+
+    def sync(self) -> CatchUp:
+        return catch_up(self.ledger, self.now)
+
+
+@dataclass
+class IntakeService:
+    """binder.intake.Service over the CLI's application service, so the intake validates like the CLI."""
+
+    app: ClusterApp
+
+    @property
+    def ledger(self) -> Ledger:
+        return self.app.ledger
+
+    @property
+    def now(self) -> datetime:
+        return self.app.now
+
+    def apply(self, manifests: Iterable[Manifest]) -> None:
+        try:
+            self.app.apply(list(manifests))
+        except Forbidden as exc:
+            raise Rejected(str(exc), "Forbidden") from None
+        except BadInput as exc:
+            raise Rejected(str(exc), "BadInput") from None
+
+    def cancel(self, namespace: str, name: str) -> None:
+        try:
+            self.app.cancel(namespace, name)
+        except CommandError as exc:
+            log.warning("cancel %s/%s: %s", namespace, name, exc)
+
+    def sync(self) -> None:
+        self.app.sync()
+
+    def policy(self) -> PolicySpec:
+        return self.app.policy()
+
+
+def intake_service(ledger: Ledger, clock: Clock = wall_clock) -> Callable[[], IntakeService]:
+    """A fresh service per pass (a new logical "now"), acting as the intake's identity."""
+
+    def make() -> IntakeService:
+        now = JobtreeApp.resolve_now(ledger, None, clock())
+        return IntakeService(ClusterApp(ledger, Identity(INTAKE_ACTOR, frozenset()), now))
+
+    return make
+
+
+def _connect(kubeconfig: str | None, kube_context: str | None) -> KubeApi:
+    try:
+        return KubeApi.connect(kubeconfig, kube_context)
+    except KubeError as exc:
+        raise BadInput("--kubeconfig", str(exc)) from None
+
+
+def _loop(step: Callable[[], str], once: bool, interval: float) -> None:
+    while True:
+        try:
+            console.print(step())
+        except KubeUnavailable as exc:
+            if once:
+                raise CommandError(f"Kubernetes API unavailable: {exc}") from None
+            log.warning("Kubernetes API unavailable, retrying: %s", exc)
+        if once:
+            return
+        time.sleep(interval)
+
+
+@app.command("planner")
+def planner(once: OnceOption = False, interval: IntervalOption = 2.0) -> None:
+    """Plan continuously: fold the ledger, plan at now, append decisions (no binding)."""
+    ledger = open_ledger()
+
+    def step() -> str:
+        done = catch_up(ledger, JobtreeApp.resolve_now(ledger, None, wall_clock()))
+        return f"planner: {done.decisions} decision(s)"
+
+    _loop(step, once, interval)
+
+
+@app.command("binder")
+def binder(
+    kubeconfig: KubeconfigOption = None,
+    kube_context: ContextOption = None,
+    once: OnceOption = False,
+    interval: IntervalOption = 2.0,
+    grace_seconds: Annotated[int | None, typer.Option("--grace-seconds", help="pod deletion grace")] = None,
+) -> None:
+    """Bind pods for new leases, report PodBound/RunCompleted, delete pods of ended leases."""
+    ledger = open_ledger()
+    backend = KubeBinder(_connect(kubeconfig, kube_context), ledger, grace_seconds)
+
+    def step() -> str:
+        bound, facts, removed = reconcile(ledger, backend, JobtreeApp.resolve_now(ledger, None, wall_clock()))
+        return f"binder: {bound} lease(s) bound, {facts} fact(s) reported, {removed} pod(s) removed"
+
+    _loop(step, once, interval)
+
+
+@app.command("intake")
+def intake(
+    kubeconfig: KubeconfigOption = None,
+    kube_context: ContextOption = None,
+    once: OnceOption = False,
+    watch_seconds: Annotated[int, typer.Option("--watch-seconds", min=1, help="watch window per pass")] = 5,
+    grace: Annotated[str, typer.Option("--grace", help="NotReady grace period before NodeFailed")] = "5m",
+) -> None:
+    """Turn Run/Budget objects and Nodes into ledger commands; write statuses back."""
+    try:
+        grace_period = parse_duration(grace)
+    except ValueError as exc:
+        raise BadInput("--grace", str(exc)) from None
+    worker = Intake(_connect(kubeconfig, kube_context), intake_service(open_ledger()), grace=grace_period)
+    worker.resync()
+    console.print(f"intake: {sum(len(v) for v in worker.objects.values())} object(s) listed")
+    if once:
+        return
+
+    def step() -> str:
+        return f"intake: {worker.watch(watch_seconds)} event(s)"
+
+    _loop(step, once, 0.1)

@@ -1,0 +1,297 @@
+"""Scenario files for `jobtree sim run`: parsing and validation, before any database is touched.
+
+A scenario (apiVersion rq.davidlangworthy.io/v1, ``kind: Scenario``) holds a start time,
+an optional Policy spec, the node inventory, Budget manifests and timed steps. Each step
+is ``{at: <duration from spec.start>, <action>: ...}`` with exactly one action:
+
+    submit: [Run manifests]        apply: [Budget manifests]
+    fail: <node>                   recover: <node>
+    shrink: {run: <ns/name>, by: N}
+    complete: <ns/name>            cancel: <ns/name>
+    advance: true
+
+Steps must be in time order (``at`` never decreases; equal times run in file order).
+Every problem raises ``BadInput`` naming the field, e.g. ``spec.steps[3].fail: unknown
+node x-9``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+
+from cli.errors import BadInput
+from ledger.events import run_key
+from ledger.model import (
+    API_VERSION,
+    BudgetManifest,
+    ClusterManifest,
+    ClusterSpec,
+    Manifest,
+    ManifestError,
+    Metadata,
+    NodeSpec,
+    PolicySpec,
+    RunManifest,
+    Strict,
+    _field_path,
+    _rule,
+    format_duration,
+    parse_duration,
+    validate_document,
+)
+
+ACTIONS = ("submit", "apply", "fail", "recover", "shrink", "complete", "cancel", "advance")
+_MANIFEST_ACTIONS = {"submit": "Run", "apply": "Budget"}
+
+
+class ScenarioSpec(Strict):
+    start: datetime
+    policy: PolicySpec | None = None
+    nodes: list[NodeSpec] = Field(min_length=1)
+    budgets: list[Any] = Field(default_factory=list)
+    steps: list[Any] = Field(default_factory=list)
+
+    @field_validator("start")
+    @classmethod
+    def _zoned(cls, start: datetime) -> datetime:
+        if start.tzinfo is None:
+            raise ValueError("must include a time zone (RFC 3339, e.g. 2026-01-01T09:00:00Z)")
+        return start
+
+    @field_validator("nodes")
+    @classmethod
+    def _unique(cls, nodes: list[NodeSpec]) -> list[NodeSpec]:
+        seen: set[str] = set()
+        for node in nodes:
+            if node.name in seen:
+                raise ValueError(f"node name {node.name!r} appears twice")
+            seen.add(node.name)
+        return nodes
+
+
+class ScenarioManifest(Strict):
+    api_version: Literal["rq.davidlangworthy.io/v1"]
+    kind: Literal["Scenario"]
+    metadata: Metadata
+    spec: ScenarioSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One validated step. ``run`` is ``namespace/name``; ``manifests`` for submit/apply."""
+
+    index: int
+    at: timedelta
+    action: str
+    manifests: tuple[Manifest, ...] = ()
+    node: str = ""
+    run: str = ""
+    by: int = 0
+
+    @property
+    def field(self) -> str:
+        return f"spec.steps[{self.index}].{self.action}"
+
+    def describe(self) -> str:
+        if self.manifests:
+            names = ", ".join(_manifest_name(m) for m in self.manifests)
+            return f"{self.action} {names}"
+        if self.node:
+            return f"{self.action} node {self.node}"
+        if self.action == "shrink":
+            return f"shrink {self.run} by {self.by} GPUs"
+        if self.run:
+            return f"{self.action} {self.run}"
+        return "advance the clock"
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    start: datetime
+    policy: PolicySpec | None
+    cluster: ClusterManifest
+    budgets: tuple[BudgetManifest, ...]
+    steps: tuple[Step, ...]
+
+    @property
+    def end(self) -> datetime:
+        """The simulation ends at the time of the last step (the start when there is none)."""
+        return self.start + (self.steps[-1].at if self.steps else timedelta(0))
+
+
+def _manifest_name(manifest: Manifest) -> str:
+    if isinstance(manifest, RunManifest):
+        return run_key(manifest.metadata.namespace, manifest.metadata.name)
+    if isinstance(manifest, BudgetManifest):
+        return manifest.spec.owner
+    return manifest.metadata.name
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_scenario(text: str) -> Scenario:
+    """Parse and validate a scenario file's text; raise BadInput for the first problem."""
+    doc = _single_document(text)
+    if not isinstance(doc, dict):
+        raise BadInput("(document)", "a scenario must be a mapping with apiVersion, kind, metadata and spec")
+    if doc.get("kind") != "Scenario":
+        raise BadInput("kind", f"must be Scenario (got {doc.get('kind')!r})")
+    try:
+        manifest = ScenarioManifest.model_validate(doc)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        raise BadInput(_field_path(loc), _rule(first)) from None
+    spec = manifest.spec
+    cluster = ClusterManifest(
+        api_version=API_VERSION,
+        kind="Cluster",
+        metadata=Metadata(name=manifest.metadata.name),
+        spec=ClusterSpec(nodes=spec.nodes),
+    )
+    documents = _manifests(spec.budgets, "spec.budgets", "Budget") if spec.budgets else []
+    budgets = tuple(m for m in documents if isinstance(m, BudgetManifest))
+    return Scenario(
+        name=manifest.metadata.name,
+        start=spec.start,
+        policy=spec.policy,
+        cluster=cluster,
+        budgets=budgets,
+        steps=_steps(spec.steps, {node.name for node in spec.nodes}),
+    )
+
+
+def _single_document(text: str) -> Any:
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "(document)"
+        raise BadInput(where, f"malformed YAML: {getattr(exc, 'problem', exc)}") from None
+    if len(docs) != 1:
+        raise BadInput("(document)", f"a scenario file holds exactly one Scenario document (found {len(docs)})")
+    return docs[0]
+
+
+def _manifests(value: Any, field: str, kind: str) -> list[Manifest]:
+    docs = value if isinstance(value, list) else [value]
+    if not docs:
+        raise BadInput(field, f"needs at least one {kind} manifest")
+    out: list[Manifest] = []
+    for index, doc in enumerate(docs):
+        where = f"{field}[{index}]"
+        if not isinstance(doc, dict):
+            raise BadInput(where, f"must be a {kind} manifest (a mapping)")
+        if doc.get("kind") != kind:
+            raise BadInput(f"{where}.kind", f"must be {kind} (got {doc.get('kind')!r})")
+        try:
+            out.append(validate_document(doc))
+        except ManifestError as exc:
+            raise BadInput(f"{where}.{exc.field}", exc.rule) from None
+    return out
+
+
+# ---------------------------------------------------------------- steps
+
+
+def _steps(raw_steps: list[Any], nodes: set[str]) -> tuple[Step, ...]:
+    steps: list[Step] = []
+    submitted: set[str] = set()
+    for index, raw in enumerate(raw_steps):
+        step = _step(index, raw, nodes, submitted)
+        if steps and step.at < steps[-1].at:
+            raise BadInput(
+                f"spec.steps[{index}].at",
+                f"steps must be in time order: {format_duration(step.at)} is before the previous step's "
+                f"{format_duration(steps[-1].at)}",
+            )
+        submitted.update(_manifest_name(m) for m in step.manifests if isinstance(m, RunManifest))
+        steps.append(step)
+    return tuple(steps)
+
+
+def _step(index: int, raw: Any, nodes: set[str], submitted: set[str]) -> Step:
+    where = f"spec.steps[{index}]"
+    if not isinstance(raw, dict):
+        raise BadInput(where, "must be a mapping: {at: <duration>, <action>: ...}")
+    if "at" not in raw:
+        raise BadInput(f"{where}.at", "is required (a duration from spec.start, e.g. 10m)")
+    at = parse_offset(raw["at"], f"{where}.at")
+    actions = [str(k) for k in raw if k != "at"]
+    for name in actions:
+        if name not in ACTIONS:
+            raise BadInput(f"{where}.{name}", f"unknown action (a step takes one of: {', '.join(ACTIONS)})")
+    if len(actions) != 1:
+        found = f"found {', '.join(actions)}" if actions else "found none"
+        raise BadInput(where, f"a step takes exactly one action besides `at` ({found})")
+    action = actions[0]
+    return _action(Step(index, at, action), raw[action], nodes, submitted)
+
+
+def _action(step: Step, value: Any, nodes: set[str], submitted: set[str]) -> Step:
+    field, action = step.field, step.action
+    if action in _MANIFEST_ACTIONS:
+        manifests = tuple(_manifests(value, field, _MANIFEST_ACTIONS[action]))
+        return Step(step.index, step.at, action, manifests=manifests)
+    if action in ("fail", "recover"):
+        if not isinstance(value, str) or value not in nodes:
+            raise BadInput(field, f"unknown node {value} (spec.nodes lists {_listing(nodes)})")
+        return Step(step.index, step.at, action, node=value)
+    if action == "shrink":
+        return _shrink(step, value, submitted)
+    if action in ("complete", "cancel"):
+        return Step(step.index, step.at, action, run=_run_ref(value, field, submitted))
+    if value is not True:
+        raise BadInput(field, f"must be true (got {value!r})")
+    return step
+
+
+def _shrink(step: Step, value: Any, submitted: set[str]) -> Step:
+    field = step.field
+    if not isinstance(value, dict):
+        raise BadInput(field, "must be a mapping {run: <ns/name>, by: N}")
+    for key in value:
+        if key not in ("run", "by"):
+            raise BadInput(f"{field}.{key}", "unknown field (shrink takes run and by)")
+    by = value.get("by")
+    if isinstance(by, bool) or not isinstance(by, int) or by <= 0:
+        raise BadInput(f"{field}.by", f"must be a positive number of GPUs (got {by!r})")
+    run = _run_ref(value.get("run"), f"{field}.run", submitted)
+    return Step(step.index, step.at, "shrink", run=run, by=by)
+
+
+def _run_ref(value: Any, field: str, submitted: set[str]) -> str:
+    if not isinstance(value, str) or not value.strip("/"):
+        raise BadInput(field, f"must name a run as NAMESPACE/NAME (got {value!r})")
+    namespace, _, name = value.rpartition("/")
+    key = run_key(namespace or "default", name)
+    if key not in submitted:
+        raise BadInput(field, f"unknown run {key} (no earlier step submits it)")
+    return key
+
+
+def parse_offset(value: Any, field: str) -> timedelta:
+    """A step's ``at``: a Go-style or ISO-8601 duration from spec.start; ``0`` is allowed."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value == 0:
+        return timedelta(0)
+    if not isinstance(value, str):
+        raise BadInput(field, f"must be a duration from spec.start such as 90s, 10m or 1h30m (got {value!r})")
+    if value.strip() == "0":
+        return timedelta(0)
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise BadInput(field, str(exc)) from None
+
+
+def _listing(names: set[str], limit: int = 6) -> str:
+    ordered = sorted(names)
+    shown = ", ".join(ordered[:limit])
+    return shown + (f", … ({len(ordered)} in all)" if len(ordered) > limit else "")

@@ -1,0 +1,267 @@
+"""`jobtree audit verify` and `audit history`: is the ledger intact, and what happened to a run.
+
+``verify`` runs three checks and names the first violation:
+
+1. the hash chain (``Ledger.verify_chain``): an altered, removed or inserted event;
+2. the invariants over the whole history (``ledger.invariants``);
+3. the projections against a replay: every event is re-applied, with the same
+   projection code, into temporary copies of the read-model tables (they shadow the
+   real ones inside one transaction that is rolled back), and the two are compared
+   row by row. A manual UPDATE of a projection row, or an event inserted behind the
+   application's back, shows up as a difference; the report names the row and the
+   event it comes from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Table, text
+from sqlalchemy.exc import DBAPIError
+
+from ledger import events as ev
+from ledger import projections
+from ledger import tables as t
+from ledger.errors import LedgerError
+from ledger.invariants import Violation, check_invariants
+from ledger.queries import iso_utc
+from ledger.store import Ledger, utc
+
+Row = dict[str, Any]
+
+#: projection table -> (key columns, SQL finding the newest event about that key)
+_SOURCES: dict[str, tuple[tuple[str, ...], str]] = {
+    "leases": (("lease_id",), "data->>'lease_id' = :k0"),
+    "lease_slots": (("lease_id", "gpu"), "data->>'lease_id' = :k0"),
+    "runs": (("run",), "(stream = 'run:' || :k0 OR data->>'run' = :k0)"),
+    "nodes": (("name",), "stream = 'node:' || :k0"),
+    "budgets": (("owner",), "stream = 'budget:' || :k0"),
+    "envelopes": (("owner", "name"), "stream = 'budget:' || :k0"),
+    "policy": (("id",), "stream = 'policy'"),
+    "reservations": (("id",), "(data->>'reservation' = :k0 OR data->>'reservation_id' = :k0 OR data->>'id' = :k0)"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    ok: bool
+    message: str
+
+    def as_row(self) -> Row:
+        return {"check": self.name, "ok": self.ok, "message": self.message}
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    events: int
+    checks: list[Check] = field(default_factory=list)
+    violations: list[Row] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def as_row(self) -> Row:
+        return {
+            "ok": self.ok,
+            "events": self.events,
+            "checks": [c.as_row() for c in self.checks],
+            "firstViolation": self.violations[0] if self.violations else None,
+            "violations": self.violations,
+        }
+
+
+def violation_row(v: Violation) -> Row:
+    return {
+        "check": v.check,
+        "position": v.position,
+        "type": v.event_type,
+        "at": iso_utc(v.at),
+        "message": v.message,
+    }
+
+
+def verify(ledger: Ledger) -> VerifyReport:
+    report = VerifyReport(events=ledger.count())
+    chain = ledger.verify_chain()
+    if not chain.ok:
+        kind = _event_type(ledger, chain.first_bad_position)
+        report.checks.append(Check("hash chain", False, chain.message))
+        report.violations.append(
+            {"check": "hash chain", "position": chain.first_bad_position, "type": kind, "at": None,
+             "message": chain.message}
+        )  # fmt: skip
+    else:
+        report.checks.append(Check("hash chain", True, chain.message))
+    found = check_invariants(ledger.read())
+    names = "no slot held twice, envelope caps, lending caps, maxGPUHours"
+    first = found[0].message if found else f"{names}: all hold"
+    report.checks.append(Check("invariants", not found, first))
+    report.violations += [violation_row(v) for v in found]
+    diffs = projection_differences(ledger)
+    report.checks.append(
+        Check("projections", not diffs, diffs[0]["message"] if diffs else "projections match a replay of the events")
+    )
+    report.violations += diffs
+    return report
+
+
+def _event_type(ledger: Ledger, position: int | None) -> str | None:
+    if position is None:
+        return None
+    with ledger.engine.connect() as conn:
+        value = conn.execute(text("SELECT type FROM events WHERE position = :p"), {"p": position}).scalar()
+    return None if value is None else str(value)
+
+
+# ---------------------------------------------------------------- projections vs replay
+
+
+def _records(conn: Connection) -> Iterator[ev.Recorded]:
+    after = 0
+    sql = text(
+        "SELECT position, stream, version, type, data, actor, occurred_at FROM public.events "
+        "WHERE position > :after ORDER BY position LIMIT 1000"
+    )
+    while True:
+        rows = conn.execute(sql, {"after": after}).all()
+        for r in rows:
+            yield ev.Recorded(r.position, r.stream, r.version, ev.from_data(r.type, r.data), r.actor,
+                              utc(r.occurred_at))  # fmt: skip
+        if len(rows) < 1000:
+            return
+        after = rows[-1].position
+
+
+def projection_differences(ledger: Ledger) -> list[Row]:
+    """Rows where the projections differ from a fresh replay of every event (first first)."""
+    with ledger.engine.connect() as conn, conn.begin() as tx:
+        for table in t.PROJECTION_TABLES:
+            conn.execute(
+                text(f"CREATE TEMP TABLE {table.name} (LIKE public.{table.name} INCLUDING ALL) ON COMMIT DROP")
+            )
+        current: ev.Recorded | None = None
+        try:
+            with conn.begin_nested():
+                for current in _records(conn):
+                    projections.apply(conn, current)
+        except (DBAPIError, LedgerError, ValueError, KeyError) as exc:
+            tx.rollback()
+            return [_replay_failure(current, exc)]
+        diffs = [d for table in t.PROJECTION_TABLES for d in _table_differences(conn, table)]
+        tx.rollback()
+    return diffs
+
+
+def _replay_failure(record: ev.Recorded | None, exc: Exception) -> Row:
+    detail = str(exc).splitlines()[0]
+    where = f"event {record.position} ({record.event.TYPE})" if record else "the first event"
+    return {
+        "check": "projections",
+        "position": record.position if record else None,
+        "type": record.event.TYPE if record else None,
+        "at": iso_utc(record.occurred_at) if record else None,
+        "message": f"replaying {where} into fresh projections failed: {detail}",
+    }
+
+
+def _table_differences(conn: Connection, table: Table) -> list[Row]:
+    name = table.name
+    keys = _SOURCES.get(name, (tuple(c.name for c in table.primary_key.columns), "false"))[0]
+    extra = conn.execute(text(f"SELECT * FROM public.{name} EXCEPT SELECT * FROM pg_temp.{name}")).mappings().all()
+    missing = conn.execute(text(f"SELECT * FROM pg_temp.{name} EXCEPT SELECT * FROM public.{name}")).mappings().all()
+    replayed = {tuple(r[k] for k in keys): dict(r) for r in missing}
+    out: list[Row] = []
+    for row in extra:
+        key = tuple(row[k] for k in keys)
+        out.append(_difference(conn, name, key, dict(row), replayed.pop(key, None)))
+    for key, lost in replayed.items():
+        out.append(_difference(conn, name, key, None, lost))
+    return out
+
+
+def _difference(conn: Connection, table: str, key: tuple[Any, ...], stored: Row | None, replayed: Row | None) -> Row:
+    label = "/".join(str(k) for k in key)
+    if stored is not None and replayed is not None:
+        columns = [c for c in stored if stored[c] != replayed.get(c)]
+        change = "; ".join(f"{c} is {stored[c]!r}, a replay gives {replayed.get(c)!r}" for c in columns)
+        what = f"{table} row {label} was changed outside the ledger: {change}"
+    elif stored is not None:
+        what = f"{table} row {label} exists but no event produces it"
+    else:
+        what = f"{table} row {label} is missing (its events were not applied)"
+    position, kind, at = _source_event(conn, table, key)
+    if position is not None:
+        what += f"; its newest event is position {position} ({kind})"
+    return {"check": "projections", "position": position, "type": kind, "at": iso_utc(at), "table": table,
+            "key": label, "message": what}  # fmt: skip
+
+
+def _source_event(conn: Connection, table: str, key: tuple[Any, ...]) -> tuple[int | None, str | None, datetime | None]:
+    source = _SOURCES.get(table)
+    if source is None:
+        return None, None, None
+    sql = f"SELECT position, type, occurred_at FROM public.events WHERE {source[1]} ORDER BY position DESC LIMIT 1"
+    row = conn.execute(text(sql), {"k0": str(key[0])}).first()
+    return (row.position, row.type, row.occurred_at) if row else (None, None, None)
+
+
+# ---------------------------------------------------------------- history
+
+
+def run_timeline(ledger: Ledger, run: str) -> list[Row]:
+    """Every event about ``run`` (all incarnations), each with its incarnation number."""
+    sql = """
+        WITH ids AS (SELECT DISTINCT data->>'lease_id' AS id FROM events
+                      WHERE type = 'LeaseStarted' AND data->>'run' = :run)
+        SELECT position, stream, type, data, actor, occurred_at FROM events
+        WHERE stream = :stream OR data->>'run' = :run OR data->>'lease_id' IN (SELECT id FROM ids)
+        ORDER BY position
+    """
+    with ledger.engine.connect() as conn:
+        rows = conn.execute(text(sql), {"run": run, "stream": f"run:{run}"}).all()
+    out: list[Row] = []
+    incarnation = 0
+    for r in rows:
+        if r.type == "RunSubmitted":
+            incarnation += 1
+        out.append(
+            {
+                "incarnation": incarnation,
+                "position": r.position,
+                "at": iso_utc(r.occurred_at),
+                "type": r.type,
+                "actor": r.actor,
+                "summary": summarize(r.type, r.data),
+                "data": r.data,
+            }
+        )
+    return out
+
+
+def summarize(kind: str, data: Row) -> str:
+    """One readable line per event of a run's timeline."""
+    if kind == "LeaseStarted":
+        payer = data.get("envelope") or "nobody"
+        slots = ",".join(str(s) for s in data.get("slots", []))
+        return (
+            f"{data['lease_id']} group {data['group']} {data['role']} on {data['node']} [{slots}] "
+            f"paid by {payer} ({data['payer_class']}) — {data['reason']}"
+        )
+    if kind == "LeaseEnded":
+        seed = f" seed {data['seed']}" if data.get("seed") else ""
+        return f"{data['lease_id']} ended — {data['reason']}{seed}"
+    if kind == "RunSubmitted":
+        spec = data.get("spec", {})
+        total = spec.get("resources", {}).get("totalGPUs")
+        return f"submitted by {data.get('submitter')} for {spec.get('owner')}: {total} GPUs"
+    if kind == "RunAdmitted":
+        return f"admitted at {data['width']} GPUs"
+    if kind == "RunFinished":
+        return f"{data['phase']} ({data['reason']})"
+    parts = [f"{k}={v}" for k, v in data.items() if k not in ("run", "spec")]
+    return ", ".join(parts)

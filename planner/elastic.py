@@ -1,0 +1,103 @@
+"""Elasticity (SPEC §7): shrink on request, grow when capacity and funding free.
+
+- **Admission width** is in ``planner.plan.attempt``: the widest step-aligned
+  width in ``[min, desired]`` that packs and is funded.
+- **Shrink.** ``jobtree shrink RUN --by N`` lowers ``desired`` (the fold does it,
+  step-aligned, never below ``min``). A running run wider than ``desired`` ends
+  its highest groups at once (``Shrink``) while the width stays at or above
+  ``desired``; spares and fills of those groups go with them.
+- **Grow.** After pending runs were served, every running malleable run below
+  ``desired`` grows by ``stepGPUs`` (or what is left to ``desired``) at a time,
+  round-robin in submission order, while a step packs (new groups above the
+  highest index in use, with their spares, preferring domains the run already
+  uses) and is funded (or the run is opportunistic). Leases start ``Grow``.
+  Growth of a GPU type waits while any run of that type is still Pending:
+  freed capacity goes to the queue first (SPEC §4.4, §7).
+- Runs that hold Fill leases do not grow; they live on other runs' spares.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ledger.events import RunResized
+from planner.cover import cover
+from planner.losses import FILL, Batch
+from planner.lower import lower
+from planner.pack import PackFailure, pack
+from planner.spares import top_up
+from planner.state import RunState
+from planner.view import PlanView
+
+GROW, SHRINK = "Grow", "Shrink"
+
+
+def running(view: PlanView, skip: Iterable[str] = ()) -> list[RunState]:
+    """Running runs in submission order, leaving out ``skip`` and runs being finished."""
+    state = view.state
+    left_out = set(skip) | set(state.finishing)
+    runs = [r for r in state.runs.values() if r.phase == "Running" and r.key not in left_out]
+    return sorted(runs, key=lambda r: r.submitted_position)
+
+
+# ---------------------------------------------------------------- shrink
+
+
+def apply_shrinks(batch: Batch) -> None:
+    for run in running(batch.view, batch.done):
+        if run.spec.malleable is None:
+            continue
+        sizes = batch.group_sizes(run.key)
+        width = sum(sizes.values())
+        floor = max(run.desired, run.spec.min_gpus)
+        ending: list[int] = []
+        for group in sorted(sizes, reverse=True):
+            if width - sizes[group] < floor:
+                break
+            ending.append(group)
+            width -= sizes[group]
+        if ending:
+            batch.end_groups(run, ending, SHRINK)
+
+
+# ---------------------------------------------------------------- grow
+
+
+def grow(batch: Batch, waiting: set[str]) -> None:
+    """Top up spares, then grow malleable runs step by step, round-robin."""
+    runs = [r for r in running(batch.view, batch.done) if r.spec.resources.gpu_type not in waiting]
+    for run in runs:
+        if run.spec.spares:
+            top_up(batch, run)
+    growing = [r for r in runs if r.spec.malleable is not None and not _fills(batch, r)]
+    while growing := [r for r in growing if batch.width(r.key) < r.desired and _step(batch, r)]:
+        pass
+
+
+def _fills(batch: Batch, run: RunState) -> bool:
+    return any(lease.role == FILL for lease in batch.leases(run.key))
+
+
+def _step(batch: Batch, run: RunState) -> bool:
+    """Grow by one step; False when it does not pack or is not funded."""
+    spec, view = run.spec, batch.view
+    assert spec.malleable is not None
+    width = batch.width(run.key)
+    amount = min(spec.malleable.step_gpus, run.desired - width)
+    size = spec.locality.group_gpus
+    if size is not None:
+        amount -= amount % size
+    if amount <= 0:
+        return False
+    leases = batch.leases(run.key)
+    first = 1 + max((lease.group for lease in leases), default=-1)
+    used = frozenset(view.node(lease.node).domain for lease in leases)
+    placement = pack(view, spec.resources.gpu_type, lower(spec, amount, first), spec.spares, used)
+    if isinstance(placement, PackFailure):
+        return False
+    funded = cover(view, spec, placement, batch.now)
+    if funded.unfunded and not spec.funding.opportunistic:
+        return False
+    batch.start(run.key, funded.leases, GROW)
+    batch.out.append(RunResized(run.key, batch.width(run.key), GROW))
+    return True

@@ -1,14 +1,18 @@
-"""`jobtree demo`: the researcher guide, come alive, on a throw-away ledger.
+"""`jobtree demo`: the researcher guide, come alive, on throw-away ledgers.
 
-Each chapter runs the guide's own commands through the real CLI (real ledger,
-planner and simulated binder) and then checks what the guide promises, printing
-a ✓ or ✗ for each promise. The demo exits non-zero if any promise is broken.
+Each chapter gets a fresh ledger, runs the guide's own commands through the real
+CLI (real ledger, planner and simulated binder) and then checks what the guide
+promises, printing a ✓ or ✗ for each. The demo exits non-zero if any promise is
+broken. Chapters move the clock with ``--now +DURATION`` where the story needs time.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import shlex
 from collections.abc import Callable
+from contextlib import redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,7 +26,8 @@ from cli.render import console
 from ledger.databases import drop_database, fresh_database
 from ledger.embedded import resolve_database_url
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
 DEMO_DB = "jobtree_demo"
 
 
@@ -38,10 +43,6 @@ class Demo:
 
     def data(self, command: str) -> Any:
         """Run a command with -o json and return what it printed, parsed."""
-        import io
-        import json
-        from contextlib import redirect_stdout
-
         buffer = io.StringIO()
         with redirect_stdout(buffer):
             self._invoke(command, "json")
@@ -65,23 +66,30 @@ class Demo:
         if not holds:
             self.broken.append(text_value)
 
+    def runs(self, namespace: str = "") -> dict[str, Any]:
+        scope = f"-n {namespace}" if namespace else "-A"
+        return {f"{r['namespace']}/{r['name']}": r for r in self.data(f"get runs {scope}")}
 
-def chapter_setup(demo: Demo) -> None:
-    console.print(Rule("Setup: an admin registers the fleet and the team's budget"))
-    demo.show(f"nodes apply -f {EXAMPLES / 'cluster.yaml'}")
-    demo.show(f"budgets apply -f {EXAMPLES / 'budget-rai-sys.yaml'}")
-    demo.show("budgets list")
+
+def ex(path: str) -> str:
+    """An example file as the reader would type it (relative to the repository)."""
+    return str((EXAMPLES / path).relative_to(Path.cwd())) if _under_cwd() else str(EXAMPLES / path)
+
+
+def _under_cwd() -> bool:
+    return EXAMPLES.is_relative_to(Path.cwd())
 
 
 def chapter_quick_start(demo: Demo) -> None:
     console.print(Rule("Guide §2 — Quick start (8-GPU experiment)"))
-    demo.show(f"submit -f {EXAMPLES / 'resnet-small.yaml'}")
+    demo.show(f"nodes apply -f {ex('cluster.yaml')}")
+    demo.show(f"budgets apply -f {ex('budget-rai-sys.yaml')}")
+    demo.show(f"submit -f {ex('resnet-small.yaml')}")
     demo.show("watch resnet-small -n rai-sys --timeout 5")
     demo.show("leases resnet-small -n rai-sys")
-    runs = {r["name"]: r for r in demo.data("get runs -n rai-sys")}
+    run = demo.runs("rai-sys").get("rai-sys/resnet-small", {})
     leases = demo.data("leases resnet-small -n rai-sys")
     nodes = {n["name"]: n for n in demo.data("nodes list")}
-    run = runs.get("resnet-small", {})
     domains = {
         (nodes[lease["node"]]["labels"]["cluster"], nodes[lease["node"]]["labels"]["fabricDomain"]) for lease in leases
     }
@@ -90,58 +98,139 @@ def chapter_quick_start(demo: Demo) -> None:
     demo.promise(f"all 8 GPUs sit in one NVLink island {sorted(domains)}", len(domains) == 1)
     demo.promise(
         "paid by the team's envelope org:ai:rai:sys/west-h100, class owned",
-        all(lease["envelope"] == "org:ai:rai:sys/west-h100" and lease["class"] == "owned" for lease in leases)
-        and bool(leases),
+        bool(leases)
+        and all(lease["envelope"] == "org:ai:rai:sys/west-h100" and lease["class"] == "owned" for lease in leases),
     )
     demo.promise("no reservation: nothing waits", run.get("message", "") == "")
 
-
-def chapter_when_it_does_not_fit(demo: Demo) -> None:
     console.print(Rule("When a run does not fit now"))
-    demo.show(f"submit -f {EXAMPLES / 'wide-64.yaml'}")
-    demo.show(f"submit -f {EXAMPLES / 'over-budget.yaml'}")
+    demo.show(f"submit -f {ex('wide-64.yaml')}")
+    demo.show(f"submit -f {ex('over-budget.yaml')}")
     demo.show("get runs -n rai-sys")
-    runs = {r["name"]: r for r in demo.data("get runs -n rai-sys")}
+    runs = demo.runs("rai-sys")
     usage = demo.data("budgets usage --owner org:ai:rai:sys")
     demo.promise(
-        "wide-64 stays Pending and says the island is too small",
-        runs["wide-64"]["phase"] == "Pending" and "domain" in runs["wide-64"]["message"],
+        "wide-64 does not start and says the island is too small",
+        runs["rai-sys/wide-64"]["phase"] != "Running" and "domain" in runs["rai-sys/wide-64"]["message"],
     )
     demo.promise(
-        "over-budget stays Pending and says the budget is short",
-        runs["over-budget"]["phase"] == "Pending" and "fund" in runs["over-budget"]["message"],
+        "over-budget does not start and says the budget is short",
+        runs["rai-sys/over-budget"]["phase"] != "Running" and "fund" in runs["rai-sys/over-budget"]["message"],
     )
     demo.promise(
-        "nothing is over-allocated: the envelope holds 8 of 64", usage[0]["owned"] == 8 and usage[0]["headroom"] == 56
+        "nothing is over-allocated: the envelope holds 8 of 64",
+        usage[0]["owned"] == 8 and usage[0]["headroom"] == 56,
     )
     demo.show("complete resnet-small -n rai-sys")
     demo.show("get runs -n rai-sys")
-    runs = {r["name"]: r for r in demo.data("get runs -n rai-sys")}
+    runs = demo.runs("rai-sys")
     demo.promise(
-        "once resnet-small completes, over-budget is funded and starts", runs["over-budget"]["phase"] == "Running"
+        "once resnet-small completes, over-budget is funded and starts",
+        runs["rai-sys/over-budget"]["phase"] == "Running",
     )
 
 
-CHAPTERS: list[Callable[[Demo], None]] = [chapter_setup, chapter_quick_start, chapter_when_it_does_not_fit]
+def chapter_scaling_up(demo: Demo) -> None:
+    console.print(Rule("Guide §3 — Scaling up (128 GPUs in groups of 32, elastic 96..160, one spare per group)"))
+    demo.show(f"nodes apply -f {ex('elastic/cluster-5x5.yaml')}")
+    demo.show(f"budgets apply -f {ex('elastic/budgets.yaml')}")
+    demo.show(f"submit -f {ex('elastic/islands-ab.yaml')}")
+    demo.show(f"submit -f {ex('trainer-128.yaml')}")
+    demo.show("watch trainer-128 -n rai-sys --timeout 0")
+    started = demo.runs()["rai-sys/trainer-128"]["width"]["allocated"]
+    demo.promise("with two islands busy, trainer-128 starts at 96 (its minimum)", started == 96)
+    spares = [lease for lease in demo.data("leases trainer-128 -n rai-sys") if lease["role"] == "Spare"]
+    demo.promise("each of its 3 groups holds one spare node", len(spares) == 3)
+    demo.show("complete vision/island-a --now +30m")
+    grown = demo.runs()["rai-sys/trainer-128"]["width"]["allocated"]
+    demo.promise("when an island frees, it grows by one step to 128 (Grow)", grown == 128)
+    demo.show("complete vision/island-b --now +30m")
+    demo.show("watch trainer-128 -n rai-sys --timeout 0")
+    full = demo.runs()["rai-sys/trainer-128"]["width"]["allocated"]
+    demo.promise("and then to its desired 160", full == 160)
+    demo.show("shrink trainer-128 --by 32 -n rai-sys")
+    after = demo.runs()["rai-sys/trainer-128"]["width"]
+    demo.promise(
+        "a voluntary shrink ends the highest group at once: 128 of desired 128",
+        after["allocated"] == 128 and after["desired"] == 128,
+    )
+
+
+def chapter_borrowing(demo: Demo) -> None:
+    console.print(Rule("Guide §5 — Borrowing GPUs to finish early"))
+    demo.show(f"nodes apply -f {ex('cluster.yaml')}")
+    demo.show(f"budgets apply -f {ex('funding/budgets-borrow.yaml')}")
+    demo.show(f"submit -f {ex('funding/trainer-borrow.yaml')}")
+    demo.show("budgets usage")
+    run = demo.runs()["rai-sys/trainer-borrow"]
+    demo.promise(
+        "trainer-borrow runs with 96 owned + 32 borrowed from vision",
+        run["phase"] == "Running" and run["funding"]["owned"] == 96 and run["funding"]["borrowed"] == 32,
+    )
+    lender = {u["envelope"]: u for u in demo.data("budgets usage")}.get("org:ai:mm:vision/west-h100", {})
+    demo.promise("the lender's envelope shows the 32 GPUs it lent", lender.get("borrowed") == 32)
+    demo.show("cancel trainer-borrow -n rai-sys")
+    demo.show(f"submit -f {ex('funding/trainer-borrow-8.yaml')}")
+    capped = demo.runs()["rai-sys/trainer-borrow-8"]
+    demo.promise(
+        "with maxBorrowGPUs 8 the run waits, and says the borrow limit is short",
+        capped["phase"] != "Running" and "borrow" in capped["message"],
+    )
+
+
+def chapter_spares(demo: Demo) -> None:
+    console.print(Rule("Guide §6 — Productive spares and opportunistic fill"))
+    demo.show(f"nodes apply -f {ex('elastic/cluster-spares.yaml')}")
+    demo.show(f"budgets apply -f {ex('elastic/budgets.yaml')}")
+    demo.show(f"submit -f {ex('elastic/trainer-32.yaml')}")
+    demo.show(f"submit -f {ex('elastic/opportunistic-2.yaml')}")
+    demo.show("leases --owner org:ai:scratch")
+    fill = [lease for lease in demo.data("leases --owner org:ai:scratch") if lease["end"] is None]
+    demo.promise("sweep-2 runs unfunded on the spare node's GPUs (Fill)", [f["role"] for f in fill] == ["Fill"])
+    leases = demo.data("leases trainer-32 -n rai-sys")
+    victim = next(lease for lease in leases if lease["role"] == "Active" and lease["end"] is None)
+    spare = next(lease for lease in leases if lease["role"] == "Spare" and lease["end"] is None)
+    demo.show(f"nodes fail {victim['node']} --now +1h")
+    demo.show("leases trainer-32 -n rai-sys")
+    after = demo.data("leases trainer-32 -n rai-sys")
+    swapped = [lease for lease in after if lease["reason"] == "Swap" and lease["end"] is None]
+    demo.promise(
+        f"the failed node's ranks resume on the spare {spare['node']}: same group, same payer",
+        len(swapped) == 1
+        and swapped[0]["node"] == spare["node"]
+        and swapped[0]["group"] == victim["group"]
+        and swapped[0]["envelope"] == victim["envelope"],
+    )
+    ended = {lease["id"]: lease for lease in demo.data("leases --owner org:ai:scratch")}
+    demo.promise(
+        "the opportunistic lease ended with ReclaimedBySpare",
+        any(lease["endReason"] == "ReclaimedBySpare" for lease in ended.values()),
+    )
+    node = {n["name"]: n for n in demo.data("nodes list")}[victim["node"]]
+    demo.promise(f"{victim['node']} is cordoned for repair", node["cordoned"] or node["failed"])
+
+
+CHAPTERS: list[Callable[[Demo], None]] = [chapter_quick_start, chapter_scaling_up, chapter_borrowing, chapter_spares]
 
 
 def demo(
-    keep: Annotated[bool, typer.Option(help="Keep the demo database afterwards")] = False,
+    keep: Annotated[bool, typer.Option(help="Keep the last chapter's database afterwards")] = False,
 ) -> None:
-    """Run the researcher guide end to end on a throw-away ledger."""
+    """Run the researcher guide end to end, each chapter on a throw-away ledger."""
     base_url, embedded = resolve_database_url(context.GLOBALS.db)
     where = "the embedded PostgreSQL" if embedded else "your PostgreSQL"
-    console.print(f"[bold]Jobtree demo[/bold] — a throw-away ledger ({DEMO_DB}) on {where}")
-    url = fresh_database(base_url, DEMO_DB)
-    runner = Demo(url)
+    console.print(f"[bold]Jobtree demo[/bold] — each chapter on a throw-away ledger ({DEMO_DB}) on {where}")
+    broken: list[str] = []
     try:
         for chapter in CHAPTERS:
+            runner = Demo(fresh_database(base_url, DEMO_DB))
             chapter(runner)
+            broken.extend(runner.broken)
     finally:
         if not keep:
             drop_database(base_url, DEMO_DB)
     console.print()
-    if runner.broken:
-        console.print(f"[red]{len(runner.broken)} promise(s) broken[/red]")
+    if broken:
+        console.print(f"[red]{len(broken)} promise(s) broken[/red]")
         raise typer.Exit(1)
     console.print("[green]Every promise of the guide's chapters held.[/green]")

@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import text
 
+from binder import kube_adopt
 from binder import kube_pods as kp
 from binder.kube import KubeApi, KubeConflict, KubeError, KubeNotFound, KubeUnavailable
 from binder.sim import LeaseToBind
@@ -80,6 +81,8 @@ class KubeBinder:
     def bind(self, lease: LeaseToBind) -> tuple[str, ...]:
         if lease.role not in WORKLOAD_ROLES:
             return ()  # a Spare lease holds a standby node: no pod runs there
+        if kube_adopt.user_managed(self.api, lease.run):
+            return kube_adopt.bind(self.api, self.ledger, lease)  # the users' own pods (binder/kube_adopt.py)
         plan = self._plan(lease)
         spec, _phase = _run_spec(self.ledger, lease.run)
         manifest = kp.pod_manifest(plan, spec.get("template"))
@@ -171,7 +174,7 @@ class KubeBinder:
             except KubeNotFound:
                 continue
             removed.append(f"{key[0]}/{key[1]}")
-        return tuple(removed)
+        return (*removed, *kube_adopt.release(self.api, open_leases, self.grace_seconds))
 
     def observe(self) -> Sequence[Event]:
         """RunCompleted for every Running run whose workload pods all succeeded."""
@@ -183,7 +186,7 @@ class KubeBinder:
         for run, pods in sorted(phases.items()):
             if all(p == "Succeeded" for p in pods.values()) and self._all_placed(run, set(pods)):
                 done.append(RunCompleted(run))
-        return done
+        return [*done, *kube_adopt.observe(self.api, self.ledger)]
 
     def _all_placed(self, run: str, pods: set[str]) -> bool:
         """The run is Running and every open workload lease has its pod among ``pods``."""

@@ -41,6 +41,10 @@ class BindError(Exception):
     """The backend could not bind a lease's pods."""
 
 
+class BindDeferred(BindError):
+    """Not yet, and not a failure (e.g. a user-managed run's pod does not exist yet): retried next pass."""
+
+
 def unbound_leases(ledger: Ledger) -> list[LeaseToBind]:
     sql = """
         SELECT lease_id, run, group_index, role, node, gpus FROM leases
@@ -51,12 +55,18 @@ def unbound_leases(ledger: Ledger) -> list[LeaseToBind]:
     return [LeaseToBind(r.lease_id, r.run, r.group_index, r.role, r.node, r.gpus) for r in rows]
 
 
+# Both lookups go through events_lease_id_idx (type, data->>'lease_id', position), migration 0003;
+# the LATERAL form lets the predecessor's newest PodBound be one backward index probe.
 _KEPT_PODS = text(
     """
-    SELECT b.data->'pods' AS pods FROM events s
-    JOIN events b ON b.type = 'PodBound' AND b.data->>'lease_id' = s.data->>'previous'
+    SELECT p.pods FROM events s
+    CROSS JOIN LATERAL (
+        SELECT b.data->'pods' AS pods FROM events b
+        WHERE b.type = 'PodBound' AND b.data->>'lease_id' = s.data->>'previous'
+        ORDER BY b.position DESC LIMIT 1
+    ) p
     WHERE s.type = 'LeaseStarted' AND s.data->>'lease_id' = :lease AND s.data->>'reason' = 'PayerChanged'
-    ORDER BY b.position DESC LIMIT 1
+    LIMIT 1
     """
 )
 
@@ -82,6 +92,8 @@ def bind_pending(ledger: Ledger, backend: Backend, now: datetime) -> int:
     for lease in unbound_leases(ledger):
         try:
             pods = kept_pods(ledger, lease.lease_id) or backend.bind(lease)
+        except BindDeferred:
+            continue
         except BindError as exc:
             failed = PodBindFailed(lease.lease_id, lease.node, str(exc))
             key = f"bindfail:{lease.lease_id}"

@@ -21,6 +21,8 @@ _VALUED = {
     "--now": "now",
     "-n": "namespace",
     "--namespace": "namespace",
+    "--kubeconfig": "kubeconfig",  # kube mode (cli/kubemode.py); also the workers' API server
+    "--context": "kube_context",
 }
 
 
@@ -31,6 +33,8 @@ class Globals:
     as_user: str | None = None
     now: str | None = None
     namespace: str | None = None
+    kubeconfig: str | None = None
+    kube_context: str | None = None
     rest: list[str] = field(default_factory=list)
 
     @property

@@ -12,7 +12,8 @@ from pathlib import Path
 import typer
 
 from cli import context
-from cli.commands import audit, budgets, db, demo, metrics, nodes, report, runs, sim, workers
+from cli.commands import audit, budgets, db, demo, metrics, nodes, report, runs, sim, up, workers
+from cli.commands import plan as plan_cmd
 from cli.errors import CommandError
 from cli.render import errors
 
@@ -24,6 +25,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 runs.register(app)
+app.command("plan")(plan_cmd.plan)
 app.add_typer(budgets.app, name="budgets")
 app.add_typer(nodes.app, name="nodes")
 app.add_typer(db.app, name="db")
@@ -33,6 +35,7 @@ app.command("demo")(demo.demo)
 app.add_typer(audit.app, name="audit")
 app.command("report")(report.report)
 app.command("metrics")(metrics.metrics_cmd)
+app.command("up")(up.up)
 
 
 def run(argv: list[str] | None = None) -> None:

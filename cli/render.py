@@ -130,8 +130,18 @@ NODE_COLUMNS: list[Column] = [
     ("GPUS", lambda r: r["gpus"]),
     ("USED", lambda r: r["used"]),
     ("FREE", lambda r: r["free"]),
-    ("STATE", lambda r: "failed" if r["failed"] else "cordoned" if r["cordoned"] else "ready"),
+    ("STATE", lambda r: node_state(r)),
 ]
+
+
+def node_state(r: Row) -> str:
+    """``failed``, ``cordoned (manual)`` / ``cordoned (NodeFailure)``, or ``ready``."""
+    if r["failed"]:
+        return "failed"
+    if r["cordoned"]:
+        return f"cordoned ({r['cordonReason']})" if r.get("cordonReason") else "cordoned"
+    return "ready"
+
 
 USAGE_COLUMNS: list[Column] = [
     ("ENVELOPE", lambda r: r["envelope"]),

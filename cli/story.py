@@ -7,6 +7,7 @@ reason, ``story`` one line per thing that happened to the run.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 Row = dict[str, Any]
@@ -70,6 +71,8 @@ def _line(kind: str, data: Row, event: Row, leases: dict[str, Row], failed_at: F
         return f"{data['phase']}: {data['reason']}"
     if kind == "LeaseEnded":
         return _ended(data, at, leases, failed_at)
+    if kind in _RESERVATION_WORDS:
+        return _RESERVATION_WORDS[kind](data)
     if kind == "LeaseStarted":
         return _started(data, at, failed_at)
     return None
@@ -89,7 +92,38 @@ def _ended(data: Row, at: str | None, leases: dict[str, Row], failed_at: FailedR
         return f"fill on {lease['node']} ended: the spare under it was released"
     if lease["role"] == "Spare" and data["reason"] == "NodeFailure":
         return f"spare of {where} lost: the node failed"
+    if data.get("seed"):
+        return f"{where} ended by a reservation's activation: {data['reason']} (seed {data['seed']})"
     return None
+
+
+def _warning(data: Row) -> str:
+    shrink = f", shrink by {data['shrink_gpus']} GPUs" if data.get("shrink_gpus") else ""
+    return (
+        f"you are in the conflict set of {data['by']} ({data['reservation']}), ETA {data['earliest_start']}, "
+        f"kill probability {data['kill_probability']:g}{shrink}"
+    )
+
+
+def _reserved(data: Row) -> str:
+    remedies = ", ".join(f"{r['action']} {r['gpus']}" for r in data.get("remedies", [])) or "no cuts"
+    deficit = sum(data.get("deficit", {}).values())
+    return (
+        f"reservation {data['reservation']}: earliest start {data['earliest_start']}, deficit {deficit} GPUs, "
+        f"{remedies} ({data['confidence']})"
+    )
+
+
+_RESERVATION_WORDS: dict[str, Callable[[Row], str]] = {
+    "ReservationCreated": _reserved,
+    "ReservationChanged": lambda d: "changed: " + _reserved(d),
+    "ReservationReleased": lambda d: f"reservation {d['reservation']} released: {d['reason']}",
+    "ReservationCancelled": lambda d: f"reservation {d['reservation']} cancelled",
+    "ReservationActivated": lambda d: (
+        f"reservation {d['reservation']} activated: {d['freed']} GPUs freed by cuts (seed {d['seed']})"
+    ),
+    "ConflictWarningIssued": _warning,
+}
 
 
 def _started(data: Row, at: str | None, failed_at: FailedRanks) -> str | None:

@@ -259,6 +259,104 @@ class RunResized(Event):
     reason: str
 
 
+# ---------------------------------------------------------------- reservations (SPEC §5)
+
+
+@event("ReservationCreated")
+@dataclass(frozen=True, slots=True)
+class ReservationCreated(Event):
+    """A plan for a run that cannot start now (planner.reserve).
+
+    ``earliest_start``: RFC 3339 UTC. ``deficit``: ``{"<cluster>/<fabricDomain>": GPUs}``.
+    ``remedies``: ``[{"action": ReclaimUnfunded|DropSpare|Shrink|RandomPreempt, "gpus": N}]``
+    in application order. ``kill_probability`` and ``shrink``: per run in the conflict set.
+    ``confidence``: firm | lottery | window-aligned. ``seed``: the lottery seed for an
+    activation at ``earliest_start`` (SPEC §5.4). ``slots``: the intended placement, kept
+    while it stays valid so the plan does not wander.
+    """
+
+    reservation: str
+    run: str
+    earliest_start: str
+    width: int
+    domains: tuple[str, ...]
+    nodes: tuple[str, ...]
+    payers: tuple[str, ...]
+    deficit: dict[str, int]
+    conflict_set: tuple[str, ...]
+    remedies: tuple[dict[str, Any], ...]
+    kill_probability: dict[str, float]
+    shrink: dict[str, int]
+    confidence: str
+    seed: str
+    message: str = ""
+    slots: dict[str, list[int]] | None = None  # the intended placement: node -> GPU slots
+
+
+@event("ReservationChanged")
+@dataclass(frozen=True, slots=True)
+class ReservationChanged(Event):
+    """The reservation's content changed; ``earliest_start`` never moves later (SPEC §5.2)."""
+
+    reservation: str
+    run: str
+    earliest_start: str
+    width: int
+    domains: tuple[str, ...]
+    nodes: tuple[str, ...]
+    payers: tuple[str, ...]
+    deficit: dict[str, int]
+    conflict_set: tuple[str, ...]
+    remedies: tuple[dict[str, Any], ...]
+    kill_probability: dict[str, float]
+    shrink: dict[str, int]
+    confidence: str
+    seed: str
+    message: str = ""
+    slots: dict[str, list[int]] | None = None  # the intended placement: node -> GPU slots
+
+
+@event("ReservationReleased")
+@dataclass(frozen=True, slots=True)
+class ReservationReleased(Event):
+    """The run no longer needs its reservation (it started without cuts, or can no longer be placed)."""
+
+    reservation: str
+    run: str
+    reason: str
+
+
+@event("ReservationCancelled")
+@dataclass(frozen=True, slots=True)
+class ReservationCancelled(Event):
+    reservation: str
+    run: str
+
+
+@event("ReservationActivated")
+@dataclass(frozen=True, slots=True)
+class ReservationActivated(Event):
+    """At ``earliestStart`` the cuts were made (``freed`` GPUs) and the run starts; ``seed`` drove the lottery."""
+
+    reservation: str
+    run: str
+    seed: str
+    freed: int
+
+
+@event("ConflictWarningIssued")
+@dataclass(frozen=True, slots=True)
+class ConflictWarningIssued(Event):
+    """``run`` is in the conflict set of ``reservation`` (for ``by``): advance warning (SPEC §5.3)."""
+
+    reservation: str
+    run: str
+    by: str
+    earliest_start: str
+    kill_probability: float
+    shrink_gpus: int
+
+
 # ---------------------------------------------------------------- records
 
 

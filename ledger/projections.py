@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, select, text, update
+from sqlalchemy import Connection, case, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 
@@ -23,6 +23,12 @@ from ledger.model import budget_from_spec, run_from_spec
 
 PAYER_CLASSES = ("owned", "shared", "borrowed", "unfunded")
 _FILL = "Fill"
+_WIDTH_ROLES = ("Active", _FILL)  # a filling run's GPUs run its pods: allocated, classed unfunded
+
+
+def _width_class(role: str, payer_class: str) -> str:
+    return "unfunded" if role == _FILL else payer_class  # Fill is charged to nobody (SPEC §6.2)
+
 
 Handler = Callable[[Connection, Any, datetime], None]
 _HANDLERS: dict[type[ev.Event], Handler] = {}
@@ -61,18 +67,18 @@ def _node_registered(conn: Connection, e: ev.NodeRegistered, at: datetime) -> No
     conn.execute(stmt.on_conflict_do_update(index_elements=[t.nodes.c.name], set_=values))
 
 
-def _set_node(conn: Connection, name: str, **flags: bool) -> None:
+def _set_node(conn: Connection, name: str, **flags: Any) -> None:
     conn.execute(update(t.nodes).where(t.nodes.c.name == name).values(**flags))
 
 
 @_on(ev.NodeCordoned)
 def _node_cordoned(conn: Connection, e: ev.NodeCordoned, at: datetime) -> None:
-    _set_node(conn, e.name, cordoned=True)
+    _set_node(conn, e.name, cordoned=True, cordon_reason=e.reason)
 
 
 @_on(ev.NodeUncordoned)
 def _node_uncordoned(conn: Connection, e: ev.NodeUncordoned, at: datetime) -> None:
-    _set_node(conn, e.name, cordoned=False)
+    _set_node(conn, e.name, cordoned=False, cordon_reason=None)
 
 
 @_on(ev.NodeFailed)
@@ -82,7 +88,9 @@ def _node_failed(conn: Connection, e: ev.NodeFailed, at: datetime) -> None:
 
 @_on(ev.NodeRecovered)
 def _node_recovered(conn: Connection, e: ev.NodeRecovered, at: datetime) -> None:
-    _set_node(conn, e.name, failed=False, cordoned=False)
+    """Like planner.state: recovery clears the failure and any cordon not set by hand (SPEC §6.3)."""
+    manual = t.nodes.c.cordon_reason.is_not_distinct_from("manual")  # NULL when not cordoned
+    _set_node(conn, e.name, failed=False, cordoned=manual, cordon_reason=case((manual, "manual"), else_=None))
 
 
 # ---------------------------------------------------------------- budgets and policy
@@ -161,7 +169,8 @@ def _run_admitted(conn: Connection, e: ev.RunAdmitted, at: datetime) -> None:
 
 @_on(ev.RunDeferred)
 def _run_deferred(conn: Connection, e: ev.RunDeferred, at: datetime) -> None:
-    _set_run(conn, e.run, message=e.message)
+    """What is short; a Reserved run keeps its reservation's ETA after it (ledger.reservations)."""
+    conn.execute(_DEFERRED_MESSAGE, {"run": e.run, "msg": e.message})
 
 
 @_on(ev.RunShrinkRequested)
@@ -190,6 +199,7 @@ def _payer_column(payer_class: str) -> str:
 
 
 def _count_active(conn: Connection, run: str, payer_class: str, delta: int) -> None:
+    """Width and funding class of a run's workload leases (Active; Fill counts as unfunded)."""
     column = t.runs.c[_payer_column(payer_class)]
     allocated = t.runs.c.allocated_gpus
     values = {allocated: allocated + delta, column: column + delta}
@@ -227,8 +237,8 @@ def _lease_started(conn: Connection, e: ev.LeaseStarted, at: datetime) -> None:
     rows = [{"lease_id": e.lease_id, "node": e.node, "gpu": g, "role": e.role, "start": at} for g in e.slots]
     if rows:
         _insert_slots(conn, e, rows)
-    if e.role == "Active":
-        _count_active(conn, e.run, e.payer_class, len(e.slots))
+    if e.role in _WIDTH_ROLES:
+        _count_active(conn, e.run, _width_class(e.role, e.payer_class), len(e.slots))
 
 
 def _insert_slots(conn: Connection, e: ev.LeaseStarted, rows: list[dict[str, Any]]) -> None:
@@ -253,13 +263,91 @@ def _lease_ended(conn: Connection, e: ev.LeaseEnded, at: datetime) -> None:
     if row is None:
         return  # unknown or already ended: ending twice changes nothing
     conn.execute(_CLOSE_SLOTS, {"lease_id": e.lease_id, "end": at})
-    if row.role == "Active":
-        _count_active(conn, row.run, row.payer_class, -row.gpus)
+    if row.role in _WIDTH_ROLES:
+        _count_active(conn, row.run, _width_class(row.role, row.payer_class), -row.gpus)
 
 
 @_on(ev.PodBound)
 def _pod_bound(conn: Connection, e: ev.PodBound, at: datetime) -> None:
     conn.execute(update(t.leases).where(t.leases.c.lease_id == e.lease_id).values(bound=True))
+
+
+# ---------------------------------------------------------------- reservations (SPEC §5, planner.reserve)
+
+_DEFERRED_MESSAGE = text(
+    "UPDATE runs SET message = CASE WHEN phase = 'Reserved' THEN :msg || COALESCE('; ' || ("
+    "SELECT data->>'message' FROM reservations WHERE run = :run AND state = 'Open' ORDER BY id DESC LIMIT 1"
+    "), '') ELSE :msg END WHERE run = :run"
+)
+_RESERVED_MESSAGE = text(
+    "UPDATE runs SET phase = 'Reserved', message = CASE "
+    "WHEN message ~ 'reserved res-[0-9]+: earliest start [^ ]+$' "
+    "THEN regexp_replace(message, 'reserved res-[0-9]+: earliest start [^ ]+$', :msg) "
+    "WHEN COALESCE(message, '') = '' THEN :msg ELSE message || '; ' || :msg END WHERE run = :run"
+)
+_UNRESERVED = text(
+    "UPDATE runs SET phase = 'Pending', message = regexp_replace(message, '(; )?reserved res-[0-9]+: .*$', '') "
+    "WHERE run = :run AND phase = 'Reserved'"
+)
+_WARNINGS_OFF = text(
+    "UPDATE runs SET message = '' WHERE message LIKE 'you are in the conflict set of ' || :by || ' (%'"
+)
+
+
+def _reservation_data(e: ev.ReservationCreated | ev.ReservationChanged) -> dict[str, Any]:
+    return {
+        "deficitGPUs": sum(e.deficit.values()), "deficit": dict(e.deficit), "conflictSet": list(e.conflict_set),
+        "remedies": [dict(r) for r in e.remedies], "killProbability": dict(e.kill_probability),
+        "confidence": e.confidence, "seed": e.seed, "shrink": dict(e.shrink), "width": e.width,
+        "placement": {"domains": list(e.domains), "nodes": list(e.nodes)}, "payers": list(e.payers),
+        "message": e.message,
+    }  # fmt: skip
+
+
+@_on(ev.ReservationCreated)
+@_on(ev.ReservationChanged)
+def _reservation_set(conn: Connection, e: ev.ReservationCreated | ev.ReservationChanged, at: datetime) -> None:
+    eta = datetime.fromisoformat(e.earliest_start.replace("Z", "+00:00"))
+    values = {"run": e.run, "state": "Open", "earliest_start": eta, "data": _reservation_data(e)}
+    stmt = insert(t.reservations).values(id=e.reservation, **values)
+    conn.execute(stmt.on_conflict_do_update(index_elements=[t.reservations.c.id], set_=values))
+    conn.execute(_RESERVED_MESSAGE, {"run": e.run, "msg": e.message})
+
+
+def _close_reservation(conn: Connection, rid: str, state: str, extra: dict[str, Any]) -> None:
+    data = t.reservations.c.data
+    values = {"state": state, "data": data.op("||")(func.jsonb_build_object(*[x for kv in extra.items() for x in kv]))}
+    conn.execute(update(t.reservations).where(t.reservations.c.id == rid).values(**values))
+
+
+@_on(ev.ReservationReleased)
+def _reservation_released(conn: Connection, e: ev.ReservationReleased, at: datetime) -> None:
+    _close_reservation(conn, e.reservation, "Released", {"reason": e.reason})
+    conn.execute(_UNRESERVED, {"run": e.run})
+    conn.execute(_WARNINGS_OFF, {"by": e.run})
+
+
+@_on(ev.ReservationCancelled)
+def _reservation_cancelled(conn: Connection, e: ev.ReservationCancelled, at: datetime) -> None:
+    _close_reservation(conn, e.reservation, "Cancelled", {})
+    conn.execute(_WARNINGS_OFF, {"by": e.run})
+
+
+@_on(ev.ReservationActivated)
+def _reservation_activated(conn: Connection, e: ev.ReservationActivated, at: datetime) -> None:
+    _close_reservation(conn, e.reservation, "Activated", {"seed": e.seed, "freedGPUs": e.freed})
+    conn.execute(_WARNINGS_OFF, {"by": e.run})
+
+
+@_on(ev.ConflictWarningIssued)
+def _conflict_warning(conn: Connection, e: ev.ConflictWarningIssued, at: datetime) -> None:
+    text_value = (
+        f"you are in the conflict set of {e.by} ({e.reservation}), ETA {e.earliest_start}, "
+        f"kill probability {e.kill_probability:g}" + (f", shrink by {e.shrink_gpus} GPUs" if e.shrink_gpus else "")
+    )
+    conn.execute(
+        update(t.runs).where(t.runs.c.run == e.run, t.runs.c.phase == "Running").values(message=text_value)
+    )
 
 
 # ---------------------------------------------------------------- rebuild

@@ -146,7 +146,7 @@ def list_leases(
 def list_nodes(engine: Engine) -> list[Row]:
     sql = """
         SELECT n.name, n.gpu_type, n.gpus, n.region, n.cluster, n.fabric_domain, n.cordoned, n.failed,
-               COALESCE((SELECT count(*) FROM lease_slots s
+               n.cordon_reason, COALESCE((SELECT count(*) FROM lease_slots s
                          WHERE s.node = n.name AND upper_inf(s.during) AND s.role IN ('Active', 'Spare')), 0)
                  AS held
         FROM nodes n ORDER BY n.cluster, n.fabric_domain, n.name
@@ -163,6 +163,7 @@ def list_nodes(engine: Engine) -> list[Row]:
             "labels": {"region": r.region, "cluster": r.cluster, "fabricDomain": r.fabric_domain},
             "cordoned": bool(r.cordoned),
             "failed": bool(r.failed),
+            "cordonReason": r.cordon_reason if r.cordoned else None,  # manual | NodeFailure | …
         }
         for r in rows
     ]
@@ -321,7 +322,7 @@ _UNFUNDED_BY_ENVELOPE = """
     FROM envelopes e
     JOIN runs r ON r.owner = e.owner
     JOIN leases l ON l.run = r.run AND l.end_at IS NULL AND l.payer_class = 'unfunded'
-                 AND l.role IN ('Active', 'Spare')
+                 AND l.role IN ('Active', 'Spare', 'Fill')
     JOIN nodes n ON n.name = l.node AND n.gpu_type = e.gpu_type
                 AND (e.selector->>'region' IS NULL OR e.selector->>'region' = n.region)
                 AND (e.selector->>'cluster' IS NULL OR e.selector->>'cluster' = n.cluster)

@@ -31,6 +31,8 @@ from ledger.errors import ConcurrencyError, LedgerError, translate
 
 GENESIS_HASH = "0" * 64
 APPEND_LOCK_KEY = -2
+#: NOTIFY channel of every append; the payload is the new last position.
+EVENTS_CHANNEL = "jobtree_events"
 #: planner_lock(shard) uses key = shard (>= 0) in LOCK_NAMESPACE.
 _IDEMPOTENT_PAGE = 256
 
@@ -155,6 +157,9 @@ class Ledger:
                 recorded = _insert(conn, events, actor, when, idempotency_key)
                 for item in recorded:
                     projections.apply(conn, item)
+                # delivered on commit: waiting workers (`jobtree up`, ledger.listen) wake up
+                tip = str(recorded[-1].position)
+                conn.execute(text("SELECT pg_notify(:ch, :tip)"), {"ch": EVENTS_CHANNEL, "tip": tip})
                 return recorded
         except DBAPIError as exc:
             raise translate(exc) from exc

@@ -1,4 +1,4 @@
-"""SQLAlchemy 2 Core metadata: the schema that migration 0001 creates.
+"""SQLAlchemy 2 Core metadata: the schema that migrations 0001 and 0003 create.
 
 ``events`` is the append-only log; everything else is a projection (a read model
 rebuilt from events and kept in step with each append, in the same transaction).
@@ -15,8 +15,11 @@ from sqlalchemy import (
     Column,
     DateTime,
     Float,
+    Index,
     Integer,
+    LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     Table,
     Text,
     UniqueConstraint,
@@ -46,6 +49,15 @@ events = Table(
     UniqueConstraint("stream", "version", name="events_stream_version_key"),
 )
 
+#: Migration 0003: find a lease's LeaseStarted / PodBound by lease id (binder.worker.kept_pods).
+Index(
+    "events_lease_id_idx",
+    events.c.type,
+    text("(data->>'lease_id')"),
+    events.c.position,
+    postgresql_where=text("type IN ('LeaseStarted', 'PodBound')"),
+)
+
 nodes = Table(
     "nodes",
     metadata,
@@ -58,6 +70,7 @@ nodes = Table(
     Column("labels", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("cordoned", Boolean, nullable=False, server_default=text("false")),
     Column("failed", Boolean, nullable=False, server_default=text("false")),
+    Column("cordon_reason", Text, nullable=True),  # migration 0003: the cordon in force (NULL: none)
 )
 
 budgets = Table(
@@ -170,9 +183,14 @@ reservations = Table(
 planner_snapshots = Table(
     "planner_snapshots",
     metadata,
-    Column("position", BigInteger, primary_key=True),
+    Column("position", BigInteger, nullable=False),
     Column("data", JSONB, nullable=False),
     Column("created_at", TS, nullable=False, server_default=func.now()),
+    # migration 0004: planner.snapshot's code fingerprint and encoded state (a cache,
+    # neither an event nor a projection: rebuild and audit never touch it)
+    Column("fingerprint", Text, nullable=False),
+    Column("state", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("fingerprint", "position", name="planner_snapshots_pkey"),
 )
 
 #: Read models that ``projections.rebuild`` truncates and refills from events.

@@ -1,10 +1,11 @@
-"""Instants when funding changes by itself, with no event to say so (SPEC §4.3).
+"""Instants when funding changes by itself, with no event to say so (SPEC §4.3), and due activations.
 
 An envelope's window opens or closes, or its GPU-hours (or its lending GPU-hours)
 run out. ``plan(state, now)`` already acts on whatever is true at ``now``; the worker
 also plans at each of these instants on its way to ``now`` (``next_edge``), so a
 payer change is recorded at the very instant the window closed or the hours ran out,
-and GPU-hours charged to an envelope never overshoot its ``maxGPUHours``.
+and GPU-hours charged to an envelope never overshoot its ``maxGPUHours``. A reservation's
+``earliestStart`` is an edge too, so its activation is recorded at that instant (SPEC §5.4).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def _edges(state: ClusterState) -> Iterator[datetime]:
                 out = lent.runs_out(env.lending.max_gpu_hours, 1.0)
                 if out is not None:
                     yield out
+    yield from (res.earliest_start for res in state.reservations.values())  # due activations (SPEC §5.4)
 
 
 def next_edge(state: ClusterState, after: datetime, until: datetime) -> datetime | None:

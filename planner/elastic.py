@@ -95,7 +95,7 @@ def _step(batch: Batch, run: RunState) -> bool:
     placement = pack(view, spec.resources.gpu_type, lower(spec, amount, first), spec.spares, used)
     if isinstance(placement, PackFailure):
         return False
-    funded = cover(view, spec, placement, batch.now)
+    funded = cover(view, spec, placement, batch.now, run=run.key)  # maxBorrowGPUs is per run (SPEC §4.2)
     if funded.unfunded and not spec.funding.opportunistic:
         return False
     batch.start(run.key, funded.leases, GROW)

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from ledger.events import Event, LeaseEnded, LeaseStarted, RunAdmitted, RunDeferred, RunFinished
+from ledger.events import Event, LeaseEnded, LeaseStarted, ReservationCancelled, RunAdmitted, RunDeferred, RunFinished
 from planner.cover import LeasePlan, cover
 from planner.elastic import apply_shrinks, grow
 from planner.failures import handle_failures
@@ -29,6 +29,7 @@ from planner.losses import Batch
 from planner.lower import admission_widths, lower
 from planner.pack import PackFailure, pack
 from planner.rerank import finalize, funding_book, rerank
+from planner.reserve import Reserver
 from planner.spares import end_orphan_fills, fill_attempt
 from planner.state import ClusterState, RunState
 from planner.view import PlanView
@@ -52,7 +53,7 @@ def plan(state: ClusterState, now: datetime) -> list[Event]:
     apply_shrinks(batch)
     end_orphan_fills(batch)
     decisions += rerank(view, now)  # SPEC §4.3: payer changes before anyone new is admitted
-    decisions += _admit(view, now, batch.requeued)
+    decisions += _admit(view, now, batch.requeued, batch)
     grow(batch, _waiting(state, decisions, batch.requeued))
     return finalize(view, decisions)
 
@@ -65,8 +66,11 @@ def _waiting(state: ClusterState, decisions: list[Event], requeued: list[str]) -
     return {state.runs[k].spec.resources.gpu_type for k in keys}
 
 
-def attempt(view: PlanView, run: RunState, now: datetime) -> Admission | str:
-    """Widest width that packs and is funded (or packs, if opportunistic); else what is short."""
+def attempt(view: PlanView, run: RunState, now: datetime, unfunded_ok: bool = False) -> Admission | str:
+    """Widest width that packs and is funded (or packs, if opportunistic); else what is short.
+
+    ``unfunded_ok``: a reservation's activation starts the run unfunded where no payer exists.
+    """
     spec = run.spec
     filled = fill_attempt(view, run, now)
     if filled is not None:
@@ -78,7 +82,7 @@ def attempt(view: PlanView, run: RunState, now: datetime) -> Admission | str:
             failure = placement.message
             continue
         funded = cover(view, spec, placement, now, run=run.key, recall=True)
-        if funded.unfunded and not spec.funding.opportunistic:
+        if funded.unfunded and not (spec.funding.opportunistic or unfunded_ok):
             failure = funded.shortfall or "not funded"
             continue
         return Admission(width, funded.leases, funded.recalls)
@@ -97,31 +101,61 @@ def _finish(view: PlanView) -> list[Event]:
             out.append(LeaseEnded(lease.lease_id, phase))
             view.end(lease)
         out.append(RunFinished(key, phase, phase))
+        reservation = state.runs[key].reservation
+        if reservation is not None:
+            out.append(ReservationCancelled(reservation, key))
     return out
 
 
 # ---------------------------------------------------------------- admission
 
 
-def _admit(view: PlanView, now: datetime, requeued: list[str] | None = None) -> list[Event]:
+def _admit(view: PlanView, now: datetime, requeued: list[str] | None = None, batch: Batch | None = None) -> list[Event]:
+    """FIFO admission; a blocked run is reserved, activated at its time, or waits (planner.reserve)."""
     state = view.state
     out: list[Event] = []
     deferred: list[tuple[RunState, str, int]] = []
     admitted = 0
-    for run in _queue(state, requeued or []):
+    reserver = Reserver(view, batch or Batch(view, now), now, lambda r, ok: _admit_now(view, r, now, ok))
+    queue = _queue(state, requeued or [])
+    started_here: set[str] = set()
+    requeued_before = len(requeued or [])
+    for run in queue:
         if run.key in state.finishing:
             continue
         result = attempt(view, run, now)
         if isinstance(result, Admission):
+            out += reserver.admitted(run)
             out += _start(view, run, result, now)
             admitted += 1
+            started_here.add(run.key)
+            continue
+        events, started = reserver.blocked(run)
+        out += events
+        if started:
+            admitted += 1
+            started_here.add(run.key)
         else:
             deferred.append((run, result, admitted))
-    deferred, admitted, late = _retry(view, now, deferred, admitted)
+    queued = {r.key for r in queue}
+    cut_in_walk = set((requeued or [])[requeued_before:])
+    # cut by an activation: never queued in this call, or started here and then cut by a later one
+    for key in [k for k in requeued or [] if k not in queued or (k in cut_in_walk and k in started_here)]:
+        run = state.runs[key]
+        with reserver.holds.before(run):
+            result = attempt(view, run, now)
+            if isinstance(result, Admission):
+                out += _start(view, run, result, now)
+                admitted += 1
+                continue
+        deferred.append((run, result, admitted))
+    deferred, admitted, late = _retry(view, now, deferred, admitted, reserver)
     out += late
+    out += reserver.publish()
     for run, message, admitted_before in deferred:
         if admitted_before < admitted:  # later admissions took capacity: describe the final state
-            again = attempt(view, run, now)
+            with reserver.holds.before(run):
+                again = attempt(view, run, now)
             message = again if isinstance(again, str) else message
         previous = None if run.key in (requeued or []) else run.deferred_message
         if message != previous:
@@ -130,7 +164,7 @@ def _admit(view: PlanView, now: datetime, requeued: list[str] | None = None) -> 
 
 
 def _retry(
-    view: PlanView, now: datetime, deferred: list[tuple[RunState, str, int]], admitted: int
+    view: PlanView, now: datetime, deferred: list[tuple[RunState, str, int]], admitted: int, reserver: Reserver
 ) -> tuple[list[tuple[RunState, str, int]], int, list[Event]]:
     """Later admissions can move pack elsewhere (and with it, who pays): admit what fits now.
 
@@ -142,15 +176,28 @@ def _retry(
         progress = False
         still = []
         for run, message, before in deferred:
-            again = attempt(view, run, now) if before < admitted else message
-            if isinstance(again, Admission):
-                out += _start(view, run, again, now)
+            started: list[Event] | None = None
+            if before < admitted:
+                with reserver.holds.before(run):  # only runs ahead of it in the queue hold capacity
+                    # a due reservation starts even where no payer exists (SPEC §4.4 outcome 3)
+                    again = attempt(view, run, now, unfunded_ok=reserver.due(run))
+                    if isinstance(again, Admission):
+                        reserver.holds.drop(run.key)
+                        started = [*reserver.admitted(run), *_start(view, run, again, now)]
+            if started is not None:
+                out += started
                 admitted += 1
                 progress = True
             else:
                 still.append((run, message, before))
         deferred = still
     return deferred, admitted, out
+
+
+def _admit_now(view: PlanView, run: RunState, now: datetime, unfunded_ok: bool) -> list[Event] | None:
+    """Start ``run`` now if it packs (and is funded, unless ``unfunded_ok``); None otherwise."""
+    result = attempt(view, run, now, unfunded_ok)
+    return _start(view, run, result, now) if isinstance(result, Admission) else None
 
 
 def _queue(state: ClusterState, requeued: list[str]) -> list[RunState]:

@@ -121,7 +121,7 @@ def _start_spare(batch: Batch, run: RunState, group: int, node: str) -> bool:
     view, spec = batch.view, run.spec
     domain = view.node(node).domain
     placement = (GroupPlacement(group, (Alloc(node, domain, tuple(sorted(view.free_slots(node))), SPARE),)),)
-    funded = cover(view, spec, placement, batch.now)
+    funded = cover(view, spec, placement, batch.now, run=run.key)  # maxBorrowGPUs is per run (SPEC §4.2)
     if funded.unfunded and not spec.funding.opportunistic:
         return False
     batch.start(run.key, funded.leases, SPARE_REPLACED)

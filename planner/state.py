@@ -38,6 +38,10 @@ def lease_id(seq: int) -> str:
     return f"lease-{seq:06d}"
 
 
+def reservation_id(seq: int) -> str:
+    return f"res-{seq:06d}"
+
+
 @dataclass(slots=True)
 class NodeState:
     name: str
@@ -110,10 +114,22 @@ class RunState:
     admitted_at: datetime | None = None
     finish_reason: str | None = None
     leases: set[str] = field(default_factory=set)
+    reservation: str | None = None  # open reservation id (SPEC §5, planner.reserve)
+    requeued: bool = False  # lost its leases once (RunRequeued) in this incarnation
 
     @property
     def finished(self) -> bool:
         return self.phase in FINISHED
+
+
+@dataclass(slots=True)
+class ReservationState:
+    """An open reservation: the latest ReservationCreated/Changed content."""
+
+    reservation_id: str
+    run: str
+    earliest_start: datetime
+    event: ev.ReservationCreated | ev.ReservationChanged
 
 
 @dataclass(slots=True)
@@ -134,6 +150,8 @@ class ClusterState:
     last_position: int = 0
     last_time: datetime | None = None
     next_lease_seq: int = 1
+    reservations: dict[str, ReservationState] = field(default_factory=dict)  # open ones
+    next_reservation_seq: int = 1
 
     def copy(self) -> ClusterState:
         """An independent copy (fold consumes its base; plan never does)."""
@@ -351,6 +369,7 @@ def _run_requeued(state: ClusterState, record: ev.Recorded) -> None:
     assert isinstance(e, ev.RunRequeued)
     run = state.runs[e.run]
     run.phase, run.width, run.deferred_message = "Pending", 0, None
+    run.requeued = True
     state.pending[e.run] = run.submitted_position
 
 
@@ -417,6 +436,30 @@ def _hold(state: ClusterState, node: NodeState, slots: tuple[int, ...], take: bo
         state.domains[node.domain].free += len(node.free) - before
 
 
+# ---------------------------------------------------------------- reservations
+
+
+def _reservation_set(state: ClusterState, record: ev.Recorded) -> None:
+    e = record.event
+    assert isinstance(e, ev.ReservationCreated | ev.ReservationChanged)
+    if isinstance(e, ev.ReservationCreated):
+        state.next_reservation_seq += 1
+    eta = datetime.fromisoformat(e.earliest_start.replace("Z", "+00:00"))
+    state.reservations[e.reservation] = ReservationState(e.reservation, e.run, eta, e)
+    run = state.runs.get(e.run)
+    if run is not None:
+        run.reservation = e.reservation
+
+
+def _reservation_closed(state: ClusterState, record: ev.Recorded) -> None:
+    e = record.event
+    assert isinstance(e, ev.ReservationReleased | ev.ReservationCancelled | ev.ReservationActivated)
+    state.reservations.pop(e.reservation, None)
+    run = state.runs.get(e.run)
+    if run is not None and run.reservation == e.reservation:
+        run.reservation = None
+
+
 _HANDLERS: dict[type[ev.Event], Callable[[ClusterState, ev.Recorded], None]] = {
     ev.NodeRegistered: _node_registered,
     ev.NodeCordoned: _node_cordoned,
@@ -436,4 +479,9 @@ _HANDLERS: dict[type[ev.Event], Callable[[ClusterState, ev.Recorded], None]] = {
     ev.RunResized: _run_resized,
     ev.LeaseStarted: _lease_started,
     ev.LeaseEnded: _lease_ended,
+    ev.ReservationCreated: _reservation_set,
+    ev.ReservationChanged: _reservation_set,
+    ev.ReservationReleased: _reservation_closed,
+    ev.ReservationCancelled: _reservation_closed,
+    ev.ReservationActivated: _reservation_closed,
 }

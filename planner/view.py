@@ -150,6 +150,10 @@ class PlanView:
             self._funded_delta[lease.envelope] = self._funded_delta.get(lease.envelope, 0) - len(lease.slots)
             self._count(lease.envelope, lease.payer_class, lease.run, -len(lease.slots))
 
+    def hold(self, name: str, slots: tuple[int, ...], take: bool = True) -> None:
+        """Keep free slots out of reach of later placements in this call (a reservation's hold)."""
+        self._hold(name, slots, take)
+
     def _hold(self, name: str, slots: tuple[int, ...], take: bool) -> None:
         node = self.state.nodes[name]
         free = self._node_free.get(name)

@@ -15,6 +15,7 @@ from ledger.events import NewEvent, plan_stream
 from ledger.store import Ledger
 from planner.edges import next_edge
 from planner.plan import plan
+from planner.restore import load_state
 from planner.state import ClusterState, fold
 
 PLANNER_ACTOR = "jobtree-planner"
@@ -59,7 +60,7 @@ def catch_up(
     """
     result = CatchUp()
     with ledger.planner_lock():
-        state = fold(ledger.read())
+        state = load_state(ledger)  # the latest snapshot plus the tail (planner.restore)
         cursor = state.last_time
         while result.rounds < MAX_ROUNDS:
             # Funding edges (windows, hours running out) between the last event and now

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli import context
+from cli import context, kubemode
 from cli.context import open_app
 from cli.errors import BadInput
 from cli.render import (
@@ -47,6 +47,9 @@ def read_manifest_text(path: Path) -> tuple[str, str]:
 
 def submit(file: FileOption, wait: Annotated[bool, typer.Option(help="Wait until the run settles")] = False) -> None:
     """Submit Run manifests (Budget, Cluster and Policy documents are applied too, admins only)."""
+    if kubemode.active():
+        kubemode.submit(*read_manifest_text(file), wait)
+        return
     app = open_app()
     text_value, source = read_manifest_text(file)
     applied = app.apply(app.parse(text_value, source))
@@ -88,6 +91,9 @@ def get(
         if key != "owner" or not value:
             raise BadInput("-l", "the only selector is owner=OWNER")
         owner = value
+    if kubemode.active():
+        kubemode.get(all_namespaces, owner)
+        return
     rows = open_app().runs(None if all_namespaces else context.GLOBALS.ns, owner)
     if not emit_data(rows, context.GLOBALS.output):
         table(rows, RUN_COLUMNS, empty="No runs.")
@@ -133,6 +139,9 @@ def watch(
 ) -> None:
     """Follow a run until it settles (Running at its desired width, or finished) or Ctrl-C."""
     try:
+        if kubemode.active():
+            kubemode.watch(run, timeout, interval)
+            return
         _watch(*split_run(run), timeout=timeout, interval=interval)
     except KeyboardInterrupt:
         return
@@ -140,6 +149,9 @@ def watch(
 
 def explain(run: RunArg) -> None:
     """Why the run is where it is: width, funding split, leases and its history."""
+    if kubemode.active():
+        kubemode.explain(run)
+        return
     namespace, name = split_run(run)
     app = open_app()
     found = app.run(namespace, name)
@@ -224,6 +236,7 @@ def leases(
     """Who paid for each lease of a run (or of every run of an owner)."""
     if run is None and owner is None:
         raise BadInput("RUN", "name a run or pass --owner OWNER")
+    kubemode.refuse("leases")
     app = open_app()
     rows = app.leases(*split_run(run)) if run is not None else app.leases(None, None, owner=owner)
     if not emit_data(rows, context.GLOBALS.output):
@@ -231,6 +244,10 @@ def leases(
 
 
 def _act(action: str, run: str, **kwargs: int) -> None:
+    if action == "cancel" and kubemode.active():
+        kubemode.cancel(run)
+        return
+    kubemode.refuse(action)
     app = open_app()
     namespace, name = split_run(run)
     result = getattr(app, action)(namespace, name, **kwargs)

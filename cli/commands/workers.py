@@ -20,6 +20,7 @@ from binder.intake import INTAKE_ACTOR, Intake, Rejected
 from binder.kube import KubeApi, KubeError, KubeUnavailable
 from binder.kube_binder import KubeBinder
 from binder.worker import reconcile
+from cli import context
 from cli.app import JobtreeApp
 from cli.context import open_ledger
 from cli.errors import BadInput, CommandError, Forbidden
@@ -98,6 +99,9 @@ def intake_service(ledger: Ledger, clock: Clock = wall_clock) -> Callable[[], In
 
 
 def _connect(kubeconfig: str | None, kube_context: str | None) -> KubeApi:
+    # --kubeconfig/--context are lifted out of argv as global options (cli/context.py)
+    kubeconfig = context.GLOBALS.kubeconfig or kubeconfig
+    kube_context = context.GLOBALS.kube_context or kube_context
     try:
         return KubeApi.connect(kubeconfig, kube_context)
     except KubeError as exc:

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import re
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -53,20 +54,28 @@ def test_verify_fails_with_exit_1_and_names_a_tampered_row(fleet: CLI, database_
     assert "payer_class is 'unfunded'" in result.err
 
 
+def _t(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
 def test_gpu_hours_through_the_cli(fleet: CLI) -> None:
     guide(fleet)
     later = "2030-01-01T12:00:00Z"
     rows = fleet("audit", "gpu-hours", "--by", "envelope", "-o", "json", "--now", later).json()
     west = next(r for r in rows if r["envelope"] == "org:ai:rai:sys/west-h100")
-    # whatever the guide admitted (resnet-small's 8 GPUs; the others wait), for two hours:
+    # whatever the guide admitted at T0, for two hours (runs reserved at T0 start later, SPEC §5):
     leases = fleet("leases", "--owner", "org:ai:rai:sys", "-o", "json").json()
-    active = sum(lease["gpus"] for lease in leases if lease["role"] == "Active" and lease["envelope"])
-    spare = sum(lease["gpus"] for lease in leases if lease["role"] == "Spare" and lease["envelope"])
-    assert west["chargedGPUSeconds"] == (active + spare * 0.5) * 7200
-    assert west["gpuSeconds"] == (active + spare) * 7200
-    windowed = fleet("audit", "gpu-hours", "--by", "class", "--from", T0, "--to", "2030-01-01T10:30:00Z",
+    at_t0 = [lease for lease in leases if lease["envelope"] and lease["start"] == T0 and lease["end"] is None]
+    active = sum(lease["gpus"] for lease in at_t0 if lease["role"] == "Active")
+    spare = sum(lease["gpus"] for lease in at_t0 if lease["role"] == "Spare")
+    funded = [lease for lease in leases if lease["envelope"] == "org:ai:rai:sys/west-h100"]
+    seconds = [(lease, (_t(lease["end"] or later) - _t(lease["start"])).total_seconds()) for lease in funded]
+    assert west["gpuSeconds"] == sum(lease["gpus"] * s for lease, s in seconds)
+    rates = {"Active": 1.0, "Spare": 0.5}
+    assert west["chargedGPUSeconds"] == sum(lease["gpus"] * rates[lease["role"]] * s for lease, s in seconds)
+    windowed = fleet("audit", "gpu-hours", "--by", "class", "--from", T0, "--to", "2030-01-01T10:15:00Z",
                      "-o", "json", "--now", later).json()  # fmt: skip
-    assert {r["class"]: r["gpuSeconds"] for r in windowed} == {"owned": (active + spare) * 1800}
+    assert {r["class"]: r["gpuSeconds"] for r in windowed} == {"owned": (active + spare) * 900}
     assert all(r["from"] == T0 for r in windowed)
     csv_out = fleet("audit", "gpu-hours", "--by", "run", "-o", "csv", "--now", later)
     parsed = list(csv.DictReader(io.StringIO(csv_out.out)))

@@ -42,7 +42,7 @@ def test_the_opportunistic_run_fills_the_spare_node(guide6: CLI) -> None:
         "Fill", "a-4", [0, 1], None, "unfunded"
     )  # fmt: skip
     sweep = guide6("get", "runs", "-n", "scratch", "-o", "json", *at(3)).json()[0]
-    assert sweep["phase"] == "Running"  # its width is on other runs' spares: Fill GPUs are not counted as allocated
+    assert sweep["phase"] == "Running"  # its width is on other runs' spares (Fill: allocated, classed unfunded)
 
 
 def test_guide_6_failure_swaps_the_failed_ranks_onto_the_spare_and_nothing_else_changes(guide6: CLI) -> None:

@@ -35,6 +35,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+import jsonschema
 import kubernetes_validate
 
 Obj = dict[str, Any]
@@ -114,6 +115,7 @@ class Store:
     floor: int = 0
     lock: threading.Condition = field(default_factory=threading.Condition)
     requests: list[tuple[str, str]] = field(default_factory=list)
+    impersonated: list[str] = field(default_factory=list)  # Impersonate-User headers seen (kubectl --as)
 
     def _record(self, resource: str, kind: str, obj: Obj) -> Obj:
         self.rv += 1
@@ -209,6 +211,8 @@ class Handler(BaseHTTPRequestHandler):
         url = urlparse(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         self.server.store.requests.append((method, url.path))
+        if self.headers.get("Impersonate-User"):
+            self.server.store.impersonated.append(str(self.headers["Impersonate-User"]))
         parts = [p for p in url.path.split("/") if p]
         try:
             route(self, method, parts, query)
@@ -321,6 +325,9 @@ def pods(h: Handler, store: Store, method: str, ns: str, rest: list[str], query:
         h._send(200, store.delete("pods", ns, rest[0]))
     elif len(rest) == 2 and rest[1] == "binding" and method == "POST":
         bind(h, store, ns, rest[0], h._body())
+    elif len(rest) == 2 and rest[1] == "status" and method == "PATCH":
+        patch = _merge_patch_body(h)
+        h._send(200, store.update("pods", ns, rest[0], lambda o: _merge(o, {"status": patch.get("status") or {}})))
     else:
         raise ApiError(405, "MethodNotAllowed", f"{method} is not supported here")
 
@@ -349,8 +356,12 @@ def bind(h: Handler, store: Store, ns: str, name: str, body: Obj) -> None:
             f'pod {name} is already assigned to node "{current}"',
         )
 
-    def assign(obj: Obj) -> None:
+    annotations = (body.get("metadata") or {}).get("annotations") or {}
+
+    def assign(obj: Obj) -> None:  # like kube-apiserver: the Binding's annotations land on the pod
         obj["spec"]["nodeName"] = node
+        if annotations:
+            obj["metadata"].setdefault("annotations", {}).update(annotations)
         obj.setdefault("status", {})["conditions"] = [{"type": "PodScheduled", "status": "True"}]
 
     store.update("pods", ns, name, assign)
@@ -369,7 +380,10 @@ def custom(h: Handler, store: Store, method: str, rest: list[str], query: dict[s
     elif not tail and method == "POST":
         body = h._body()
         body.pop("status", None)  # the status subresource is written only through /status
+        _validate_custom(plural, body)
         h._send(201, store.create(plural, ns, body))
+    elif len(tail) == 1 and method == "PATCH":
+        patch_custom(h, store, plural, ns, tail[0])
     elif len(tail) == 1 and method == "GET":
         h._send(200, store.get(plural, ns, tail[0]))
     elif len(tail) == 1 and method == "DELETE":
@@ -385,6 +399,61 @@ def custom(h: Handler, store: Store, method: str, rest: list[str], query: dict[s
         h._send(200, store.update(plural, ns, tail[0], set_status))
     else:
         raise ApiError(405, "MethodNotAllowed", f"{method} is not supported here")
+
+
+def _merge_patch_body(h: Handler) -> Obj:
+    if "merge-patch" not in (h.headers.get("Content-Type") or ""):
+        raise ApiError(415, "UnsupportedMediaType", "only merge patches are supported by this double")
+    patch: Obj = h._body() or {}
+    return patch
+
+
+def patch_custom(h: Handler, store: Store, plural: str, ns: str, name: str) -> None:
+    """Merge-patch of the main resource: ``status`` is ignored, a spec change bumps ``generation``."""
+    patch = _merge_patch_body(h)
+    patch.pop("status", None)
+    current = store.get(plural, ns, name)
+    merged = _merge(copy.deepcopy(current), patch)
+    _validate_custom(plural, merged)
+
+    def apply(obj: Obj) -> None:
+        _merge(obj, patch)
+
+    h._send(200, store.update(plural, ns, name, apply, spec_change=merged.get("spec") != current.get("spec")))
+
+
+def _openapi_to_jsonschema(node: Any) -> Any:
+    """The CRD's structural schema as JSON Schema, with the API server's strict field validation."""
+    if isinstance(node, list):
+        return [_openapi_to_jsonschema(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    kept = {k: v for k, v in node.items() if not k.startswith("x-kubernetes") and k != "nullable"}
+    out = {k: _openapi_to_jsonschema(v) for k, v in kept.items()}
+    for key, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if out.get(key) is True:
+            out[key] = out.pop(bound)
+    if "properties" in out and not node.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
+    if node.get("nullable") and "type" in out:
+        out["type"] = [out["type"], "null"]
+    return out
+
+
+def _validate_custom(plural: str, body: Obj) -> None:
+    """422 Invalid for a Run or Budget the CRD's OpenAPI schema refuses (metadata is the server's business)."""
+    from binder import kube_crds
+
+    crd = kube_crds.run_crd() if plural == "runs" else kube_crds.budget_crd()
+    schema = _openapi_to_jsonschema(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+    schema.get("properties", {}).pop("metadata", None)
+    try:
+        jsonschema.validate({k: v for k, v in body.items() if k != "metadata"}, schema)
+    except jsonschema.ValidationError as exc:
+        where = ".".join(str(p) for p in exc.absolute_path) or "<root>"
+        kind = _CUSTOM[plural]
+        name = (body.get("metadata") or {}).get("name", "")
+        raise ApiError(422, "Invalid", f'{kind} "{name}" is invalid: {where}: {exc.message}') from None
 
 
 class _Server(ThreadingHTTPServer):

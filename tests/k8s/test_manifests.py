@@ -201,7 +201,7 @@ def test_rbac_grants_only_what_the_workers_use() -> None:
     assert ("runs/status", "patch") in grants["jobtree-intake"]
     assert not any(r == "*" or v == "*" for pairs in grants.values() for r, v in pairs)
     assert not any(r.startswith("pods") for r, _ in grants["jobtree-intake"])
-    assert not any(r in ("runs", "budgets") for r, _ in grants["jobtree-binder"])
+    assert {(r, v) for r, v in grants["jobtree-binder"] if r in ("runs", "budgets")} == {("runs", "get")}
 
 
 def test_renderer_refuses_syntax_it_does_not_check(tmp_path: Path) -> None:

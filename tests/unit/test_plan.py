@@ -77,10 +77,11 @@ def test_opportunistic_run_starts_with_the_unfunded_part_unfunded() -> None:
     ]
 
 
-def test_non_opportunistic_run_that_packs_but_is_unfunded_stays_pending() -> None:
+def test_non_opportunistic_run_that_packs_but_is_unfunded_is_reserved_without_cuts() -> None:
     _, state = setup(*fleet({"A": 1}), run("r", 8))
-    (decision,) = plan(state, at(1))
-    assert isinstance(decision, ev.RunDeferred) and decision.message.startswith("not funded: no envelope")
+    reserved, deferred = plan(state, at(1))  # SPEC §4.4 outcome 3: a budget shortfall is reserved
+    assert isinstance(deferred, ev.RunDeferred) and deferred.message.startswith("not funded: no envelope")
+    assert isinstance(reserved, ev.ReservationCreated) and reserved.deficit == {} and reserved.remedies == ()
 
 
 def test_fifo_with_skipping_and_capacity_consumed_within_one_call() -> None:

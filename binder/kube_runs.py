@@ -1,0 +1,135 @@
+"""Run and Budget objects as the researcher-facing CLI sees them (`kubectl runs` against a cluster).
+
+Only the API calls and the mapping of a Run object onto the CLI's row shape
+live here; ``cli/kubemode.py`` holds the commands. Identity is the Kubernetes
+user of the kubeconfig (``--as`` becomes the ``Impersonate-User`` header, as
+``kubectl --as`` does): the API server's RBAC decides who may create, read or
+delete Run objects.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from kubernetes import config
+
+from binder.kube import GROUP, VERSION, KubeApi, KubeConflict, KubeError, _call, _json
+
+Obj = dict[str, Any]
+PLURALS = {"Run": "runs", "Budget": "budgets"}
+WAITING = "waiting for the Jobtree intake"
+
+
+def connect(kubeconfig: str | None, context: str | None, as_user: str | None = None) -> KubeApi:
+    """The kubeconfig's cluster and user (``$KUBECONFIG`` read now, not at import; in a pod: its account)."""
+    api = KubeApi.connect(kubeconfig or os.environ.get("KUBECONFIG") or None, context)
+    if as_user:
+        api.api_client.set_default_header("Impersonate-User", as_user)  # type: ignore[no-untyped-call]
+    return api
+
+
+def context_namespace(kubeconfig: str | None, context: str | None) -> str | None:
+    """The namespace the kubeconfig context names, if any (kubectl's default for -n)."""
+    try:
+        contexts, active = config.list_kube_config_contexts(config_file=kubeconfig or os.environ.get("KUBECONFIG"))  # type: ignore[no-untyped-call]
+    except (config.ConfigException, OSError, TypeError, ValueError):
+        return None
+    chosen = next((c for c in contexts or [] if c.get("name") == context), None) if context else active
+    namespace = ((chosen or {}).get("context") or {}).get("namespace")
+    return str(namespace) if namespace else None
+
+
+def list_runs(api: KubeApi, namespace: str | None) -> list[Obj]:
+    if namespace is None:
+        return api.list("runs").items
+    body = _call(
+        lambda: _json(
+            api.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "runs", _preload_content=False)
+        )
+    )
+    return list(body.get("items") or [])
+
+
+def get_run(api: KubeApi, namespace: str, name: str) -> Obj:
+    return api.get_custom("runs", namespace, name)
+
+
+def delete_run(api: KubeApi, namespace: str, name: str) -> None:
+    api.delete_custom("runs", namespace, name)
+
+
+class RunChanged(KubeError):
+    """A Run object of that name exists with another spec (runs are immutable)."""
+
+    def __init__(self, namespace: str, name: str) -> None:
+        super().__init__(f"run {namespace}/{name} already exists with another spec")
+        self.namespace, self.name = namespace, name
+
+
+def _merge_patch(old: Obj, new: Obj) -> Obj:
+    """RFC 7386: the patch turning ``old`` into ``new`` (removed keys become null)."""
+    patch: Obj = {k: None for k in old if k not in new}
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(old.get(key), dict):
+            inner = _merge_patch(old[key], value)
+            if inner:
+                patch[key] = inner
+        elif old.get(key) != value:
+            patch[key] = value
+    return patch
+
+
+def apply(api: KubeApi, doc: Obj) -> str:
+    """Create the object; an existing one: ``unchanged`` (same spec), a Budget ``configured``, a Run refused."""
+    kind, meta = str(doc["kind"]), doc["metadata"]
+    plural, namespace, name = PLURALS[kind], str(meta["namespace"]), str(meta["name"])
+    try:
+        api.create_custom(plural, namespace, doc)
+        return "created"
+    except KubeConflict:
+        current = api.get_custom(plural, namespace, name)
+    if current.get("spec") == doc.get("spec"):
+        return "unchanged"
+    if kind == "Run":
+        raise RunChanged(namespace, name)
+    patch = {"spec": _merge_patch(current.get("spec") or {}, doc.get("spec") or {})}
+    _call(
+        lambda: _json(
+            api.custom.patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                namespace,
+                plural,
+                name,
+                patch,
+                _content_type="application/merge-patch+json",
+                _preload_content=False,
+            )
+        )
+    )
+    return "configured"
+
+
+def run_row(obj: Obj) -> Obj:
+    """The ledger mode's run row (`get runs -o json`), read from the object's spec and ``.status``."""
+    meta, spec, status = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}
+    total = int((spec.get("resources") or {}).get("totalGPUs") or 0)
+    malleable = spec.get("malleable") or {}
+    width = {
+        "min": int(malleable.get("minTotalGPUs") or total),
+        "max": int(malleable.get("maxTotalGPUs") or total),
+        "desired": int(status.get("desiredGPUs") or malleable.get("desiredTotalGPUs") or total),
+        "allocated": int(status.get("allocatedGPUs") or 0),
+    }
+    funding = {k: 0 for k in ("owned", "shared", "borrowed", "unfunded")} | dict(status.get("funding") or {})
+    return {
+        "namespace": str(meta.get("namespace", "")),
+        "name": str(meta.get("name", "")),
+        "owner": str(spec.get("owner", "")),
+        "phase": str(status.get("phase") or "Pending"),
+        "gpuType": str((spec.get("resources") or {}).get("gpuType", "")),
+        "width": dict(status.get("width") or width),
+        "funding": funding,
+        "message": str(status.get("message") if status else WAITING),
+    }

@@ -1,0 +1,53 @@
+"""Wait for new events: LISTEN on the channel every append NOTIFYs (``ledger.store``).
+
+A ``Listener`` keeps one autocommit psycopg connection that LISTENs on
+``EVENTS_CHANNEL``; ``wait(after, timeout)`` returns as soon as an append beyond
+position ``after`` commits, or when the timeout passes. Notifications are hints:
+the caller always re-reads the ledger, so a lost or merged notification only
+delays the next pass until the timeout.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import psycopg
+
+from ledger.embedded import libpq_url
+from ledger.errors import LedgerError
+from ledger.store import EVENTS_CHANNEL, Ledger
+
+
+class Listener:
+    def __init__(self, ledger: Ledger) -> None:
+        url = libpq_url(ledger.engine.url.render_as_string(hide_password=False))
+        try:
+            self._conn = psycopg.connect(url, autocommit=True)
+            self._conn.execute(f"LISTEN {EVENTS_CHANNEL}")
+        except psycopg.Error as exc:
+            raise LedgerError(f"cannot LISTEN for new events: {exc}") from exc
+
+    def wait(self, after: int, timeout: float) -> int | None:
+        """The newest notified position once one is beyond ``after``; None on timeout."""
+        deadline = time.monotonic() + timeout
+        newest: int | None = None
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                for note in self._conn.notifies(timeout=left, stop_after=1):
+                    position = int(note.payload) if note.payload.isdigit() else after + 1
+                    newest = max(newest or 0, position)
+            except psycopg.Error as exc:
+                raise LedgerError(f"lost the LISTEN connection: {exc}") from exc
+            if newest is not None and newest > after:
+                return newest
+        return None
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Listener:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,90 @@
+"""FIFO with backfill (SPEC §4.4): later runs never take what a reservation needs.
+
+While the planner walks the queue in submission order, every reserved run *holds* the
+free slots of its intended placement in the plan's view, so a later (smaller) run can
+only start on capacity the reservation does not need. The one exception: a run with
+``runtime.maxDuration`` that is known to end before a reservation's ``earliestStart``
+may use that reservation's held slots (``Holds.lifted``).
+
+Holds live only in one plan call's view; they are rebuilt from the open reservations
+on every call, in FIFO order, so nothing about them is stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from ledger.model import parse_duration
+from planner.state import RunState
+from planner.view import PlanView
+
+
+@dataclass(slots=True)
+class Hold:
+    run: str
+    position: int  # the run's place in the FIFO (its submission position)
+    eta: datetime
+    slots: list[tuple[str, tuple[int, ...]]]
+
+
+@dataclass(slots=True)
+class Holds:
+    view: PlanView
+    held: list[Hold] = field(default_factory=list)
+
+    def add(self, run: RunState, eta: datetime, placement: dict[str, tuple[int, ...]]) -> None:
+        """Hold the placement's slots (node -> slots) that are free now."""
+        slots: list[tuple[str, tuple[int, ...]]] = []
+        for node, wanted in sorted(placement.items()):
+            free = tuple(s for s in wanted if s in self.view.free_slots(node))
+            if free:
+                self.view.hold(node, free)
+                slots.append((node, free))
+        self.held.append(Hold(run.key, run.submitted_position, eta, slots))
+
+    def drop(self, run: str) -> None:
+        """The run starts after all: its hold goes (call it while its hold is lifted, see ``before``)."""
+        for hold in [h for h in self.held if h.run == run]:
+            hold.slots = []
+            self.held.remove(hold)
+
+    def holding(self, run: str) -> bool:
+        return any(h.run == run for h in self.held)
+
+    @contextmanager
+    def before(self, run: RunState) -> Iterator[None]:
+        """Only the holds of runs ahead of ``run`` in the queue (its own and later ones lifted)."""
+        with self._lift([h for h in self.held if h.position >= run.submitted_position]):
+            yield
+
+    @contextmanager
+    def _lift(self, holds: list[Hold]) -> Iterator[None]:
+        for hold in holds:
+            for node, slots in hold.slots:
+                self.view.hold(node, slots, take=False)
+        try:
+            yield
+        finally:
+            for hold in holds:
+                kept: list[tuple[str, tuple[int, ...]]] = []
+                for node, slots in hold.slots:
+                    free = tuple(s for s in slots if s in self.view.free_slots(node))
+                    if free:
+                        self.view.hold(node, free)
+                        kept.append((node, free))
+                hold.slots = kept
+
+    @contextmanager
+    def lifted(self, run: RunState, now: datetime) -> Iterator[bool]:
+        """Lift the holds of reservations that ``run`` is known to end before (maxDuration).
+
+        Yields whether anything was lifted; afterwards, holds go back on the slots still free.
+        """
+        limit = run.spec.runtime.max_duration
+        ends = now + parse_duration(limit) if limit else None
+        lifted = [h for h in self.held if ends is not None and ends <= h.eta]
+        with self._lift(lifted):
+            yield bool(lifted)

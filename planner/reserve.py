@@ -1,0 +1,436 @@
+"""Reservations (SPEC §4.4 outcomes 3 and 4, §5): a transparent plan for a blocked run.
+
+When a pending run cannot start now (taken in FIFO order by ``planner.plan``):
+
+- **Intended placement** (``find_target``): the run (a malleable run at its minimum) is
+  packed on a what-if view where, stage by stage, what an activation could cut is
+  free: unfunded groups, then spares, then malleable groups above their minimum, then
+  every group of other running runs. The first stage that packs gives the placement;
+  its **deficit** per domain is the GPUs it puts there minus the domain's free GPUs.
+  Nothing packs even then → no reservation (the run stays Pending with RunDeferred).
+- A physical deficit for a run that would not be fully funded there cuts nobody: no
+  reservation, it waits (RunDeferred). A pure budget shortfall (it packs now) is reserved
+  and, at activation, starts anyway, unfunded where no payer exists, cutting nobody.
+- **earliestStart** = max(now + reservationNotice, the time a needed envelope window
+  opens, the ETA of an earlier reservation sharing a domain (FIFO), the time known frees
+  — leases of runs with ``runtime.maxDuration`` — cover the deficit). Once published it
+  never moves later.
+- Remedies, conflict set, shrink amounts and kill probabilities come from
+  ``planner.resolve.plan_cuts``; ``confidence`` is ``firm`` (no lottery), ``lottery`` or
+  ``window-aligned``; the seed is the one an activation at earliestStart would use.
+- On create and on every change, each run in the conflict set gets ConflictWarningIssued.
+- Released (``ReservationReleased``) when the run starts without cuts before its time;
+  activated at earliestStart (``planner.resolve.Cutter``); cancelled with the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from ledger.events import (
+    ConflictWarningIssued,
+    Event,
+    ReservationActivated,
+    ReservationChanged,
+    ReservationCreated,
+    ReservationReleased,
+    to_data,
+)
+from ledger.model import parse_duration
+from planner.backfill import Holds
+from planner.cover import cover
+from planner.losses import SPARE, Batch
+from planner.lottery import Lottery, seed_for
+from planner.lower import lower
+from planner.pack import Alloc, GroupPlacement, PackFailure, Placement, pack
+from planner.payers import search_order
+from planner.rerank import funding_book
+from planner.resolve import ACTIONS, Cutter, Scope, plan_cuts, refund, shrinkable
+from planner.state import DomainKey, ReservationState, RunState, reservation_id
+from planner.view import PlanView
+
+Admit = Callable[[RunState, bool], "list[Event] | None"]
+
+
+def iso(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class CutView(PlanView):
+    """Pack's what-if view: the base view's free slots plus ``extra`` (slots cuts would free)."""
+
+    def __init__(self, base: PlanView, extra: dict[str, set[int]]) -> None:
+        super().__init__(base.state)
+        self.base = base
+        self.extra = {n: s for n, s in extra.items() if base.node(n).schedulable}
+        self._more: dict[DomainKey, int] = {}
+        for name, slots in self.extra.items():
+            key = base.node(name).domain
+            self._more[key] = self._more.get(key, 0) + len(slots)
+
+    def free_slots(self, name: str) -> set[int]:
+        more = self.extra.get(name)
+        free = self.base.free_slots(name)
+        return free | more if more else free
+
+    def domain_free(self, key: DomainKey) -> int:
+        return self.base.domain_free(key) + self._more.get(key, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    width: int
+    slots: dict[str, tuple[int, ...]]  # the intended placement: node -> GPU slots (active and spare)
+    need: dict[DomainKey, int]  # GPUs the placement puts in each domain
+    deficit: dict[DomainKey, int]  # placement GPUs per domain that are not free now
+
+    def placement(self, view: PlanView) -> Placement:
+        """One pseudo group over the placement's slots (enough for cover: who would pay)."""
+        allocs = tuple(Alloc(n, view.node(n).domain, s, "Active") for n, s in sorted(self.slots.items()))
+        return (GroupPlacement(0, allocs),)
+
+
+def _stages(scope: Scope, gpu_type: str) -> list[dict[str, set[int]]]:
+    """Cumulative slots an activation could free, stage by stage (SPEC §5.4 order)."""
+    groups = [g for d in scope.view.domains_of(gpu_type) for g in scope.groups(d)]
+    unfunded = [g for g in groups if g.unfunded]
+    rest = [g for g in groups if not g.unfunded]
+    steps = [
+        [x for g in unfunded for x in g.leases],
+        [x for g in rest for x in g.leases if x.role == SPARE],
+        [x for g in shrinkable(scope, rest, {}) for x in g.leases],
+        [x for g in rest for x in g.leases],
+    ]
+    out: list[dict[str, set[int]]] = []
+    extra: dict[str, set[int]] = {}
+    for leases in steps:
+        extra = {k: set(v) for k, v in extra.items()}
+        for lease in leases:
+            extra.setdefault(lease.node, set()).update(lease.slots)
+        out.append(extra)
+    return out
+
+
+def _target(view: PlanView, width: int, slots: dict[str, tuple[int, ...]]) -> Target:
+    """Deficit per domain: GPUs the placement puts there beyond the domain's free GPUs."""
+    need: dict[DomainKey, int] = {}
+    for node, taken in slots.items():
+        key = view.node(node).domain
+        need[key] = need.get(key, 0) + len(taken)
+    deficit = {d: n - view.domain_free(d) for d, n in need.items() if n > view.domain_free(d)}
+    return Target(width, slots, need, deficit)
+
+
+def held_slots(view: PlanView, target: Target) -> dict[str, tuple[int, ...]]:
+    """Free slots a reservation holds: per domain up to what it needs, its placement's own first."""
+    out: dict[str, list[int]] = {}
+    for key, need in sorted(target.need.items()):
+        nodes = view.domain(key).nodes
+        mine = [n for n in nodes if n in target.slots]
+        ordered = [(n, s) for n in mine for s in target.slots[n]]
+        ordered += [
+            (n, s) for n in [*mine, *(x for x in nodes if x not in target.slots)] for s in sorted(view.free_slots(n))
+        ]
+        left = need
+        for node, slot in ordered:
+            if left <= 0:
+                break
+            if slot in view.free_slots(node) and slot not in out.get(node, []):
+                out.setdefault(node, []).append(slot)
+                left -= 1
+    return {n: tuple(sorted(s)) for n, s in out.items()}
+
+
+def find_target(view: PlanView, scope: Scope, run: RunState, kept: dict[str, list[int]] | None) -> Target | None:
+    """The intended placement and its deficit, or None when no placement exists even with cuts.
+
+    A published placement (``kept``) stays while each of its slots is free or held by a lease
+    an activation could cut; otherwise the staged what-if packing picks a new one.
+    """
+    spec = run.spec
+    stages = _stages(scope, spec.resources.gpu_type)
+    fresh = _staged(view, run, stages)
+    if kept and _still_valid(view, kept, stages[-1]):
+        old = _target(view, spec.min_gpus, {n: tuple(s) for n, s in kept.items()})
+        if fresh is None or sum(old.deficit.values()) <= sum(fresh.deficit.values()):
+            return old
+    return fresh
+
+
+def _staged(view: PlanView, run: RunState, stages: list[dict[str, set[int]]]) -> Target | None:
+    spec = run.spec
+    gpu_type = spec.resources.gpu_type
+    demand = lower(spec, spec.min_gpus)
+    for extra in [{}, *stages]:
+        placement = pack(CutView(view, extra) if extra else view, gpu_type, demand, spec.spares)
+        if isinstance(placement, PackFailure):
+            continue
+        slots: dict[str, set[int]] = {}
+        for group in placement:
+            for alloc in group.allocs:
+                slots.setdefault(alloc.node, set()).update(alloc.slots)
+        return _target(view, spec.min_gpus, {n: tuple(sorted(s)) for n, s in slots.items()})
+    return None
+
+
+def _still_valid(view: PlanView, kept: dict[str, list[int]], cuttable: dict[str, set[int]]) -> bool:
+    for node, slots in kept.items():
+        if node not in view.state.nodes or not view.node(node).schedulable:
+            return False
+        if not set(slots) <= view.free_slots(node) | cuttable.get(node, set()):
+            return False
+    return True
+
+
+def window_opens(view: PlanView, run: RunState, target: Target, now: datetime) -> datetime | None:
+    """The first future instant an envelope window opens that could pay for the placement."""
+    spec, budgets = run.spec, view.state.budgets
+    gpu_type = spec.resources.gpu_type
+    starts = {
+        env.window.start
+        for budget in budgets.values()
+        for env in budget.envelopes
+        if env.gpu_type == gpu_type and env.window is not None and env.window.start and env.window.start > now
+    }
+    family = funding_book(view, now).limits.family
+    for start in sorted(starts):
+        for domain in sorted(target.need):
+            cands = search_order(budgets, family, spec, view.domain(domain).location, start)
+            if any(c.envelope.window is not None and c.envelope.window.start == start for c in cands):
+                return start
+    return None
+
+
+def frees_by(scope: Scope, deficit: dict[DomainKey, int], now: datetime) -> datetime | None:
+    """When leases of runs with ``runtime.maxDuration`` are known to have freed the whole deficit."""
+    if not deficit:
+        return None
+    ends: list[tuple[datetime, str, dict[DomainKey, int]]] = []
+    for run in scope.live():
+        limit = run.spec.runtime.max_duration
+        if limit is None:
+            continue
+        end = (run.admitted_at or now) + parse_duration(limit)
+        gpus: dict[DomainKey, int] = {}
+        for lease in scope.leases(run.key):
+            key = scope.view.node(lease.node).domain
+            gpus[key] = gpus.get(key, 0) + len(lease.slots)
+        if end > now:
+            ends.append((end, run.key, gpus))
+    left = dict(deficit)
+    for end, _, gpus in sorted(ends):
+        left = {d: n - gpus.get(d, 0) for d, n in left.items()}
+        if all(n <= 0 for n in left.values()):
+            return end
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Blocked:
+    """A reserved run waiting for its time, published after the whole queue was walked."""
+
+    run: RunState
+    res: ReservationState | None
+    target: Target
+
+
+class Reserver:
+    """Reservation decisions of one plan call, in FIFO order (see module doc).
+
+    Pass 1 (``blocked``, while the queue is walked): hold intended placements, activate
+    what is due, release what no longer applies. Pass 2 (``publish``, after every admission
+    of the call): write created/changed reservations and warnings from the final view, so
+    planning again at the same instant finds nothing to change.
+    """
+
+    def __init__(self, view: PlanView, batch: Batch, now: datetime, admit: Admit) -> None:
+        self.view, self.batch, self.now, self.admit = view, batch, now, admit
+        self.state = view.state
+        self.holds = Holds(view)
+        self.notice = parse_duration(self.state.policy.reservation_notice)
+        self.waiting: list[Blocked] = []
+        self.skipped: list[RunState] = []  # blocked runs that got no reservation in pass 1
+        self.closed: set[str] = set()
+
+    def _open(self, run: RunState) -> ReservationState | None:
+        res = self.state.reservations.get(run.reservation) if run.reservation else None
+        return None if res is None or res.reservation_id in self.closed else res
+
+    def due(self, run: RunState) -> bool:
+        """The run holds an open reservation whose earliestStart has come: it may start unfunded."""
+        res = self._open(run)
+        return res is not None and self.now >= res.earliest_start
+
+    def admitted(self, run: RunState) -> list[Event]:
+        """The run starts without cuts: its reservation (if any) is released or activated."""
+        res = self._open(run)
+        if res is None:
+            return []
+        rid = res.reservation_id
+        self.closed.add(rid)
+        if self.now < res.earliest_start:
+            return [ReservationReleased(rid, run.key, "capacity freed without cuts before earliestStart")]
+        return [ReservationActivated(rid, run.key, seed_for(rid, self.now), 0)]
+
+    def blocked(self, run: RunState) -> tuple[list[Event], bool]:
+        """Pass 1 for a run that did not start; True when it started after all."""
+        backfilled = self._backfill(run)
+        if backfilled is not None:
+            return backfilled, True
+        res = self._open(run)
+        found = self._analyse(run, res)
+        if isinstance(found, str):
+            self.skipped.append(run)
+            return ([] if not found else self._release(res, run, found)), False
+        scope, target = found
+        events: list[Event] = []
+        if res is not None and self.now >= res.earliest_start:
+            events, started = self._activate(run, res, scope, target)
+            if started:
+                return events, True
+        self.waiting.append(Blocked(run, res, target))
+        eta = res.earliest_start if res is not None else self.now + self.notice
+        self.holds.add(run, eta, held_slots(self.view, target))
+        return events, False
+
+    def _analyse(self, run: RunState, res: ReservationState | None) -> tuple[Scope, Target] | str:
+        """The run's scope and intended placement, or why it gets no reservation ("" when it just waits)."""
+        if (run.requeued or run.key in self.batch.requeued) and res is None:
+            return ""  # re-admitted as soon as it fits (SPEC §6.3): it cuts nobody
+        scope = Scope(self.batch, run.spec.resources.gpu_type, run.key)
+        target = find_target(self.view, scope, run, res.event.slots if res is not None else None)
+        if target is None:
+            return "no placement exists even with cuts"
+        if res is None and target.deficit and not self._fundable(run, target):
+            return "not fundable where GPUs are short: it waits without cuts"
+        return scope, target
+
+    def _fundable(self, run: RunState, target: Target) -> bool:
+        funded = cover(self.view, run.spec, target.placement(self.view), self.now, run=run.key, recall=True)
+        return funded.unfunded == 0
+
+    def _backfill(self, run: RunState) -> list[Event] | None:
+        if not self.holds.held or run.spec.runtime.max_duration is None:
+            return None
+        with self.holds.lifted(run, self.now) as lifted:
+            started = self.admit(run, False) if lifted else None
+        return None if started is None else [*self.admitted(run), *started]
+
+    def _release(self, res: ReservationState | None, run: RunState, why: str) -> list[Event]:
+        if res is None:
+            return []
+        self.closed.add(res.reservation_id)
+        return [ReservationReleased(res.reservation_id, run.key, why)]
+
+    def _activate(self, run: RunState, res: ReservationState, scope: Scope, target: Target) -> tuple[list[Event], bool]:
+        rid = res.reservation_id
+        if target.deficit and not self._fundable(run, target):
+            return [], False  # a physical deficit it could not pay for cuts nobody: it waits
+        seed = seed_for(rid, self.now)
+        cutter = Cutter(scope, Lottery(seed), rid)
+        cutter.resolve({d: target.need[d] for d in target.deficit})
+        started = self.admit(run, True)
+        if started is None:
+            return cutter.out, False
+        self.closed.add(rid)
+        book = funding_book(self.view, self.now)
+        refund(self.view)  # GPUs the cuts freed may pay for someone now (SPEC §4.3)
+        activated = ReservationActivated(rid, run.key, seed, cutter.freed)
+        return [*cutter.out, activated, *started, *book.flush()], True
+
+    # ------------------------------------------------------------ pass 2
+
+    def _late(self) -> list[Blocked]:
+        """Runs that got no reservation in pass 1 but would now (later activations freed capacity)."""
+        out: list[Blocked] = []
+        for run in self.skipped:
+            if run.key in self.batch.done or run.key in self.state.finishing:
+                continue
+            found = self._analyse(run, None)  # after every hold: it comes last, and keeps what it finds
+            if not isinstance(found, str) and not self._started(run):
+                out.append(Blocked(run, None, found[1]))
+                self.holds.add(run, self.now + self.notice, held_slots(self.view, found[1]))
+        return out
+
+    def _started(self, run: RunState) -> bool:
+        return any(e.run == run.key for e in self.view.fresh)
+
+    def publish(self) -> list[Event]:
+        out: list[Event] = []
+        seq = self.state.next_reservation_seq
+        scopes: list[tuple[set[DomainKey], datetime]] = []
+        items = sorted([*self.waiting, *self._late()], key=lambda b: b.run.submitted_position)
+        for item in items:
+            if self._started(item.run) or (item.res is not None and item.res.reservation_id in self.closed):
+                continue
+            if item.res is not None and self.now >= item.res.earliest_start:
+                continue  # due, but the activation could not start it: it keeps its plan
+            rid = item.res.reservation_id if item.res is not None else reservation_id(seq)
+            seq += 0 if item.res is not None else 1
+            item = self._final(item)
+            events, eta = self._publish(item, rid, scopes)
+            scopes.append((set(item.target.deficit) or set(item.target.need), eta))
+            out += events
+        return out
+
+    def _eta(
+        self, item: Blocked, scope: Scope, drawn: bool, scopes: list[tuple[set[DomainKey], datetime]]
+    ) -> tuple[datetime, str]:
+        target = item.target
+        eta, confidence = self.now + self.notice, "lottery" if drawn else "firm"
+        window = window_opens(self.view, item.run, target, self.now) if not target.deficit else None
+        if window is not None and window > eta:
+            eta, confidence = window, "window-aligned"
+        mine = set(target.deficit) or set(target.need)
+        for domains, other in scopes:
+            if domains & mine and other > eta:
+                eta = other
+        frees = frees_by(scope, target.deficit, self.now)
+        if frees is not None and frees > eta:
+            eta = frees
+        if item.res is not None:
+            eta = min(eta, item.res.earliest_start)
+        return eta, confidence
+
+    def _final(self, item: Blocked) -> Blocked:
+        """The item's target as the final view of this call sees it (later runs may have started)."""
+        with self.holds.before(item.run):
+            target = _target(self.view, item.target.width, item.target.slots)
+        return Blocked(item.run, item.res, target)
+
+    def _publish(
+        self, item: Blocked, rid: str, scopes: list[tuple[set[DomainKey], datetime]]
+    ) -> tuple[list[Event], datetime]:
+        run, target = item.run, item.target
+        scope = Scope(self.batch, run.spec.resources.gpu_type, run.key)
+        cuts = plan_cuts(scope, target.deficit)
+        funded = cover(self.view, run.spec, target.placement(self.view), self.now, run=run.key, recall=True)
+        eta, confidence = self._eta(item, scope, cuts.drawn, scopes)
+        name = self.view.domain
+        kill, shrink = cuts.kill(), dict(sorted(cuts.shrink.items()))
+        fields = {
+            "reservation": rid, "run": run.key, "earliest_start": iso(eta), "width": target.width,
+            "domains": tuple(sorted(name(d).name for d in target.need)),
+            "nodes": tuple(sorted(target.slots)),
+            "payers": tuple(sorted({lp.payer.envelope for lp in funded.leases if lp.payer.envelope})),
+            "deficit": {name(d).name: n for d, n in sorted(target.deficit.items())},
+            "conflict_set": tuple(sorted(cuts.conflict)),
+            "remedies": tuple({"action": a, "gpus": cuts.remedies[a]} for a in ACTIONS if cuts.remedies[a]),
+            "kill_probability": kill, "shrink": shrink, "confidence": confidence, "seed": seed_for(rid, eta),
+            "message": f"reserved {rid}: earliest start {iso(eta)}",
+            "slots": {n: list(s) for n, s in sorted(target.slots.items())},
+        }  # fmt: skip
+        event: ReservationCreated | ReservationChanged
+        if item.res is None:
+            event = ReservationCreated(**fields)  # type: ignore[arg-type]
+        else:
+            event = ReservationChanged(**fields)  # type: ignore[arg-type]
+            if to_data(event) == to_data(item.res.event):
+                return [], eta
+        warnings: list[Event] = [
+            ConflictWarningIssued(rid, other, run.key, iso(eta), kill.get(other, 0.0), shrink.get(other, 0))
+            for other in event.conflict_set
+        ]
+        return [event, *warnings], eta

@@ -156,6 +156,40 @@ def chapter_scaling_up(demo: Demo) -> None:
     )
 
 
+def chapter_reservations(demo: Demo) -> None:
+    console.print(Rule("Guide §4 — Reservations when the cluster is busy"))
+    demo.show(f"nodes apply -f {ex('reservations/cluster-b.yaml')}")
+    demo.show(f"budgets apply -f {ex('reservations/budgets.yaml')}")
+    demo.show(f"submit -f {ex('reservations/busy.yaml')}")
+    demo.show(f"submit -f {ex('reservations/trainer.yaml')} --now +10m")
+    demo.show("plan trainer -n rai-sys")
+    reservation = demo.data("plan trainer -n rai-sys")
+    actions = [r["action"] for r in reservation["remedies"]]
+    demo.promise(
+        "the trainer gets a reservation: deficit 32 GPUs in c1/B, drop spares then shrink, no lottery",
+        reservation["deficit"] == {"c1/B": 32}
+        and actions == ["DropSpare", "Shrink"]
+        and reservation["confidence"] == "firm",
+    )
+    demo.promise(
+        "its conflict set names both running runs",
+        sorted(reservation["conflictSet"]) == ["mm/mm1", "rai-demo/research-demo"],
+    )
+    demo.show("get runs -A")
+    warned = demo.runs()["mm/mm1"]["message"]
+    demo.promise("mm1 is warned in advance, with its shrink amount", "conflict set" in warned and "16" in warned)
+    demo.show("get runs -A --now +20m")
+    runs = demo.runs()
+    demo.promise("at earliestStart the trainer starts", runs["rai-sys/trainer"]["phase"] == "Running")
+    demo.promise(
+        "exactly the listed cuts happened: mm1 shrank to 16, research-demo kept running",
+        runs["mm/mm1"]["width"]["allocated"] == 16 and runs["rai-demo/research-demo"]["phase"] == "Running",
+    )
+    demo.show("leases mm1 -n mm")
+    cut = [lease for lease in demo.data("leases mm1 -n mm") if lease["endReason"] in ("Shrink", "DropSpare")]
+    demo.promise("every lease the activation ended says why (DropSpare, Shrink)", len(cut) >= 2)
+
+
 def chapter_borrowing(demo: Demo) -> None:
     console.print(Rule("Guide §5 — Borrowing GPUs to finish early"))
     demo.show(f"nodes apply -f {ex('cluster.yaml')}")
@@ -210,7 +244,13 @@ def chapter_spares(demo: Demo) -> None:
     demo.promise(f"{victim['node']} is cordoned for repair", node["cordoned"] or node["failed"])
 
 
-CHAPTERS: list[Callable[[Demo], None]] = [chapter_quick_start, chapter_scaling_up, chapter_borrowing, chapter_spares]
+CHAPTERS: list[Callable[[Demo], None]] = [
+    chapter_quick_start,
+    chapter_scaling_up,
+    chapter_reservations,
+    chapter_borrowing,
+    chapter_spares,
+]
 
 
 def demo(

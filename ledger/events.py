@@ -262,10 +262,9 @@ class RunResized(Event):
 # ---------------------------------------------------------------- reservations (SPEC §5)
 
 
-@event("ReservationCreated")
 @dataclass(frozen=True, slots=True)
-class ReservationCreated(Event):
-    """A plan for a run that cannot start now (planner.reserve).
+class ReservationContent(Event):
+    """What a Reservation says (shared by ReservationCreated and ReservationChanged).
 
     ``earliest_start``: RFC 3339 UTC. ``deficit``: ``{"<cluster>/<fabricDomain>": GPUs}``.
     ``remedies``: ``[{"action": ReclaimUnfunded|DropSpare|Shrink|RandomPreempt, "gpus": N}]``
@@ -293,27 +292,16 @@ class ReservationCreated(Event):
     slots: dict[str, list[int]] | None = None  # the intended placement: node -> GPU slots
 
 
+@event("ReservationCreated")
+@dataclass(frozen=True, slots=True)
+class ReservationCreated(ReservationContent):
+    """A plan for a run that cannot start now (planner.reserve)."""
+
+
 @event("ReservationChanged")
 @dataclass(frozen=True, slots=True)
-class ReservationChanged(Event):
+class ReservationChanged(ReservationContent):
     """The reservation's content changed; ``earliest_start`` never moves later (SPEC §5.2)."""
-
-    reservation: str
-    run: str
-    earliest_start: str
-    width: int
-    domains: tuple[str, ...]
-    nodes: tuple[str, ...]
-    payers: tuple[str, ...]
-    deficit: dict[str, int]
-    conflict_set: tuple[str, ...]
-    remedies: tuple[dict[str, Any], ...]
-    kill_probability: dict[str, float]
-    shrink: dict[str, int]
-    confidence: str
-    seed: str
-    message: str = ""
-    slots: dict[str, list[int]] | None = None  # the intended placement: node -> GPU slots
 
 
 @event("ReservationReleased")

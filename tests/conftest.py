@@ -18,10 +18,17 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from hypothesis import settings
 from psycopg import sql
 
 from ledger.embedded import TemporaryServer, create_database, libpq_url, migrate, start_temporary_server
 from ledger.store import Ledger
+
+# By default every run replays the same examples, so a red suite means a change broke
+# something; HYPOTHESIS_PROFILE=explore draws new examples each run to hunt for bugs.
+settings.register_profile("stable", derandomize=True, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or "stable")
 
 TEMPLATE = "jobtree_template"
 _FAST = ("fsync", "synchronous_commit", "full_page_writes")

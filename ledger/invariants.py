@@ -59,6 +59,10 @@ class _Fold:
     charged_seconds: dict[str, float] = field(default_factory=dict)
     lent_seconds: dict[str, float] = field(default_factory=dict)
     raised_by: dict[str, ev.Recorded] = field(default_factory=dict)
+    # GPU-seconds already charged / lent when the budget was (re)applied: an admin may set a cap
+    # below what was used before it existed; only what accrues above the cap afterwards breaks it.
+    floor_seconds: dict[str, float] = field(default_factory=dict)
+    lent_floor_seconds: dict[str, float] = field(default_factory=dict)
     at: datetime | None = None
     last: ev.Recorded | None = None
     found: list[Violation] = field(default_factory=list)
@@ -118,6 +122,8 @@ def _budget(fold: _Fold, spec: BudgetSpec) -> None:
         del fold.envelopes[key]
     for env in spec.envelopes:
         fold.envelopes[prefix + env.name] = env
+        fold.floor_seconds[prefix + env.name] = fold.charged_seconds.get(prefix + env.name, 0.0)
+        fold.lent_floor_seconds[prefix + env.name] = fold.lent_seconds.get(prefix + env.name, 0.0)
 
 
 def _start(fold: _Fold, e: ev.LeaseStarted, record: ev.Recorded) -> None:
@@ -206,13 +212,15 @@ def _check_hours(fold: _Fold) -> None:
     for key, seconds in sorted(fold.charged_seconds.items()):
         env = fold.envelopes.get(key)
         hours = seconds / 3600
-        if env and env.max_gpu_hours is not None and hours > env.max_gpu_hours + EPSILON_HOURS:
+        floor = fold.floor_seconds.get(key, 0.0) / 3600
+        if env and env.max_gpu_hours is not None and hours > max(env.max_gpu_hours, floor) + EPSILON_HOURS:
             message = f"{key} was charged {hours:.6f} GPU-hours, above its maxGPUHours {env.max_gpu_hours:g}"
             fold.flag("hours", key, fold.last, message)
     for key, seconds in sorted(fold.lent_seconds.items()):
         env = fold.envelopes.get(key)
         lending = env.lending if env else None
         hours = seconds / 3600
-        if lending and lending.max_gpu_hours is not None and hours > lending.max_gpu_hours + EPSILON_HOURS:
+        floor = fold.lent_floor_seconds.get(key, 0.0) / 3600
+        if lending and lending.max_gpu_hours is not None and hours > max(lending.max_gpu_hours, floor) + EPSILON_HOURS:
             message = f"{key} lent {hours:.6f} GPU-hours, above lending.maxGPUHours {lending.max_gpu_hours:g}"
             fold.flag("lending-hours", key, fold.last, message)

@@ -27,9 +27,8 @@ from binder import kube_runs
 from binder.kube import KubeApi, KubeError, KubeInvalid, KubeNotFound, KubeUnavailable
 from cli import context
 from cli.errors import BadInput, CommandError, Forbidden, NotFound
-from cli.render import RUN_COLUMNS, console, emit_data, key_values, table
+from cli.render import RUN_COLUMNS, console, emit_data, key_values, run_settled, run_summary, table
 from ledger.model import API_VERSION
-from ledger.queries import FINISHED_PHASES
 
 Row = dict[str, Any]
 SWITCH = "JOBTREE_KUBE"
@@ -162,24 +161,6 @@ def _read(api: KubeApi, ns: str, name: str) -> Row:
         raise NotFound(f"run {ns}/{name} not found (try -n NAMESPACE or `get runs -A`)") from None
 
 
-def summary(run: Row) -> str:
-    width = run["width"]
-    funding = ", ".join(f"{k} {v}" for k, v in run["funding"].items() if v)
-    line = f"{run['namespace']}/{run['name']}: {run['phase']}, {width['allocated']}/{width['desired']} GPUs"
-    line += f" (min {width['min']}, max {width['max']})"
-    if funding:
-        line += f"; {funding}"
-    if run["message"]:
-        line += f" — {run['message']}"
-    return line
-
-
-def settled(run: Row) -> bool:
-    if run["phase"] in (*FINISHED_PHASES, "Rejected"):
-        return True
-    return bool(run["phase"] == "Running" and run["width"]["allocated"] >= run["width"]["desired"])
-
-
 def watch(ref: str, timeout: float | None, interval: float = 2.0) -> None:
     """Poll the Run object's ``.status`` and print each change until it settles."""
     ns, name = split(ref)
@@ -188,12 +169,12 @@ def watch(ref: str, timeout: float | None, interval: float = 2.0) -> None:
     with connected() as api:
         while True:
             run = kube_runs.run_row(_read(api, ns, name))
-            line = summary(run)
+            line = run_summary(run)
             if line != last:
                 if not emit_data(run, context.GLOBALS.output):
                     console.print(line, markup=False)
                 last = line
-            if settled(run) or (deadline is not None and time.monotonic() >= deadline):
+            if run_settled(run) or (deadline is not None and time.monotonic() >= deadline):
                 return
             time.sleep(interval)
 

@@ -12,6 +12,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from ledger.queries import FINISHED_PHASES
+
 Row = dict[str, Any]
 Column = tuple[str, Callable[[Row], Any]]
 
@@ -143,12 +145,21 @@ def node_state(r: Row) -> str:
     return "ready"
 
 
-USAGE_COLUMNS: list[Column] = [
-    ("ENVELOPE", lambda r: r["envelope"]),
-    ("GPU", lambda r: r["gpuType"]),
-    ("CAP", lambda r: r["concurrency"]),
-    ("OWNED", lambda r: r["owned"]),
-    ("SHARED", lambda r: r["shared"]),
-    ("BORROWED", lambda r: r["borrowed"]),
-    ("HEADROOM", lambda r: r["headroom"]),
-]
+def run_summary(run: Row) -> str:
+    """One line for a run: phase, allocated/desired width, funding split, what is short."""
+    width = run["width"]
+    funding = ", ".join(f"{k} {v}" for k, v in run["funding"].items() if v)
+    line = f"{run['namespace']}/{run['name']}: {run['phase']}, {width['allocated']}/{width['desired']} GPUs"
+    line += f" (min {width['min']}, max {width['max']})"
+    if funding:
+        line += f"; {funding}"
+    if run["message"]:
+        line += f" — {run['message']}"
+    return line
+
+
+def run_settled(run: Row) -> bool:
+    """Finished (or rejected by the intake), or Running at its desired width."""
+    if run["phase"] in (*FINISHED_PHASES, "Rejected"):
+        return True
+    return bool(run["phase"] == "Running" and run["width"]["allocated"] >= run["width"]["desired"])

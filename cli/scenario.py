@@ -42,6 +42,7 @@ from ledger.model import (
     _rule,
     format_duration,
     parse_duration,
+    unique_node_names,
     validate_document,
 )
 
@@ -63,15 +64,7 @@ class ScenarioSpec(Strict):
             raise ValueError("must include a time zone (RFC 3339, e.g. 2026-01-01T09:00:00Z)")
         return start
 
-    @field_validator("nodes")
-    @classmethod
-    def _unique(cls, nodes: list[NodeSpec]) -> list[NodeSpec]:
-        seen: set[str] = set()
-        for node in nodes:
-            if node.name in seen:
-                raise ValueError(f"node name {node.name!r} appears twice")
-            seen.add(node.name)
-        return nodes
+    _unique = field_validator("nodes")(unique_node_names)
 
 
 class ScenarioManifest(Strict):

@@ -113,18 +113,20 @@ class NodeSpec(Strict):
         return {k: str(v) for k, v in self.labels.model_dump(by_alias=True).items()}
 
 
+def unique_node_names(nodes: list[NodeSpec]) -> list[NodeSpec]:
+    """Validator: every node name appears once."""
+    seen: set[str] = set()
+    for node in nodes:
+        if node.name in seen:
+            raise ValueError(f"node name {node.name!r} appears twice")
+        seen.add(node.name)
+    return nodes
+
+
 class ClusterSpec(Strict):
     nodes: list[NodeSpec]
 
-    @field_validator("nodes")
-    @classmethod
-    def _unique_names(cls, nodes: list[NodeSpec]) -> list[NodeSpec]:
-        seen: set[str] = set()
-        for node in nodes:
-            if node.name in seen:
-                raise ValueError(f"node name {node.name!r} appears twice")
-            seen.add(node.name)
-        return nodes
+    _unique_names = field_validator("nodes")(unique_node_names)
 
 
 class ClusterManifest(Strict):

@@ -19,11 +19,12 @@ from cli.render import (
     console,
     emit_data,
     key_values,
+    run_settled,
+    run_summary,
     short_time,
     table,
 )
 from cli.story import story, width_history
-from ledger.queries import FINISHED_PHASES
 
 FileOption = Annotated[Path, typer.Option("-f", "--filename", help="Manifest file (YAML or JSON; '-' for stdin)")]
 RunArg = Annotated[str, typer.Argument(help="Run name, or NAMESPACE/NAME", metavar="RUN")]
@@ -99,35 +100,20 @@ def get(
         table(rows, RUN_COLUMNS, empty="No runs.")
 
 
-def _summary(run: Row) -> str:
-    width = run["width"]
-    funding = ", ".join(f"{k} {v}" for k, v in run["funding"].items() if v)
-    line = f"{run['namespace']}/{run['name']}: {run['phase']}, {width['allocated']}/{width['desired']} GPUs"
-    line += f" (min {width['min']}, max {width['max']})"
-    if funding:
-        line += f"; {funding}"
-    if run["message"]:
-        line += f" — {run['message']}"
-    return line
-
-
 def _watch(namespace: str, name: str, timeout: float | None, interval: float = 2.0) -> None:
     deadline = None if timeout is None else time.monotonic() + timeout
     last = ""
     while True:
         app = open_app()
         run = app.run(namespace, name)
-        line = _summary(run)
+        line = run_summary(run)
         if line != last:
             if context.GLOBALS.output == "table":
                 console.print(line)
             else:
                 emit_data(run, context.GLOBALS.output)
             last = line
-        settled = run["phase"] in FINISHED_PHASES or (
-            run["phase"] == "Running" and run["width"]["allocated"] >= run["width"]["desired"]
-        )
-        if settled or (deadline is not None and time.monotonic() >= deadline):
+        if run_settled(run) or (deadline is not None and time.monotonic() >= deadline):
             return
         time.sleep(interval)
 
@@ -252,7 +238,7 @@ def _act(action: str, run: str, **kwargs: int) -> None:
     namespace, name = split_run(run)
     result = getattr(app, action)(namespace, name, **kwargs)
     if not emit_data(result, context.GLOBALS.output):
-        console.print(_summary(result))
+        console.print(run_summary(result))
 
 
 def shrink(run: RunArg, by: Annotated[int, typer.Option("--by", help="GPUs to give back")]) -> None:

@@ -74,6 +74,9 @@ def binder_stream(shard: int = 0) -> str:
     return f"binder:{shard}"
 
 
+CLOCK_STREAM = "clock"
+
+
 # ---------------------------------------------------------------- inputs
 
 
@@ -177,6 +180,19 @@ class PodBindFailed(Event):
     lease_id: str
     node: str
     message: str
+
+
+@event("ClockAdvanced")
+@dataclass(frozen=True, slots=True)
+class ClockAdvanced(Event):
+    """The ledger's clock moved to this event's ``occurred_at`` (``--now`` on a write).
+
+    Time is an input (ARCHITECTURE §4): the planner plans at the newest time it has
+    folded, so replaying the events reproduces every decision. ``reason`` says why
+    (``--now``, ``clock set``); the actor is on the record.
+    """
+
+    reason: str = ""
 
 
 # ---------------------------------------------------------------- decisions

@@ -135,13 +135,17 @@ class Ledger:
         at: datetime,
         expected: Mapping[str, int] | None = None,
         idempotency_key: str | None = None,
+        fence: int | None = None,
     ) -> list[ev.Recorded]:
         """Append ``events`` atomically at logical time ``at``; return them as recorded.
 
         ``expected[stream]`` is the version the caller saw (0 = the stream must not
-        exist); any mismatch raises ``ConcurrencyError`` and writes nothing. With an
-        ``idempotency_key`` already used, the earlier records are returned and
-        nothing is written.
+        exist); any mismatch raises ``ConcurrencyError`` and writes nothing. ``fence``
+        is the global position the caller's decision was made from (the planner's
+        fold): if anything was appended after it, ``ConcurrencyError`` again, so a
+        decision is never made on a state that misses an input (ARCHITECTURE §4).
+        With an ``idempotency_key`` already used, the earlier records are returned
+        and nothing is written.
         """
         when = utc(at)
         try:
@@ -153,6 +157,8 @@ class Ledger:
                         return earlier
                 if not events:
                     return []
+                if fence is not None:
+                    _check_fence(conn, fence)
                 _check_expected(conn, expected or {})
                 recorded = _insert(conn, events, actor, when, idempotency_key)
                 for item in recorded:
@@ -273,6 +279,14 @@ def _chain_problem(row: Any, prev: str) -> str | None:
     if row.hash != expected:
         return f"position {row.position}: hash does not match its contents (the event was altered)"
     return None
+
+
+def _check_fence(conn: Connection, fence: int) -> None:
+    tip = int(conn.execute(select(func.coalesce(func.max(t.events.c.position), 0))).scalar_one())
+    if tip != fence:
+        raise ConcurrencyError(
+            f"the ledger is at position {tip}, the decision was made from position {fence}; re-fold and re-plan"
+        )
 
 
 def _check_expected(conn: Connection, expected: Mapping[str, int]) -> None:

@@ -193,6 +193,19 @@ planner_snapshots = Table(
     PrimaryKeyConstraint("fingerprint", "position", name="planner_snapshots_pkey"),
 )
 
+planner_status = Table(
+    "planner_status",
+    metadata,
+    # migration 0005: one row per planner shard (ledger.status); a status, not a projection
+    Column("shard", Text, primary_key=True),
+    Column("position", BigInteger, nullable=False, server_default=text("0")),
+    Column("planned_at", TS, nullable=True),
+    Column("next_wake", TS, nullable=True),
+    Column("leader", Text, nullable=False, server_default=text("''")),
+    Column("heartbeat", TS, nullable=False, server_default=func.now()),
+    Column("data", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+)
+
 #: Read models that ``projections.rebuild`` truncates and refills from events.
 PROJECTION_TABLES: tuple[Table, ...] = (
     nodes,

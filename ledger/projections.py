@@ -8,17 +8,20 @@ Event types without a projection are ignored.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from datetime import datetime
+import json
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from itertools import groupby
 from typing import Any
 
-from sqlalchemy import Connection, case, delete, func, select, text, update
+import psycopg
+from sqlalchemy import Connection, TextClause, case, delete, func, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 
 from ledger import events as ev
 from ledger import tables as t
-from ledger.errors import slot_conflict
+from ledger.errors import LedgerError, slot_conflict
 from ledger.model import budget_from_spec, run_from_spec
 
 PAYER_CLASSES = ("owned", "shared", "borrowed", "unfunded")
@@ -31,12 +34,24 @@ def _width_class(role: str, payer_class: str) -> str:
 
 
 Handler = Callable[[Connection, Any, datetime], None]
+#: A group of consecutive events of one type with their times, folded in a few statements.
+Items = list[tuple[Any, datetime]]
+BatchHandler = Callable[[Connection, Items], None]
 _HANDLERS: dict[type[ev.Event], Handler] = {}
+_BATCH_HANDLERS: dict[type[ev.Event], BatchHandler] = {}
 
 
 def _on(event_type: type[ev.Event]) -> Callable[[Handler], Handler]:
     def register(fn: Handler) -> Handler:
         _HANDLERS[event_type] = fn
+        return fn
+
+    return register
+
+
+def _on_many(event_type: type[ev.Event]) -> Callable[[BatchHandler], BatchHandler]:
+    def register(fn: BatchHandler) -> BatchHandler:
+        _BATCH_HANDLERS[event_type] = fn
         return fn
 
     return register
@@ -49,13 +64,86 @@ def apply(conn: Connection, recorded: ev.Recorded) -> None:
         handler(conn, recorded.event, recorded.occurred_at)
 
 
+def apply_many(conn: Connection, records: Iterable[ev.Recorded]) -> int:
+    """Fold ``records`` in order, each run of consecutive same-type events in one batch.
+
+    The result equals ``apply`` on each record in turn (tests/integration/
+    test_projections_batch.py): batch handlers keep the sequential meaning (last
+    upsert wins, a lease ends once, width counters add up, the first slot conflict is
+    the one reported). Returns how many records were folded.
+    """
+    count = 0
+    for kind, group in groupby(records, key=lambda r: type(r.event)):
+        items = [(r.event, r.occurred_at) for r in group]
+        count += len(items)
+        _apply_group(conn, kind, items)
+    return count
+
+
+def _apply_group(conn: Connection, kind: type[ev.Event], items: Items) -> None:
+    batch = _BATCH_HANDLERS.get(kind)
+    if batch is not None and len(items) > 1:
+        batch(conn, items)
+        return
+    handler = _HANDLERS.get(kind)
+    if handler is not None:
+        for event, at in items:
+            handler(conn, event, at)
+
+
+# ---------------------------------------------------------------- batch statements
+
+
+def _json(rows: Sequence[dict[str, Any]]) -> str:
+    return json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
+
+
+def _iso(at: datetime) -> str:
+    return at.isoformat(timespec="microseconds")
+
+
+def _last_per_key(rows: Iterable[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """One row per key, the last one: what applying the rows in turn leaves behind."""
+    latest: dict[Hashable, dict[str, Any]] = {}
+    for row in rows:
+        latest[row[key]] = row
+    return list(latest.values())
+
+
+def _recordset(table: str) -> str:
+    return f"jsonb_populate_recordset(NULL::{table}, CAST(:rows AS jsonb))"
+
+
+def _upsert_sql(table: str, key: str, columns: Sequence[str]) -> TextClause:
+    """INSERT ... ON CONFLICT (key) DO UPDATE of ``columns`` from a JSON array of rows."""
+    names = ", ".join((key, *columns))
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns)
+    return text(
+        f"INSERT INTO {table} ({names}) SELECT {names} FROM {_recordset(table)} "
+        f"ON CONFLICT ({key}) DO UPDATE SET {updates}"
+    )
+
+
+def _update_sql(table: str, key: str, columns: Sequence[str]) -> TextClause:
+    """UPDATE ``columns`` of the rows whose ``key`` is in a JSON array of rows."""
+    updates = ", ".join(f"{c} = x.{c}" for c in columns)
+    return text(f"UPDATE {table} AS t SET {updates} FROM {_recordset(table)} AS x WHERE t.{key} = x.{key}")
+
+
+def _run_many(conn: Connection, statement: TextClause, rows: Iterable[dict[str, Any]], key: str) -> None:
+    conn.execute(statement, {"rows": _json(_last_per_key(rows, key))})
+
+
 # ---------------------------------------------------------------- nodes
 
 
-@_on(ev.NodeRegistered)
-def _node_registered(conn: Connection, e: ev.NodeRegistered, at: datetime) -> None:
+_NODE_COLUMNS = ("gpu_type", "gpus", "region", "cluster", "fabric_domain", "labels")
+_UPSERT_NODES = _upsert_sql("nodes", "name", _NODE_COLUMNS)
+
+
+def _node_values(e: ev.NodeRegistered) -> dict[str, Any]:
     labels = dict(e.labels)
-    values = {
+    return {
         "gpu_type": e.gpu_type,
         "gpus": e.gpus,
         "region": labels.get("region", ""),
@@ -63,8 +151,18 @@ def _node_registered(conn: Connection, e: ev.NodeRegistered, at: datetime) -> No
         "fabric_domain": labels.get("fabricDomain", labels.get("fabric_domain", "")),
         "labels": labels,
     }
+
+
+@_on(ev.NodeRegistered)
+def _node_registered(conn: Connection, e: ev.NodeRegistered, at: datetime) -> None:
+    values = _node_values(e)
     stmt = insert(t.nodes).values(name=e.name, **values)
     conn.execute(stmt.on_conflict_do_update(index_elements=[t.nodes.c.name], set_=values))
+
+
+@_on_many(ev.NodeRegistered)
+def _nodes_registered(conn: Connection, items: Items) -> None:
+    _run_many(conn, _UPSERT_NODES, ({"name": e.name, **_node_values(e)} for e, _ in items), "name")
 
 
 def _set_node(conn: Connection, name: str, **flags: Any) -> None:
@@ -133,10 +231,9 @@ def _policy_changed(conn: Connection, e: ev.PolicyChanged, at: datetime) -> None
 # ---------------------------------------------------------------- runs
 
 
-@_on(ev.RunSubmitted)
-def _run_submitted(conn: Connection, e: ev.RunSubmitted, at: datetime) -> None:
+def _run_values(e: ev.RunSubmitted, at: datetime) -> dict[str, Any]:
     spec = run_from_spec(e.spec)
-    values: dict[str, Any] = {
+    return {
         "namespace": e.namespace,
         "name": e.name,
         "owner": spec.owner,
@@ -154,8 +251,26 @@ def _run_submitted(conn: Connection, e: ev.RunSubmitted, at: datetime) -> None:
         "admitted_at": None,
         "finished_at": None,
     }
+
+
+_RUN_COLUMNS = (
+    "namespace", "name", "owner", "submitter", "gpu_type", "min_gpus", "max_gpus", "desired_gpus",
+    "allocated_gpus", *PAYER_CLASSES, "phase", "message", "spec", "submitted_at", "admitted_at", "finished_at",
+)  # fmt: skip
+_UPSERT_RUNS = _upsert_sql("runs", "run", _RUN_COLUMNS)
+
+
+@_on(ev.RunSubmitted)
+def _run_submitted(conn: Connection, e: ev.RunSubmitted, at: datetime) -> None:
+    values = _run_values(e, at)
     stmt = insert(t.runs).values(run=e.run, **values)
     conn.execute(stmt.on_conflict_do_update(index_elements=[t.runs.c.run], set_=values))
+
+
+@_on_many(ev.RunSubmitted)
+def _runs_submitted(conn: Connection, items: Items) -> None:
+    rows = ({"run": e.run, **_run_values(e, at), "submitted_at": _iso(at)} for e, at in items)
+    _run_many(conn, _UPSERT_RUNS, rows, "run")
 
 
 def _set_run(conn: Connection, run: str, **values: Any) -> None:
@@ -165,6 +280,17 @@ def _set_run(conn: Connection, run: str, **values: Any) -> None:
 @_on(ev.RunAdmitted)
 def _run_admitted(conn: Connection, e: ev.RunAdmitted, at: datetime) -> None:
     _set_run(conn, e.run, phase="Running", admitted_at=at, message="")
+
+
+_ADMIT_RUNS = _update_sql("runs", "run", ("phase", "admitted_at", "message"))
+_FINISH_RUNS = _update_sql("runs", "run", ("phase", "message", "finished_at"))
+_REQUEUE_RUNS = _update_sql("runs", "run", ("phase", "message"))
+
+
+@_on_many(ev.RunAdmitted)
+def _runs_admitted(conn: Connection, items: Items) -> None:
+    rows = ({"run": e.run, "phase": "Running", "admitted_at": _iso(at), "message": ""} for e, at in items)
+    _run_many(conn, _ADMIT_RUNS, rows, "run")
 
 
 @_on(ev.RunDeferred)
@@ -184,12 +310,67 @@ def _run_finished(conn: Connection, e: ev.RunFinished, at: datetime) -> None:
     _set_run(conn, e.run, phase=e.phase, message=e.reason, finished_at=at)
 
 
+@_on_many(ev.RunFinished)
+def _runs_finished(conn: Connection, items: Items) -> None:
+    rows = ({"run": e.run, "phase": e.phase, "message": e.reason, "finished_at": _iso(at)} for e, at in items)
+    _run_many(conn, _FINISH_RUNS, rows, "run")
+
+
 @_on(ev.RunRequeued)
 def _run_requeued(conn: Connection, e: ev.RunRequeued, at: datetime) -> None:
     _set_run(conn, e.run, phase="Pending", message=f"requeued: {e.reason}")
 
 
+@_on_many(ev.RunRequeued)
+def _runs_requeued(conn: Connection, items: Items) -> None:
+    rows = ({"run": e.run, "phase": "Pending", "message": f"requeued: {e.reason}"} for e, _ in items)
+    _run_many(conn, _REQUEUE_RUNS, rows, "run")
+
+
 # ---------------------------------------------------------------- leases
+
+
+_INSERT_SLOT = text(
+    "INSERT INTO lease_slots (lease_id, node, gpu, role, during) "
+    "VALUES (:lease_id, :node, :gpu, :role, tstzrange(:start, NULL, '[)'))"
+)
+_CLOSE_SLOTS = text(
+    "UPDATE lease_slots SET during = tstzrange(lower(during), greatest(lower(during), :end), '[)') "
+    "WHERE lease_id = :lease_id AND upper_inf(during)"
+)
+
+
+_LEASE_COLUMNS = (
+    "lease_id", "run", "group_index", "role", "node", "slots", "gpus", "envelope", "payer_owner", "payer_class",
+    "start_at", "reason",
+)  # fmt: skip
+_INSERT_LEASES = text(
+    f"INSERT INTO leases ({', '.join(_LEASE_COLUMNS)}) SELECT {', '.join(_LEASE_COLUMNS)} FROM {_recordset('leases')}"
+)
+_INSERT_SLOTS = text(
+    "INSERT INTO lease_slots (lease_id, node, gpu, role, during) "
+    "SELECT lease_id, node, gpu, role, tstzrange(start, NULL, '[)') "
+    "FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x(lease_id text, node text, gpu integer, role text, "
+    "start timestamptz)"
+)
+_COUNT_WIDTH = text(
+    "UPDATE runs AS r SET allocated_gpus = r.allocated_gpus + d.total, owned = r.owned + d.owned, "
+    "shared = r.shared + d.shared, borrowed = r.borrowed + d.borrowed, unfunded = r.unfunded + d.unfunded "
+    "FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS d(run text, total integer, owned integer, "
+    "shared integer, borrowed integer, unfunded integer) WHERE r.run = d.run"
+)
+#: End each lease still open, close its open slot ranges; return what the width counters need.
+_END_LEASES = text(
+    "WITH x AS (SELECT * FROM jsonb_to_recordset(CAST(:rows AS jsonb)) "
+    "AS x(lease_id text, reason text, seed text, end_at timestamptz)), "
+    "ended AS (UPDATE leases AS l SET end_at = x.end_at, end_reason = x.reason, seed = x.seed FROM x "
+    "WHERE l.lease_id = x.lease_id AND l.end_at IS NULL "
+    "RETURNING l.lease_id, l.run, l.role, l.gpus, l.payer_class, l.end_at), "
+    "closed AS (UPDATE lease_slots AS s "
+    "SET during = tstzrange(lower(s.during), greatest(lower(s.during), ended.end_at), '[)') "
+    "FROM ended WHERE s.lease_id = ended.lease_id AND upper_inf(s.during) RETURNING 1) "
+    "SELECT run, role, gpus, payer_class FROM ended"
+)
 
 
 def _payer_column(payer_class: str) -> str:
@@ -206,14 +387,21 @@ def _count_active(conn: Connection, run: str, payer_class: str, delta: int) -> N
     conn.execute(update(t.runs).where(t.runs.c.run == run).values(values))
 
 
-_INSERT_SLOT = text(
-    "INSERT INTO lease_slots (lease_id, node, gpu, role, during) "
-    "VALUES (:lease_id, :node, :gpu, :role, tstzrange(:start, NULL, '[)'))"
-)
-_CLOSE_SLOTS = text(
-    "UPDATE lease_slots SET during = tstzrange(lower(during), greatest(lower(during), :end), '[)') "
-    "WHERE lease_id = :lease_id AND upper_inf(during)"
-)
+def _count_many(conn: Connection, changes: Iterable[tuple[str, str, str, int]]) -> None:
+    """``_count_active`` for many (run, role, payer class, delta): one UPDATE, one row per run."""
+    totals: dict[str, dict[str, Any]] = {}
+    for run, role, payer_class, delta in changes:
+        if role not in _WIDTH_ROLES:
+            continue
+        row = totals.setdefault(run, {"run": run, "total": 0, **dict.fromkeys(PAYER_CLASSES, 0)})
+        row["total"] += delta
+        row[_payer_column(_width_class(role, payer_class))] += delta
+    if totals:
+        conn.execute(_COUNT_WIDTH, {"rows": _json(list(totals.values()))})
+
+
+def _slot_rows(e: ev.LeaseStarted, at: datetime) -> list[dict[str, Any]]:
+    return [{"lease_id": e.lease_id, "node": e.node, "gpu": g, "role": e.role, "start": at} for g in e.slots]
 
 
 @_on(ev.LeaseStarted)
@@ -234,7 +422,7 @@ def _lease_started(conn: Connection, e: ev.LeaseStarted, at: datetime) -> None:
             reason=e.reason,
         )
     )
-    rows = [{"lease_id": e.lease_id, "node": e.node, "gpu": g, "role": e.role, "start": at} for g in e.slots]
+    rows = _slot_rows(e, at)
     if rows:
         _insert_slots(conn, e, rows)
     if e.role in _WIDTH_ROLES:
@@ -249,6 +437,37 @@ def _insert_slots(conn: Connection, e: ev.LeaseStarted, rows: list[dict[str, Any
         conn.execute(_INSERT_SLOT, rows)
     except IntegrityError as exc:
         raise slot_conflict(exc, e.lease_id, e.node, e.slots) from exc
+
+
+def _lease_row(e: ev.LeaseStarted, at: datetime) -> dict[str, Any]:
+    return {
+        "lease_id": e.lease_id, "run": e.run, "group_index": e.group, "role": e.role, "node": e.node,
+        "slots": list(e.slots), "gpus": len(e.slots), "envelope": e.envelope, "payer_owner": e.payer_owner,
+        "payer_class": _payer_column(e.payer_class), "start_at": _iso(at), "reason": e.reason,
+    }  # fmt: skip
+
+
+@_on_many(ev.LeaseStarted)
+def _leases_started(conn: Connection, items: Items) -> None:
+    conn.execute(_INSERT_LEASES, {"rows": _json([_lease_row(e, at) for e, at in items])})
+    _insert_slots_many(conn, items)
+    _count_many(conn, ((e.run, e.role, e.payer_class, len(e.slots)) for e, _ in items))
+
+
+def _insert_slots_many(conn: Connection, items: Items) -> None:
+    """All the group's slot rows in one INSERT; on a constraint error, redo them lease by lease
+    (inside a savepoint) so the error is the one the sequential fold raises, naming its lease."""
+    rows = [{**row, "start": _iso(at)} for e, at in items for row in _slot_rows(e, at)]
+    if not rows:
+        return
+    try:
+        with conn.begin_nested():
+            conn.execute(_INSERT_SLOTS, {"rows": _json(rows)})
+    except IntegrityError as exc:
+        for e, at in items:
+            if e.slots:
+                _insert_slots(conn, e, _slot_rows(e, at))
+        raise LedgerError(f"slot rows refused together but accepted one by one: {exc.orig}") from exc
 
 
 @_on(ev.LeaseEnded)
@@ -267,9 +486,26 @@ def _lease_ended(conn: Connection, e: ev.LeaseEnded, at: datetime) -> None:
         _count_active(conn, row.run, _width_class(row.role, row.payer_class), -row.gpus)
 
 
+@_on_many(ev.LeaseEnded)
+def _leases_ended(conn: Connection, items: Items) -> None:
+    first: dict[str, dict[str, Any]] = {}
+    for e, at in items:  # ending twice changes nothing: the first end of a lease is the one kept
+        first.setdefault(e.lease_id, {"lease_id": e.lease_id, "reason": e.reason, "seed": e.seed, "end_at": _iso(at)})
+    ended = conn.execute(_END_LEASES, {"rows": _json(list(first.values()))}).all()
+    _count_many(conn, ((r.run, r.role, r.payer_class, -r.gpus) for r in ended))
+
+
 @_on(ev.PodBound)
 def _pod_bound(conn: Connection, e: ev.PodBound, at: datetime) -> None:
     conn.execute(update(t.leases).where(t.leases.c.lease_id == e.lease_id).values(bound=True))
+
+
+_BIND_LEASES = _update_sql("leases", "lease_id", ("bound",))
+
+
+@_on_many(ev.PodBound)
+def _pods_bound(conn: Connection, items: Items) -> None:
+    _run_many(conn, _BIND_LEASES, ({"lease_id": e.lease_id, "bound": True} for e, _ in items), "lease_id")
 
 
 # ---------------------------------------------------------------- reservations (SPEC §5, planner.reserve)
@@ -353,36 +589,63 @@ def _conflict_warning(conn: Connection, e: ev.ConflictWarningIssued, at: datetim
 # ---------------------------------------------------------------- rebuild
 
 
-def _replay(conn: Connection, batch: int) -> Iterator[ev.Recorded]:
-    e = t.events.c
-    after = 0
-    while True:
-        rows = conn.execute(
-            select(e.position, e.stream, e.version, e.type, e.data, e.actor, e.occurred_at)
-            .where(e.position > after)
-            .order_by(e.position)
-            .limit(batch)
-        ).all()
-        for row in rows:
-            yield ev.Recorded(
-                position=row.position,
-                stream=row.stream,
-                version=row.version,
-                event=ev.from_data(row.type, row.data),
-                actor=row.actor,
-                occurred_at=row.occurred_at,
-            )
-        if len(rows) < batch:
-            return
-        after = rows[-1].position
+#: The log in position order, for folds (rebuild, audit, Ledger.iter_read).
+_READ_PAGE = (
+    "SELECT position, stream, version, type, data, actor, occurred_at FROM {events} "
+    "WHERE position > %s ORDER BY position LIMIT %s"
+)
 
 
-def rebuild(conn: Connection, batch: int = 1000) -> int:
-    """Truncate the projections and replay every event; returns how many were replayed."""
+def records(conn: Connection, after: int = 0, batch: int = 10_000, events: str = "events") -> Iterator[ev.Recorded]:
+    """Every event with ``position > after`` as ``Recorded``, read in keyset pages of ``batch``.
+
+    The pages are read with the driver's own cursor (tuples, binary jsonb and
+    timestamptz decoded in C) and turned into records without SQLAlchemy rows: this is
+    the hot path of ``audit replay`` and of every fold of the whole log.
+    """
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    sql = _READ_PAGE.format(events=events)
+    try:
+        while True:
+            rows = _page(cursor, sql, after, batch)
+            yield from _decode(rows)
+            if len(rows) < batch:
+                return
+            after = rows[-1][0]
+    finally:
+        cursor.close()
+
+
+def _page(cursor: Any, sql: str, after: int, batch: int) -> list[tuple[Any, ...]]:
+    try:
+        cursor.execute(sql, (after, batch))
+        return list(cursor.fetchall())
+    except psycopg.Error as exc:  # the driver's own cursor: not wrapped by SQLAlchemy
+        raise LedgerError(str(exc).strip()) from exc
+
+
+def _decode(rows: list[tuple[Any, ...]]) -> Iterator[ev.Recorded]:
+    lookup = ev.event_types()
+    recorded = ev.Recorded
+    for position, stream, version, kind, data, actor, occurred_at in rows:
+        cls = lookup.get(kind)
+        if cls is None:
+            raise ValueError(f"unknown event type {kind!r}")
+        event = cls(**{k: tuple(v) if type(v) is list else v for k, v in data.items()})
+        if occurred_at.tzinfo is not UTC:
+            occurred_at = occurred_at.astimezone(UTC)
+        yield recorded(position, stream, version, event, actor, occurred_at)
+
+
+def rebuild(conn: Connection, batch: int = 10_000) -> int:
+    """Truncate the projections and replay every event (in batches); returns how many were replayed."""
     names = ", ".join(table.name for table in t.PROJECTION_TABLES)
     conn.execute(text(f"TRUNCATE {names}"))
+    pending: list[ev.Recorded] = []
     count = 0
-    for recorded in _replay(conn, batch):
-        apply(conn, recorded)
-        count += 1
-    return count
+    for recorded in records(conn, batch=batch):
+        pending.append(recorded)
+        if len(pending) >= batch:
+            count += apply_many(conn, pending)
+            pending = []
+    return count + apply_many(conn, pending)

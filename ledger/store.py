@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, func, insert, select, text
+from sqlalchemy import Connection, Engine, create_engine, func, select, text
 from sqlalchemy.exc import DBAPIError
 
 from ledger import events as ev
@@ -71,18 +71,8 @@ def event_hash(
     occurred_at: datetime,
 ) -> str:
     """sha256(prev_hash || canonical JSON of the event's recorded fields), as 64 hex digits."""
-    body = canonical_json(
-        {
-            "position": position,
-            "stream": stream,
-            "version": version,
-            "type": type_name,
-            "data": data,
-            "actor": actor,
-            "occurred_at": utc(occurred_at).isoformat(timespec="microseconds"),
-        }
-    )
-    return hashlib.sha256((prev_hash + body).encode("utf-8")).hexdigest()
+    stamp = utc(occurred_at).isoformat(timespec="microseconds")
+    return _digest(prev_hash, position, stream, version, type_name, data, actor, stamp)
 
 
 _COLUMNS = (
@@ -159,10 +149,8 @@ class Ledger:
                     return []
                 if fence is not None:
                     _check_fence(conn, fence)
-                _check_expected(conn, expected or {})
-                recorded = _insert(conn, events, actor, when, idempotency_key)
-                for item in recorded:
-                    projections.apply(conn, item)
+                recorded = _insert(conn, events, actor, when, idempotency_key, expected or {})
+                projections.apply_many(conn, recorded)
                 # delivered on commit: waiting workers (`jobtree up`, ledger.listen) wake up
                 tip = str(recorded[-1].position)
                 conn.execute(text("SELECT pg_notify(:ch, :tip)"), {"ch": EVENTS_CHANNEL, "tip": tip})
@@ -174,10 +162,24 @@ class Ledger:
 
     def read(self, after: int = 0, limit: int | None = None) -> list[ev.Recorded]:
         """Events with ``position > after`` in position order (at most ``limit``)."""
-        query = select(*_COLUMNS).where(t.events.c.position > after).order_by(t.events.c.position)
         if limit is not None:
-            query = query.limit(limit)
-        return [_recorded(row) for row in self._rows(query)]
+            query = select(*_COLUMNS).where(t.events.c.position > after).order_by(t.events.c.position).limit(limit)
+            return [_recorded(row) for row in self._rows(query)]
+        return list(self.iter_read(after))
+
+    def iter_read(self, after: int = 0, batch: int = 10_000) -> Iterator[ev.Recorded]:
+        """Events with ``position > after`` in position order, read ``batch`` at a time.
+
+        A generator over keyset pages (``projections.records``): memory stays at one page
+        and decoding skips SQLAlchemy rows, so a fold of the whole log (``audit replay``)
+        reads at the database's pace. Each page is its own statement; rows appended while
+        iterating show up in a later page, in position order.
+        """
+        try:
+            with self.engine.connect() as conn:
+                yield from projections.records(conn, after=after, batch=batch)
+        except DBAPIError as exc:
+            raise translate(exc) from exc
 
     def read_stream(self, stream: str) -> list[ev.Recorded]:
         query = select(*_COLUMNS).where(t.events.c.stream == stream).order_by(t.events.c.version)
@@ -289,22 +291,69 @@ def _check_fence(conn: Connection, fence: int) -> None:
         )
 
 
-def _check_expected(conn: Connection, expected: Mapping[str, int]) -> None:
+#: One statement: the chain's tip and the current version of every stream an append
+#: touches or expects, in the order given. Each version is one backward probe of the
+#: (stream, version) unique index; a GROUP BY max(version) over ``stream = ANY(...)``
+#: would read every version of a long stream (``plan:0`` has one per decision).
+_TIP_AND_VERSIONS = text(
+    "SELECT tip.position, tip.hash, ARRAY(SELECT COALESCE(("
+    "SELECT e.version FROM events e WHERE e.stream = s.stream ORDER BY e.version DESC LIMIT 1), 0) "
+    "FROM unnest(CAST(:streams AS text[])) WITH ORDINALITY AS s(stream, n) ORDER BY s.n) AS versions "
+    "FROM (SELECT 1) AS one LEFT JOIN LATERAL ("
+    "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1) AS tip ON true"
+)
+_INSERT_EVENTS = text(
+    "INSERT INTO events (position, stream, version, type, data, actor, idempotency_key, occurred_at, "
+    "prev_hash, hash) SELECT position, stream, version, type, data, actor, idempotency_key, occurred_at, "
+    "prev_hash, hash FROM jsonb_populate_recordset(NULL::events, CAST(:rows AS jsonb))"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Start:
+    """Where an append starts: the chain's tip and each touched stream's version."""
+
+    position: int
+    prev_hash: str
+    versions: dict[str, int]
+
+
+def _start(conn: Connection, events: Sequence[ev.NewEvent], expected: Mapping[str, int]) -> _Start:
+    """Read the tip and every version in one statement; refuse a wrong expected version."""
+    streams = sorted(set(expected) | {item.stream for item in events})
+    row = conn.execute(_TIP_AND_VERSIONS, {"streams": streams}).one()
+    versions = dict(zip(streams, row.versions, strict=True))
     for stream, version in sorted(expected.items()):
-        current = _current_version(conn, stream)
-        if current != version:
+        if versions[stream] != version:
             raise ConcurrencyError(
-                f"stream {stream!r} is at version {current}, the caller expected {version}; re-read and retry"
+                f"stream {stream!r} is at version {versions[stream]}, the caller expected {version}; "
+                "re-read and retry"
             )
+    if row.position is None:
+        return _Start(0, GENESIS_HASH, versions)
+    return _Start(int(row.position), str(row.hash), versions)
 
 
-def _current_version(conn: Connection, stream: str) -> int:
-    query = select(func.coalesce(func.max(t.events.c.version), 0)).where(t.events.c.stream == stream)
-    return int(conn.execute(query).scalar_one())
+def _plain(value: Any) -> bool:
+    """True when a jsonb round trip gives ``value`` back unchanged (no floats, tuples or odd keys)."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return True
+    if kind is dict:
+        return all(type(k) is str and _plain(v) for k, v in value.items())
+    if kind is list:
+        return all(_plain(v) for v in value)
+    return False
 
 
 def _normalised(conn: Connection, payloads: list[ev.JSON]) -> list[Any]:
-    """Payloads as Postgres will give them back (jsonb may re-spell numbers), so hashes verify."""
+    """Payloads as Postgres will give them back (jsonb may re-spell numbers), so hashes verify.
+
+    Payloads made only of strings, integers, booleans, nulls, lists and string-keyed
+    objects come back from jsonb as they went in, so they skip the round trip.
+    """
+    if all(_plain(p) for p in payloads):
+        return payloads
     value = conn.execute(text("SELECT CAST(:p AS jsonb)"), {"p": canonical_json(payloads)}).scalar_one()
     if not isinstance(value, list) or len(value) != len(payloads):
         raise LedgerError("jsonb round trip changed the shape of the payloads")
@@ -317,29 +366,18 @@ def _insert(
     actor: str,
     at: datetime,
     key: str | None,
+    expected: Mapping[str, int],
 ) -> list[ev.Recorded]:
-    e = t.events.c
-    tip = conn.execute(select(e.position, e.hash).order_by(e.position.desc()).limit(1)).one_or_none()
-    position, prev = (tip.position, tip.hash) if tip else (0, GENESIS_HASH)
-    versions: dict[str, int] = {}
+    start = _start(conn, events, expected)
+    position, prev, versions = start.position, start.prev_hash, start.versions
     payloads = _normalised(conn, [ev.to_data(item.event) for item in events])
+    stamp = utc(at).isoformat(timespec="microseconds")
     rows, recorded = [], []
     for index, (item, data) in enumerate(zip(events, payloads, strict=True)):
-        if item.stream not in versions:
-            versions[item.stream] = _current_version(conn, item.stream)
         versions[item.stream] += 1
         position += 1
         version = versions[item.stream]
-        digest = event_hash(
-            prev,
-            position=position,
-            stream=item.stream,
-            version=version,
-            type_name=item.event.TYPE,
-            data=data,
-            actor=actor,
-            occurred_at=at,
-        )
+        digest = _digest(prev, position, item.stream, version, item.event.TYPE, data, actor, stamp)
         rows.append(
             {
                 "position": position,
@@ -349,15 +387,31 @@ def _insert(
                 "data": data,
                 "actor": actor,
                 "idempotency_key": _key(key, index),
-                "occurred_at": at,
+                "occurred_at": stamp,
                 "prev_hash": prev,
                 "hash": digest,
             }
         )
         recorded.append(ev.Recorded(position, item.stream, version, item.event, actor, at))
         prev = digest
-    conn.execute(insert(t.events), rows)
+    conn.execute(_INSERT_EVENTS, {"rows": json.dumps(rows, ensure_ascii=False, separators=(",", ":"))})
     return recorded
+
+
+def _digest(prev: str, position: int, stream: str, version: int, kind: str, data: Any, actor: str, at: str) -> str:
+    """``event_hash`` with the time already in its ISO form (the append's hot loop)."""
+    body = canonical_json(
+        {
+            "position": position,
+            "stream": stream,
+            "version": version,
+            "type": kind,
+            "data": data,
+            "actor": actor,
+            "occurred_at": at,
+        }
+    )
+    return hashlib.sha256((prev + body).encode("utf-8")).hexdigest()
 
 
 def _key(key: str | None, index: int) -> str | None:

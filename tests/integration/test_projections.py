@@ -314,7 +314,7 @@ def test_fill_on_spare_and_payer_change_at_one_instant_are_accepted(ledger: Ledg
 # ---------------------------------------------------------------- rebuild
 
 
-def _snapshot(store: Ledger) -> dict[str, list[tuple[Any, ...]]]:
+def projection_rows(store: Ledger) -> dict[str, list[tuple[Any, ...]]]:
     out: dict[str, list[tuple[Any, ...]]] = {}
     with store.engine.connect() as conn:
         for table in tables.PROJECTION_TABLES:
@@ -363,8 +363,8 @@ def test_projections_equal_a_full_rebuild(ledger: Ledger) -> None:
         actor="planner",
         at=T0 + 3 * H,
     )
-    live = _snapshot(ledger)
+    live = projection_rows(ledger)
     assert live["leases"] and live["lease_slots"] and live["envelopes"]
     with ledger.engine.begin() as conn:
         assert rebuild(conn, batch=3) == ledger.count()
-    assert _snapshot(ledger) == live
+    assert projection_rows(ledger) == live

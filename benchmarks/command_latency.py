@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from binder.sim import SimulatedCluster
 from binder.worker import bind_pending
-from cli.app import JobtreeApp
-from cli.identity import Identity
+from service.app import JobtreeApp
+from service.identity import Identity
 from ledger import events as ev
 from ledger import snapshots
 from ledger.embedded import create_database, migrate, start_temporary_server

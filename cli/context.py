@@ -6,12 +6,13 @@ import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from cli.app import JobtreeApp
 from cli.errors import BadInput
-from cli.identity import caller_from_environment
 from cli.render import FORMATS
 from ledger.embedded import migrate, resolve_database_url
 from ledger.store import Ledger
+from service import daemon
+from service.app import JobtreeApp
+from service.identity import caller_from_environment
 
 _VALUED = {
     "--db": "db",
@@ -44,6 +45,7 @@ class Globals:
 
 GLOBALS = Globals()
 _OPEN: list[Ledger] = []
+_APPS: list[JobtreeApp] = []
 
 
 def split_globals(args: list[str]) -> Globals:
@@ -75,21 +77,40 @@ def split_globals(args: list[str]) -> Globals:
     return found
 
 
-def open_ledger(db: str | None = None) -> Ledger:
-    url, _embedded = resolve_database_url(db if db is not None else GLOBALS.db)
+def open_ledger(db: str | None = None, *, services: bool = False) -> Ledger:
+    """The ledger of this invocation (opened once). On the embedded default, ``services``
+    also makes sure its planner service runs in the background (``service.daemon``)."""
+    if _OPEN and db is None:
+        return _OPEN[0]
+    url, embedded = resolve_database_url(db if db is not None else GLOBALS.db)
     migrate(url)
     ledger = Ledger.from_url(url)
     _OPEN.append(ledger)
+    if embedded and services:
+        daemon.ensure_running(ledger, url)
     return ledger
 
 
 def open_app(ledger: Ledger | None = None) -> JobtreeApp:
-    ledger = ledger or open_ledger()
+    """The application service for this invocation (one per process run, reused by `watch`)."""
+    if _APPS and ledger is None:
+        return _APPS[0]
+    ledger = ledger or open_ledger(services=True)
     wall = datetime.now(UTC).replace(microsecond=0)
     now = JobtreeApp.resolve_now(ledger, GLOBALS.now, wall)
-    return JobtreeApp(ledger, caller_from_environment(), now, as_user=GLOBALS.as_user)
+    requested = now if GLOBALS.now is not None else None
+    app = JobtreeApp(ledger, caller_from_environment(), now, as_user=GLOBALS.as_user, requested=requested)
+    _APPS.append(app)
+    return app
+
+
+def notices() -> list[str]:
+    """What the service wants the user to know (e.g. no planner is running), printed on stderr."""
+    return [n for app in _APPS for n in app.planning.notices]
 
 
 def close() -> None:
+    while _APPS:
+        _APPS.pop().close()
     while _OPEN:
         _OPEN.pop().engine.dispose()

@@ -1,26 +1,23 @@
-"""The CLI's error tree. Each error knows its exit code and prints one clear line."""
+"""The CLI's view of errors: the service's error tree, and the exit code of each.
+
+Exit codes (README): 0 success; 1 not found or another failure; 2 bad input of any
+kind (``BadInput``, ``Forbidden``), nothing written.
+"""
 
 from __future__ import annotations
 
+from service.errors import BadInput, Forbidden, NotFound, PlannerUnavailable, ServiceError
 
-class CommandError(Exception):
+__all__ = ["BadInput", "CommandError", "Forbidden", "NotFound", "PlannerUnavailable", "exit_code"]
+
+
+class CommandError(ServiceError):
+    """A failure of the CLI itself (exit 1 unless a subclass says otherwise)."""
+
     exit_code = 1
 
 
-class BadInput(CommandError):
-    """Bad input of any kind: names the field and the rule. Nothing is written."""
-
-    exit_code = 2
-
-    def __init__(self, field: str, rule: str) -> None:
-        self.field = field
-        self.rule = rule
-        super().__init__(f"{field}: {rule}")
-
-
-class NotFound(CommandError):
-    exit_code = 1
-
-
-class Forbidden(BadInput):
-    """The caller may not act for this owner or on this object (exit 2, nothing written)."""
+def exit_code(exc: ServiceError) -> int:
+    if isinstance(exc, BadInput):
+        return 2
+    return int(getattr(exc, "exit_code", 1))

@@ -14,8 +14,9 @@ import typer
 from cli import context
 from cli.commands import audit, budgets, db, demo, metrics, nodes, report, runs, sim, up, workers
 from cli.commands import plan as plan_cmd
-from cli.errors import CommandError
+from cli.errors import exit_code
 from cli.render import errors
+from service.errors import ServiceError
 
 app = typer.Typer(
     name="jobtree",
@@ -36,6 +37,7 @@ app.add_typer(audit.app, name="audit")
 app.command("report")(report.report)
 app.command("metrics")(metrics.metrics_cmd)
 app.command("up")(up.up)
+app.command("down", help="Stop the embedded planner service and database (same as `db stop`).")(db.stop)
 
 
 def run(argv: list[str] | None = None) -> None:
@@ -48,10 +50,12 @@ def run(argv: list[str] | None = None) -> None:
         context.GLOBALS = context.split_globals(args)
         # standalone mode: typer prints usage errors itself and exits 2
         typer.main.get_command(app).main(args=context.GLOBALS.rest, prog_name=prog)
-    except CommandError as exc:
+    except ServiceError as exc:
         errors.print(f"error: {exc}", markup=False)
-        sys.exit(exc.exit_code)
+        sys.exit(exit_code(exc))
     finally:
+        for notice in context.notices():
+            errors.print(f"note: {notice}", markup=False)
         context.close()
 
 

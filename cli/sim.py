@@ -14,13 +14,15 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-from cli.app import JobtreeApp
-from cli.errors import BadInput, CommandError
-from cli.identity import Identity
+from cli.errors import BadInput
 from cli.scenario import Scenario, Step
 from ledger import queries
 from ledger.model import API_VERSION, Manifest, PolicyManifest
 from ledger.store import Ledger
+from service.app import JobtreeApp
+from service.errors import ServiceError
+from service.identity import Identity
+from service.planning import InProcess
 
 SIM_USER = "jobtree-sim"
 #: Service-level field names mapped to the scenario's own (``--by`` → ``by``).
@@ -85,7 +87,7 @@ def simulate(scenario: Scenario, ledger: Ledger, progress: Progress | None = Non
 
 
 def _app(ledger: Ledger, now: datetime) -> JobtreeApp:
-    return JobtreeApp(ledger, Identity(SIM_USER, frozenset()), now)
+    return JobtreeApp(ledger, Identity(SIM_USER, frozenset()), now, planning=InProcess())
 
 
 def _setup(scenario: Scenario, ledger: Ledger) -> Chapter:
@@ -137,5 +139,5 @@ def _guarded(where: str, action: Callable[[], Any]) -> None:
         action()
     except BadInput as exc:
         raise BadInput(f"{where}.{_FIELDS.get(exc.field, exc.field)}", exc.rule) from None
-    except CommandError as exc:
+    except ServiceError as exc:
         raise BadInput(where, str(exc)) from None

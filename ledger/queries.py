@@ -86,6 +86,47 @@ def get_run(engine: Engine, run: str) -> Row | None:
     return out
 
 
+def runs_by_key(engine: Engine, runs: list[str]) -> dict[str, Row]:
+    """The runs named (one query, however many): key -> row; missing keys are absent."""
+    if not runs:
+        return {}
+    sql = f"SELECT {_RUN_COLUMNS} FROM runs WHERE run = ANY(:runs)"
+    with engine.connect() as conn:
+        return {r.run: run_row(r) for r in conn.execute(text(sql), {"runs": list(runs)})}
+
+
+def active_runs(engine: Engine, runs: list[str]) -> set[str]:
+    """Which of ``runs`` exist and are not finished (one query)."""
+    return {k for k, row in runs_by_key(engine, runs).items() if row["phase"] not in FINISHED_PHASES}
+
+
+def stream_versions(engine: Engine, streams: list[str]) -> dict[str, int]:
+    """Current version of each stream (0 when it does not exist), in one query."""
+    sql = "SELECT stream, max(version) AS version FROM events WHERE stream = ANY(:streams) GROUP BY stream"
+    with engine.connect() as conn:
+        found = {r.stream: int(r.version) for r in conn.execute(text(sql), {"streams": list(streams)})}
+    return {s: found.get(s, 0) for s in streams}
+
+
+def run_spec(engine: Engine, run: str) -> dict[str, Any]:
+    with engine.connect() as conn:
+        return dict(conn.execute(text("SELECT spec FROM runs WHERE run = :run"), {"run": run}).scalar_one())
+
+
+def current_policy(engine: Engine) -> dict[str, Any] | None:
+    """The policy in force (the ``policy`` projection), or None on a ledger without one."""
+    with engine.connect() as conn:
+        data = conn.execute(text("SELECT data FROM policy WHERE id = 1")).scalar_one_or_none()
+    return dict(data) if data is not None else None
+
+
+def latest_time(engine: Engine) -> datetime | None:
+    """The ledger's clock: the newest event's logical time (an index probe, migration 0005)."""
+    with engine.connect() as conn:
+        value = conn.execute(text("SELECT max(occurred_at) FROM events")).scalar_one_or_none()
+    return value
+
+
 def run_is_active(engine: Engine, run: str) -> bool:
     found = get_run(engine, run)
     return found is not None and found["phase"] not in FINISHED_PHASES

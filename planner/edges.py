@@ -41,3 +41,9 @@ def next_edge(state: ClusterState, after: datetime, until: datetime) -> datetime
     """The first funding edge in ``(after, until)``, or None."""
     inside = [t for t in _edges(state) if after < t < until]
     return min(inside) if inside else None
+
+
+def next_due(state: ClusterState, after: datetime) -> datetime | None:
+    """The first funding edge or due activation strictly after ``after`` (the planner's next wake-up)."""
+    later = [t for t in _edges(state) if t > after]
+    return min(later) if later else None

@@ -139,7 +139,7 @@ class ClusterState:
     domains_by_type: dict[str, list[DomainKey]] = field(default_factory=dict)  # sorted
     budgets: dict[str, BudgetSpec] = field(default_factory=dict)
     policy: PolicySpec = field(default_factory=PolicySpec)
-    runs: dict[str, RunState] = field(default_factory=dict)
+    runs: dict[str, RunState] = field(default_factory=dict)  # live runs only: RunFinished removes one
     pending: dict[str, int] = field(default_factory=dict)  # run key -> submitted position
     finishing: dict[str, int] = field(default_factory=dict)  # run key -> request position
     leases: dict[str, LeaseState] = field(default_factory=dict)  # open leases
@@ -285,8 +285,7 @@ def _run_submitted(state: ClusterState, record: ev.Recorded) -> None:
     """A new run, or a new incarnation of a finished one; a live duplicate is ignored."""
     e = record.event
     assert isinstance(e, ev.RunSubmitted)
-    previous = state.runs.get(e.run)
-    if previous is not None and not previous.finished:
+    if e.run in state.runs:  # a live duplicate (finished runs are no longer in the state)
         return
     spec = run_from_spec(e.spec)
     state.runs[e.run] = RunState(
@@ -355,10 +354,12 @@ def _run_deferred(state: ClusterState, record: ev.Recorded) -> None:
 
 
 def _run_finished(state: ClusterState, record: ev.Recorded) -> None:
+    """A finished run leaves the state: it holds live work only (the projections keep the rest)."""
     e = record.event
     assert isinstance(e, ev.RunFinished)
-    run = state.runs[e.run]
-    run.phase, run.finish_reason = e.phase, e.reason
+    run = state.runs.pop(e.run, None)
+    if run is not None:
+        run.phase, run.finish_reason = e.phase, e.reason
     state.pending.pop(e.run, None)
     state.finishing.pop(e.run, None)
 

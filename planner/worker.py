@@ -1,25 +1,38 @@
 """Planner worker: read → fold → plan → append, until the plan is quiet.
 
 The only place planner decisions are appended. Decisions go to the stream
-``plan:<shard>`` with the version the plan was made from, which fences a stale
-leader: a second planner that planned from an older state gets ConcurrencyError.
+``plan:<shard>`` with the version the plan was made from *and* the global position
+the state was folded to (``Ledger.append(fence=...)``): a stale leader, or a plan made
+on a state that misses an input appended meanwhile, gets ConcurrencyError, re-folds
+the tail and plans again (ARCHITECTURE §4).
+
+``PlannerService`` is the long-lived planner: it restores its state once (snapshot +
+tail), then keeps it in memory and folds only new events. ``catch_up`` is the
+one-shot form (restore, plan, return) used by ``sim run``, what-if reads and tests.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
+from ledger import status as planner_status
+from ledger.errors import ConcurrencyError
 from ledger.events import NewEvent, plan_stream
 from ledger.store import Ledger
-from planner.edges import next_edge
+from planner.edges import next_due, next_edge
 from planner.plan import plan
 from planner.restore import load_state
 from planner.state import ClusterState, fold
 
 PLANNER_ACTOR = "jobtree-planner"
 MAX_ROUNDS = 1000
+MAX_REFENCES = 50
+log = logging.getLogger("jobtree.planner")
+Clock = Callable[[], datetime]
+BindFn = Callable[[datetime], int]
 
 
 class PlannerStuck(RuntimeError):
@@ -34,18 +47,38 @@ class CatchUp:
 
 
 def plan_once(ledger: Ledger, state: ClusterState, now: datetime) -> tuple[ClusterState, int]:
-    """Plan at ``now`` and append the decisions; return the new state and how many."""
-    decisions = plan(state, now)
-    if not decisions:
-        return state, 0
-    stream = plan_stream()
-    records = ledger.append(
-        [NewEvent(stream, d) for d in decisions],
-        actor=PLANNER_ACTOR,
-        at=now,
-        expected={stream: state.plan_version},
-    )
-    return fold(records, state), len(decisions)
+    """Plan at ``now`` and append the decisions, fenced; return the new state and how many.
+
+    When an input landed after ``state`` was folded, the append is refused; the tail is
+    folded and the plan made again, so no decision is ever made on a state missing an input.
+    """
+    for _ in range(MAX_REFENCES):
+        decisions = plan(state, now)
+        if not decisions:
+            return state, 0
+        stream = plan_stream()
+        try:
+            records = ledger.append(
+                [NewEvent(stream, d) for d in decisions],
+                actor=PLANNER_ACTOR,
+                at=now,
+                expected={stream: state.plan_version},
+                fence=state.last_position,
+            )
+        except ConcurrencyError:
+            tail = ledger.read(after=state.last_position)
+            theirs = sum(1 for r in tail if r.stream == stream)
+            if theirs:  # another planner decided meanwhile: step down (the caller re-competes)
+                raise ConcurrencyError(
+                    f"another planner decided meanwhile: stream {stream!r} is at version "
+                    f"{state.plan_version + theirs}, the caller expected {state.plan_version}"
+                ) from None
+            state = fold(tail, state)
+            if state.last_time is not None and state.last_time > now:
+                return state, 0  # the clock moved on meanwhile: the caller plans at the new time
+            continue
+        return fold(records, state), len(decisions)
+    raise PlannerStuck(f"inputs kept arriving between fold and append {MAX_REFENCES} times")
 
 
 def catch_up(
@@ -89,3 +122,100 @@ def _settle(
         if not decided and not bound:
             return state
     raise PlannerStuck(f"no fixpoint after {MAX_ROUNDS} rounds at {at.isoformat()}")
+
+
+def _wall() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+@dataclass(slots=True)
+class PassResult:
+    """What one service pass did."""
+
+    at: datetime | None
+    position: int
+    decisions: int = 0
+    bound: int = 0
+    next_wake: datetime | None = None
+
+
+@dataclass
+class PlannerService:
+    """The long-lived planner of one shard: its state lives in memory (ARCHITECTURE §4).
+
+    ``start`` restores the state once (latest snapshot + tail, ``planner.restore``);
+    every ``step`` folds only the events appended since, plans at "now" (and at each
+    funding edge on the way), lets ``bind`` (the simulated binder, when the policy says
+    ``sim``) bind, and publishes ``planner_status``. ``clock`` is the wall clock; ``None``
+    makes a simulated-clock planner, whose "now" moves only by events (``ClockAdvanced``).
+    """
+
+    ledger: Ledger
+    name: str = PLANNER_ACTOR
+    shard: int = 0
+    clock: Clock | None = _wall
+    bind: BindFn | None = None
+    state: ClusterState = field(default_factory=ClusterState)
+    started: bool = False
+    last: PassResult | None = None
+
+    def start(self) -> None:
+        self.state = load_state(self.ledger)
+        self.started = True
+
+    def now(self) -> datetime | None:
+        """The time to plan at: the newest event's time, or the wall clock when it is later."""
+        last = self.state.last_time
+        if self.clock is None:
+            return last
+        wall = self.clock()
+        return wall if last is None else max(wall, last)
+
+    def refresh(self) -> int:
+        """Fold the events appended since the last pass; return how many."""
+        tail = self.ledger.read(after=self.state.last_position)
+        self.state = fold(tail, self.state)
+        return len(tail)
+
+    def step(self) -> PassResult:
+        """One pass: fold new events, plan and bind until quiet, publish the status."""
+        if not self.started:
+            self.start()
+        self.refresh()
+        result = CatchUp()
+        now = self.now()
+        if now is not None:
+            self._catch_up(now, result)
+        now = self.now()
+        wake = next_due(self.state, now) if now is not None else None
+        done = PassResult(now, self.state.last_position, result.decisions, result.bound, wake)
+        self.publish(done)
+        self.last = done
+        return done
+
+    def next_wake(self) -> datetime | None:
+        return self.last.next_wake if self.last is not None else None
+
+    def _catch_up(self, now: datetime, result: CatchUp) -> None:
+        cursor = self.state.last_time or now
+        while result.rounds < MAX_ROUNDS:
+            edge = next_edge(self.state, cursor, now)
+            at = edge or now
+            self.state = _settle(self.ledger, self.state, at, self.bind, result)
+            if at == now:
+                return
+            cursor = at
+        raise PlannerStuck(f"no fixpoint after {MAX_ROUNDS} rounds at {now.isoformat()}")
+
+    def publish(self, done: PassResult) -> None:
+        status = planner_status.PlannerStatus(
+            shard=str(self.shard),
+            position=done.position,
+            planned_at=done.at,
+            next_wake=done.next_wake,
+            leader=self.name,
+            heartbeat=datetime.now(UTC),
+            data={"clock": "wall" if self.clock is not None else "simulated", "runs": len(self.state.runs),
+                  "leases": len(self.state.leases)},
+        )  # fmt: skip
+        planner_status.publish(self.ledger, status)

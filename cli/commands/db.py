@@ -7,6 +7,7 @@ import typer
 from cli import context
 from cli.render import console
 from ledger.embedded import default_home, migrate, resolve_database_url, stop_embedded
+from service import daemon
 
 app = typer.Typer(help="The ledger's database.", no_args_is_help=True)
 
@@ -28,6 +29,9 @@ def url() -> None:
 
 @app.command("stop")
 def stop() -> None:
-    """Stop the embedded PostgreSQL server under $JOBTREE_HOME."""
-    stop_embedded(default_home())
+    """Stop the embedded planner service and PostgreSQL server under $JOBTREE_HOME (alias: `jobtree down`)."""
+    home = default_home()
+    if daemon.stop(home):
+        console.print("planner service stopped")
+    stop_embedded(home)
     console.print("embedded database stopped")

@@ -21,10 +21,10 @@ import typer
 from rich.rule import Rule
 
 from cli import context
-from cli.errors import CommandError
 from cli.render import console
 from ledger.databases import drop_database, fresh_database
 from ledger.embedded import resolve_database_url
+from service.errors import ServiceError
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -55,7 +55,7 @@ class Demo:
         context.GLOBALS = context.split_globals(args)
         try:
             typer.main.get_command(app).main(args=context.GLOBALS.rest, prog_name="jobtree", standalone_mode=False)
-        except CommandError as exc:
+        except ServiceError as exc:
             console.print(f"error: {exc}", markup=False)
         finally:
             context.close()

@@ -1,12 +1,14 @@
-"""`jobtree up`: run the planner and the simulated-cluster binder continuously.
+"""`jobtree up`: the planner service, with the simulated-cluster binder.
 
-For a shared deployment on the embedded default or ``--db``. Every process
-competes for leadership of the planner (``ledger.leader``, a session advisory
-lock); the leader catches up at wall-clock "now" (plans, binds on the simulated
-cluster when the policy's binder is ``sim``), then sleeps until an append
-NOTIFYs (``ledger.listen``) or ``--interval`` passes (time alone moves windows
-and activations). The others stand by and say who leads. Ctrl-C / SIGTERM stop
-between passes; ``--once`` runs one pass (tests, cron). See docs/workers.md.
+The embedded default starts it in the background by itself (``service.daemon``);
+a shared deployment runs it on ``--db``. Every process competes for leadership
+of the planner (``ledger.leader``, a session advisory lock); the leader keeps the
+planner state in memory (``planner.worker.PlannerService``), folds only new
+events, plans at "now" (binding on the simulated cluster when the policy's
+binder is ``sim``), publishes ``planner_status`` and sleeps until an append
+NOTIFYs (``ledger.listen``), its next due time comes, or a heartbeat is due.
+The others stand by and say who leads. Ctrl-C / SIGTERM stop between passes;
+``--once`` runs one pass (tests, cron). See docs/workers.md.
 """
 
 from __future__ import annotations
@@ -25,16 +27,15 @@ import typer
 from binder.sim import SimulatedCluster
 from binder.worker import bind_pending
 from cli import context
-from cli.app import JobtreeApp
-from cli.errors import CommandError
+from cli.errors import BadInput, CommandError
 from cli.render import console, emit_data, errors
 from ledger.errors import ConcurrencyError, LedgerError
-from ledger.events import POLICY_STREAM, PolicyChanged
 from ledger.leader import Leadership, default_name
 from ledger.listen import Listener
-from ledger.model import PolicySpec
+from ledger.status import HEARTBEAT
 from ledger.store import Ledger
-from planner.worker import CatchUp, catch_up
+from planner.worker import CatchUp, PlannerService
+from service.app import JobtreeApp
 
 Clock = Callable[[], datetime]
 PassFn = Callable[[Ledger, datetime], CatchUp]
@@ -42,22 +43,6 @@ PassFn = Callable[[Ledger, datetime], CatchUp]
 
 def wall_clock() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
-
-
-def binder_kind(ledger: Ledger) -> str:
-    """The policy's binder (``sim`` unless a PolicyChanged says otherwise)."""
-    for record in reversed(ledger.read_stream(POLICY_STREAM)):
-        if isinstance(record.event, PolicyChanged):
-            return PolicySpec.model_validate(record.event.spec).binder
-    return PolicySpec().binder
-
-
-def plan_and_bind(ledger: Ledger, now: datetime) -> CatchUp:
-    """One catch-up: plan, and bind on the simulated cluster when the policy says ``sim``."""
-    if binder_kind(ledger) != "sim":
-        return catch_up(ledger, now)  # Kubernetes: `jobtree workers binder` binds
-    backend = SimulatedCluster()
-    return catch_up(ledger, now, bind=lambda at: bind_pending(ledger, backend, at))
 
 
 @dataclass
@@ -71,6 +56,7 @@ class Pass:
     decisions: int = 0
     bound: int = 0
     message: str = ""
+    next_wake: datetime | None = None
 
     def row(self) -> dict[str, Any]:
         return {"role": self.role, "leader": self.leader, "at": self.at.isoformat().replace("+00:00", "Z"),
@@ -87,37 +73,77 @@ class Pass:
                 f"ledger at position {self.position}")  # fmt: skip
 
 
+def sim_binder(ledger: Ledger, service: PlannerService) -> Callable[[datetime], int]:
+    """Bind on the simulated cluster while the policy's binder is ``sim`` (else the binder workers bind)."""
+    backend = SimulatedCluster()
+
+    def bind(at: datetime) -> int:
+        return bind_pending(ledger, backend, at) if service.state.policy.binder == "sim" else 0
+
+    return bind
+
+
 @dataclass
 class Up:
-    """The leader/stand-by loop body; ``step`` is one pass."""
+    """The leader/stand-by loop body; ``step`` is one pass.
+
+    The leader runs a ``PlannerService`` (state in memory, restored once when it takes
+    the lead). ``work`` replaces it with a one-shot pass (tests of fencing).
+    """
 
     ledger: Ledger
     leadership: Leadership
-    clock: Clock = wall_clock
-    work: PassFn = plan_and_bind
+    clock: Clock | None = None
+    work: PassFn | None = None
+    simulated: bool = False
+    binds: bool = True  # the simulated binder runs in the planner's passes (policy binder: sim)
     passes: list[Pass] = field(default_factory=list)
+    service: PlannerService | None = None
 
     def step(self) -> Pass:
-        now = JobtreeApp.resolve_now(self.ledger, None, self.clock())
         if not self.leadership.try_acquire():
+            self.service = None  # a stand-by keeps no state: it restores when it takes over
+            now = JobtreeApp.resolve_now(self.ledger, None, (self.clock or wall_clock)())
             done = Pass("standby", self.leadership.holder(), now, self.ledger.last_position())
         else:
-            done = self._lead(now)
+            done = self._lead()
         self.passes.append(done)
         return done
 
-    def _lead(self, now: datetime) -> Pass:
+    def _planner(self) -> PlannerService:
+        if self.service is None:
+            clock = None if self.simulated else (self.clock or wall_clock)
+            service = PlannerService(self.ledger, name=self.leadership.name, clock=clock)
+            service.bind = sim_binder(self.ledger, service) if self.binds else None
+            service.start()
+            self.service = service
+        return self.service
+
+    def _lead(self) -> Pass:
+        now = JobtreeApp.resolve_now(self.ledger, None, (self.clock or wall_clock)())
         try:
-            result = self.work(self.ledger, now)
+            if self.work is not None:
+                result = self.work(self.ledger, now)
+                return Pass("leader", self.leadership.name, now, self.ledger.last_position(),
+                            result.decisions, result.bound)  # fmt: skip
+            done = self._planner().step()
         except ConcurrencyError as exc:
-            # Another planner appended since we read: our decisions were planned from a
-            # stale state and nothing was written. Never re-send them: step down, and the
-            # next pass re-reads the ledger (and competes for leadership) from scratch.
+            # Another planner appended decisions since we folded: ours were never written.
+            # Step down; the next pass competes again and restores from the ledger.
             self.leadership.release()
+            self.service = None
             message = f"{exc}; dropped the stale decisions, stepped down, re-reading next pass"
             return Pass("fenced", None, now, self.ledger.last_position(), message=message)
-        position = self.ledger.last_position()
-        return Pass("leader", self.leadership.name, now, position, result.decisions, result.bound)
+        return Pass("leader", self.leadership.name, done.at or now, done.position, done.decisions, done.bound,
+                    next_wake=done.next_wake)  # fmt: skip
+
+    def wait_seconds(self, interval: float, wall: datetime) -> float:
+        """Until the next due time (reservation ETA, window edge, ...), a heartbeat, or ``interval``."""
+        wake = self.service.next_wake() if self.service is not None else None
+        longest = min(interval, HEARTBEAT)
+        if wake is None or self.simulated:
+            return longest
+        return max(0.05, min(longest, (wake - wall).total_seconds()))
 
 
 class Stop:
@@ -159,10 +185,15 @@ def up(
     once: Annotated[bool, typer.Option("--once", help="one pass, then exit")] = False,
     interval: Annotated[float, typer.Option("--interval", min=0.1, help="longest wait between passes (seconds)")] = 5.0,
     name: Annotated[str | None, typer.Option("--name", help="this process's name as leader")] = None,
+    clock: Annotated[
+        str, typer.Option("--clock", help="wall: plan at the wall clock; simulated: time moves only by events")
+    ] = "wall",
 ) -> None:
-    """Run the planner and the simulated-cluster binder until Ctrl-C (one leader per database)."""
+    """Run the planner service and the simulated-cluster binder until Ctrl-C (one leader per database)."""
+    if clock not in ("wall", "simulated"):
+        raise BadInput("--clock", f"must be wall or simulated (got {clock!r})")
     ledger = context.open_ledger()
-    service = Up(ledger, Leadership(ledger, name=name or default_name()))
+    service = Up(ledger, Leadership(ledger, name=name or default_name()), simulated=clock == "simulated")
     output = context.GLOBALS.output
     if once:
         with service.leadership:
@@ -170,10 +201,10 @@ def up(
         if done is not None and not emit_data(done.row(), output):
             console.print(done.line(), markup=False)
         return
-    _serve(service, interval)
+    serve(service, interval)
 
 
-def _serve(service: Up, interval: float) -> None:
+def serve(service: Up, interval: float) -> None:
     errors.print(f"jobtree up: {service.leadership.name}; Ctrl-C to stop", markup=False)
     previous: Pass | None = None
     with stop_on_signals() as stop, service.leadership, Listener(service.ledger) as listener:
@@ -183,7 +214,8 @@ def _serve(service: Up, interval: float) -> None:
                 if news(previous, done):
                     console.print(done.line(), markup=False)
                 previous = done
-            _wait(listener, service.ledger.last_position(), interval, stop)
+            after = service.service.state.last_position if service.service else service.ledger.last_position()
+            _wait(listener, after, service.wait_seconds(interval, wall_clock()), stop)
     errors.print("jobtree up: stopped", markup=False)
 
 

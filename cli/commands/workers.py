@@ -21,14 +21,17 @@ from binder.kube import KubeApi, KubeError, KubeUnavailable
 from binder.kube_binder import KubeBinder
 from binder.worker import reconcile
 from cli import context
-from cli.app import JobtreeApp
+from cli.commands.up import Up, serve
 from cli.context import open_ledger
 from cli.errors import BadInput, CommandError, Forbidden
-from cli.identity import Identity
 from cli.render import console
+from ledger.leader import Leadership, default_name
 from ledger.model import Manifest, PolicySpec, parse_duration
 from ledger.store import Ledger
-from planner.worker import CatchUp, catch_up
+from service.app import JobtreeApp
+from service.errors import ServiceError
+from service.identity import Identity
+from service.planning import InProcess
 
 app = typer.Typer(help="Run the planner, intake and binder services (a cluster install).", no_args_is_help=True)
 log = logging.getLogger("jobtree.workers")
@@ -46,11 +49,12 @@ def wall_clock() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
-class ClusterApp(JobtreeApp):
-    """The application service in Kubernetes mode: catching up plans; pods are the binder worker's job."""
+def cluster_app(ledger: Ledger, caller: Identity, now: datetime) -> JobtreeApp:
+    """The application service in Kubernetes mode: it plans in-process; pods are the binder worker's job."""
+    return JobtreeApp(ledger, caller, now, planning=InProcess(bind=False, simulated=False))
 
-    def sync(self) -> CatchUp:
-        return catch_up(self.ledger, self.now)
+
+ClusterApp = JobtreeApp
 
 
 @dataclass
@@ -78,7 +82,7 @@ class IntakeService:
     def cancel(self, namespace: str, name: str) -> None:
         try:
             self.app.cancel(namespace, name)
-        except CommandError as exc:
+        except ServiceError as exc:
             log.warning("cancel %s/%s: %s", namespace, name, exc)
 
     def sync(self) -> None:
@@ -93,7 +97,7 @@ def intake_service(ledger: Ledger, clock: Clock = wall_clock) -> Callable[[], In
 
     def make() -> IntakeService:
         now = JobtreeApp.resolve_now(ledger, None, clock())
-        return IntakeService(ClusterApp(ledger, Identity(INTAKE_ACTOR, frozenset()), now))
+        return IntakeService(cluster_app(ledger, Identity(INTAKE_ACTOR, frozenset()), now))
 
     return make
 
@@ -123,14 +127,14 @@ def _loop(step: Callable[[], str], once: bool, interval: float) -> None:
 
 @app.command("planner")
 def planner(once: OnceOption = False, interval: IntervalOption = 2.0) -> None:
-    """Plan continuously: fold the ledger, plan at now, append decisions (no binding)."""
+    """The planner service: state in memory, plans on every new input and at its due times (no binding)."""
     ledger = open_ledger()
-
-    def step() -> str:
-        done = catch_up(ledger, JobtreeApp.resolve_now(ledger, None, wall_clock()))
-        return f"planner: {done.decisions} decision(s)"
-
-    _loop(step, once, interval)
+    service = Up(ledger, Leadership(ledger, name=default_name("jobtree-planner")), binds=False)
+    if once:
+        with service.leadership:
+            console.print(service.step().line(), markup=False)
+        return
+    serve(service, interval)
 
 
 @app.command("binder")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ import pytest
 
 from cli.main import run
 from ledger.store import Ledger
+from tests.planner_thread import PlannerThread, planner_running
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -30,8 +31,17 @@ CLI = Callable[..., Result]
 
 
 @pytest.fixture
-def jt(database_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> CLI:
-    """``jt("get", "runs", "-o", "json")`` runs the CLI as the admin user ``root-admin``."""
+def planner(database_url: str) -> Iterator[PlannerThread]:
+    """The planner service for this test's database (a thread; simulated clock)."""
+    with planner_running(database_url) as thread:
+        yield thread
+
+
+@pytest.fixture
+def jt(
+    database_url: str, planner: PlannerThread, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> CLI:
+    """``jt("get", "runs", "-o", "json")`` runs the CLI as the admin user ``root-admin``, with a planner running."""
     monkeypatch.setenv("JOBTREE_USER", "root-admin")
     monkeypatch.delenv("JOBTREE_GROUPS", raising=False)
     monkeypatch.setenv("COLUMNS", "200")

@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
-from cli.app import JobtreeApp
-from cli.identity import Identity
 from ledger.model import parse_manifests
 from ledger.store import Ledger
+from service.app import JobtreeApp
+from service.identity import Identity
 from tests.conftest import PgServer
 
 ADMIN = Identity("admin", frozenset())

@@ -1,28 +1,29 @@
-"""The application service: one method per user action.
+"""The application service: one method per user action (ARCHITECTURE §2, §4).
 
 The typer commands parse and render; this layer checks permissions and input
-against the ledger's read models, appends the input events, and lets the planner
-and the in-process binder catch up to "now" before and after.
+against the ledger's read models. A **write** appends its input events (with a
+``ClockAdvanced`` first when ``--now`` moves the ledger's clock) and waits until the
+planner has planned past them (``service.planning``); a **read** only reads the
+projections and writes nothing. A read at a ``--now`` ahead of the ledger's clock is
+a what-if: the same planner runs in a transaction that is rolled back (``ledger.whatif``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Engine
 
-from binder.sim import SimulatedCluster
-from binder.worker import bind_pending
-from cli.errors import BadInput, Forbidden, NotFound
-from cli.identity import Identity
-from ledger import queries
-from ledger.errors import ConcurrencyError
+from ledger import queries, whatif
 from ledger.events import (
+    CLOCK_STREAM,
     POLICY_STREAM,
     BudgetApplied,
+    ClockAdvanced,
     Event,
     NewEvent,
     NodeCordoned,
@@ -51,9 +52,13 @@ from ledger.model import (
     parse_manifests,
 )
 from ledger.store import Ledger
-from planner.worker import CatchUp, catch_up
+from service.errors import BadInput, Forbidden, NotFound
+from service.identity import Identity
+from service.planning import InProcess, PlannerWait, Planning
 
 Row = dict[str, Any]
+#: How far ahead of the wall clock anyone may write (clock skew between machines).
+CLOCK_SKEW = timedelta(seconds=5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,19 +97,42 @@ def _has_cycle(parents: dict[str, list[str]], start: str) -> list[str] | None:
 
 
 class JobtreeApp:
-    """Every user action, against one ledger, as one identity, at one logical time."""
+    """Every user action, against one ledger, as one identity, at one logical time.
 
-    def __init__(self, ledger: Ledger, caller: Identity, now: datetime, as_user: str | None = None) -> None:
+    ``requested`` is the ``--now`` the caller gave (None: the wall clock). ``planning``
+    says how a write gets its answer: wait for the planner service (the default), or
+    plan in this process (``sim run``, the intake).
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        caller: Identity,
+        now: datetime,
+        as_user: str | None = None,
+        *,
+        planning: Planning | None = None,
+        requested: datetime | None = None,
+    ) -> None:
         self.ledger = ledger
         self.engine = ledger.engine
         self.now = now
-        self._bootstrap_policy(caller)
+        self.requested = requested
+        self.planning: Planning = planning or PlannerWait()
+        self._stack = ExitStack()
+        self._scratch: Ledger | None = None
+        self._policy: PolicySpec | None = None
+        self._fresh = queries.current_policy(self.engine) is None
+        self._caller = caller
         if as_user is not None and as_user != caller.user:
             if not self._is_admin(caller):
                 raise Forbidden("--as", f"only admins may act as another user ({caller.user} is not an admin)")
             caller = Identity(as_user, frozenset())
         self.identity = caller
-        self.backend = SimulatedCluster()
+
+    def close(self) -> None:
+        self._stack.close()
+        self.planning.close()
 
     # ------------------------------------------------------------ time and policy
 
@@ -113,7 +141,7 @@ class JobtreeApp:
         """--now if given (never before the newest event), else the wall clock.
 
         The wall clock is clamped to the newest event: time never runs backwards
-        in one ledger, even after someone looked ahead with --now.
+        in one ledger, even after someone moved it ahead with --now.
         """
         latest = ledger.latest_time()
         if requested is None:
@@ -135,27 +163,13 @@ class JobtreeApp:
         return now
 
     def policy(self) -> PolicySpec:
-        sql = "SELECT data FROM events WHERE type = 'PolicyChanged' ORDER BY position DESC LIMIT 1"
-        with self.engine.connect() as conn:
-            data = conn.execute(text(sql)).scalar_one_or_none()
-        return PolicySpec.model_validate(data["spec"]) if data else PolicySpec()
-
-    def _bootstrap_policy(self, caller: Identity) -> None:
-        """A fresh ledger's first caller becomes its admin (the embedded data dir's creator)."""
-        if self.ledger.stream_version(POLICY_STREAM) > 0:
-            return
-        spec = PolicySpec(admins=[caller.user]).dump()
-        try:
-            self.ledger.append(
-                [NewEvent(POLICY_STREAM, PolicyChanged(spec))],
-                actor=caller.user,
-                at=self.now,
-                expected={POLICY_STREAM: 0},
-                idempotency_key="bootstrap-policy",
-            )
-        except ConcurrencyError:  # another process bootstrapped first: fine
-            if self.ledger.stream_version(POLICY_STREAM) == 0:
-                raise
+        if self._policy is None:
+            data = queries.current_policy(self.engine)
+            if data is None:  # a fresh ledger: its first writer becomes its admin
+                self._policy = PolicySpec(admins=[self._caller.user])
+            else:
+                self._policy = PolicySpec.model_validate(data)
+        return self._policy
 
     def _is_admin(self, who: Identity | None = None) -> bool:
         return (who or self.identity).listed_in(self.policy().admins)
@@ -164,17 +178,64 @@ class JobtreeApp:
         if not self._is_admin():
             raise Forbidden(what, f"only admins may change {what} ({self.identity.user} is not an admin)")
 
-    # ------------------------------------------------------------ planner
-
-    def sync(self) -> CatchUp:
-        """Let the planner (and, on the simulated cluster, the binder) catch up to now."""
-        if self.policy().binder != "sim":
-            return catch_up(self.ledger, self.now)
-        backend = self.backend
-        return catch_up(self.ledger, self.now, bind=lambda at: bind_pending(self.ledger, backend, at))
+    # ------------------------------------------------------------ writes
 
     def _append(self, events: Sequence[NewEvent], expected: dict[str, int] | None = None) -> None:
-        self.ledger.append(list(events), actor=self.identity.user, at=self.now, expected=expected)
+        """Append the input (with the bootstrap policy and a clock move when due), then wait for its answer."""
+        expected = dict(expected or {})
+        events = [*self._clock_events(), *events]
+        if self._fresh:
+            spec = PolicySpec(admins=[self._caller.user]).dump()
+            events = [NewEvent(POLICY_STREAM, PolicyChanged(spec)), *events]
+            expected[POLICY_STREAM] = 0
+        self.planning.before_append(self.ledger)
+        recorded = self.ledger.append(list(events), actor=self.identity.user, at=self.now, expected=expected)
+        self._fresh = False
+        self._policy = None
+        if recorded:
+            self.planning.settle(self.ledger, recorded[-1].position, self.now)
+
+    def _clock_events(self) -> list[NewEvent]:
+        """``ClockAdvanced`` when this write moves the ledger's clock ahead (SPEC §10: who may)."""
+        if self.requested is None:
+            return []
+        latest = self.ledger.latest_time()
+        if latest is not None and self.now <= latest:
+            return []
+        wall = datetime.now(UTC)
+        if self.now > wall + CLOCK_SKEW and self.planning.clock(self.ledger) == "wall" and not self._is_admin():
+            raise Forbidden(
+                "--now",
+                f"only admins may move this ledger's clock ahead of the wall clock ({self.identity.user} is not "
+                "an admin); a read with --now is a what-if that writes nothing",
+            )
+        return [NewEvent(CLOCK_STREAM, ClockAdvanced("--now"))]
+
+    def sync(self) -> None:
+        """Let time pass to ``now`` with no other input (``sim run``'s ``advance``, ``clock set``)."""
+        events = self._clock_events()
+        if not events:
+            if isinstance(self.planning, InProcess):
+                self.planning.settle(self.ledger, self.ledger.last_position(), self.now)
+            return
+        self._append([])
+
+    # ------------------------------------------------------------ reads
+
+    def _reader(self) -> Engine:
+        """Where reads look: the ledger, or a what-if planned to a later ``--now`` (rolled back)."""
+        if self._scratch is not None:
+            return self._scratch.engine
+        latest = self.ledger.latest_time()
+        if self.requested is None or latest is None or self.now <= latest:
+            return self.engine
+        scratch = self._stack.enter_context(whatif.scratch(self.ledger))
+        at = self.now
+        events = [NewEvent(CLOCK_STREAM, ClockAdvanced("what-if"))]
+        scratch.append(events, actor=self.identity.user, at=at)
+        InProcess(bind=self.policy().binder == "sim").settle(scratch, scratch.last_position(), at)
+        self._scratch = scratch
+        return scratch.engine
 
     # ------------------------------------------------------------ manifests
 
@@ -186,16 +247,17 @@ class JobtreeApp:
 
     def apply(self, manifests: Iterable[Manifest], allowed: tuple[str, ...] | None = None) -> list[Applied]:
         """Check every manifest, then append all their events at once (all or nothing)."""
-        self.sync()
+        manifests = list(manifests)
         events: list[NewEvent] = []
         expected: dict[str, int] = {}
         applied: list[Applied] = []
         pending_parents = queries.budget_parents(self.engine)
+        runs = _RunChecks.load(self.engine, manifests)
         for manifest in manifests:
             if allowed is not None and manifest.kind not in allowed:
                 raise BadInput("kind", f"this command takes {' or '.join(allowed)} manifests, not {manifest.kind}")
             if isinstance(manifest, RunManifest):
-                events.append(self._run_event(manifest, expected))
+                events.append(self._run_event(manifest, expected, runs))
                 applied.append(
                     Applied("Run", run_key(manifest.metadata.namespace, manifest.metadata.name), "submitted")
                 )
@@ -211,7 +273,6 @@ class JobtreeApp:
                 events.append(NewEvent(POLICY_STREAM, PolicyChanged(self._policy_with_admins(manifest))))
                 applied.append(Applied("Policy", manifest.metadata.name, "changed"))
         self._append(events, expected)
-        self.sync()
         return applied
 
     def _policy_with_admins(self, manifest: PolicyManifest) -> dict[str, Any]:
@@ -220,10 +281,10 @@ class JobtreeApp:
             spec["admins"] = self.policy().admins
         return spec
 
-    def _run_event(self, manifest: RunManifest, expected: dict[str, int]) -> NewEvent:
+    def _run_event(self, manifest: RunManifest, expected: dict[str, int], checks: _RunChecks) -> NewEvent:
         spec = manifest.spec
         key = run_key(manifest.metadata.namespace, manifest.metadata.name)
-        submitters = queries.budget_submitters(self.engine, spec.owner)
+        submitters = checks.submitters(spec.owner)
         if not self._is_admin():
             if submitters is None:
                 raise Forbidden("spec.owner", f"no Budget exists for owner {spec.owner!r}; ask an admin to apply one")
@@ -232,12 +293,12 @@ class JobtreeApp:
                     "spec.owner",
                     f"{self.identity.user} may not submit runs for {spec.owner} (not in the Budget's submitters)",
                 )
-        if queries.run_is_active(self.engine, key) or run_stream(key) in expected:
+        if key in checks.active or run_stream(key) in expected:
             raise BadInput(
                 "metadata.name", f"a run named {key} is already active in namespace {manifest.metadata.namespace}"
             )
         stream = run_stream(key)
-        expected[stream] = self.ledger.stream_version(stream)
+        expected[stream] = checks.versions.get(stream, 0)
         submitted = RunSubmitted(
             key, manifest.metadata.namespace, manifest.metadata.name, self.identity.user, spec.dump()
         )
@@ -269,40 +330,49 @@ class JobtreeApp:
     # ------------------------------------------------------------ runs
 
     def runs(self, namespace: str | None, owner: str | None = None) -> list[Row]:
-        self.sync()
-        return queries.list_runs(self.engine, namespace=namespace, owner=owner)
+        return queries.list_runs(self._reader(), namespace=namespace, owner=owner)
 
     def run(self, namespace: str, name: str) -> Row:
-        self.sync()
-        found = queries.get_run(self.engine, run_key(namespace, name))
+        return self._find_run(self._reader(), namespace, name)
+
+    def runs_named(self, keys: list[str]) -> dict[str, Row]:
+        """Several runs in one query (``submit``'s output rows)."""
+        return queries.runs_by_key(self._reader(), keys)
+
+    @staticmethod
+    def _find_run(engine: Engine, namespace: str, name: str) -> Row:
+        found = queries.get_run(engine, run_key(namespace, name))
         if found is None:
             raise NotFound(f"run {namespace}/{name} not found (try -n NAMESPACE or `get runs -A`)")
         return found
 
     def leases(self, namespace: str | None, name: str | None, owner: str | None = None) -> list[Row]:
+        engine = self._reader()
         if name is None:
-            self.sync()
-            return queries.list_leases(self.engine, owner=owner)
-        self.run(namespace or "default", name)
+            return queries.list_leases(engine, owner=owner)
+        self._find_run(engine, namespace or "default", name)
         key = run_key(namespace or "default", name)
-        since = queries.latest_submission_position(self.engine, key)
-        return queries.list_leases(self.engine, run=key, since_position=since)
+        since = queries.latest_submission_position(engine, key)
+        return queries.list_leases(engine, run=key, since_position=since)
 
     def history(self, namespace: str, name: str) -> list[Row]:
+        engine = self._reader()
         key = run_key(namespace, name)
-        self.run(namespace, name)
-        return queries.run_history(self.engine, key, queries.latest_submission_position(self.engine, key))
+        self._find_run(engine, namespace, name)
+        return queries.run_history(engine, key, queries.latest_submission_position(engine, key))
+
+    def reservations(self, run: str | None = None, state: str | None = None) -> list[Row]:
+        return queries.list_reservations(self._reader(), run=run, state=state)
 
     def _act_on_run(self, namespace: str, name: str, what: str, event: Event) -> Row:
-        found = self.run(namespace, name)
+        found = self._find_run(self.engine, namespace, name)
         if found["phase"] in queries.FINISHED_PHASES:
             raise BadInput("RUN", f"run {namespace}/{name} is already {found['phase']}")
         allowed = {found["submitter"]} | set(queries.budget_submitters(self.engine, found["owner"]) or [])
         if not (self.identity.listed_in(sorted(allowed)) or self._is_admin()):
             raise Forbidden("RUN", f"{self.identity.user} may not {what} {namespace}/{name}")
         self._append([NewEvent(run_stream(run_key(namespace, name)), event)])
-        self.sync()
-        return self.run(namespace, name)
+        return self._find_run(self.engine, namespace, name)
 
     def cancel(self, namespace: str, name: str) -> Row:
         return self._act_on_run(namespace, name, "cancel", RunCancelRequested(run_key(namespace, name)))
@@ -311,7 +381,7 @@ class JobtreeApp:
         return self._act_on_run(namespace, name, "complete", RunCompleted(run_key(namespace, name)))
 
     def shrink(self, namespace: str, name: str, by: int) -> Row:
-        found = self.run(namespace, name)
+        found = self._find_run(self.engine, namespace, name)
         width = found["width"]
         if by <= 0:
             raise BadInput("--by", "must be a positive number of GPUs")
@@ -327,20 +397,16 @@ class JobtreeApp:
         return self._act_on_run(namespace, name, "shrink", RunShrinkRequested(run_key(namespace, name), by))
 
     def _step_gpus(self, key: str) -> int | None:
-        with self.engine.connect() as conn:
-            spec = conn.execute(text("SELECT spec FROM runs WHERE run = :run"), {"run": key}).scalar_one()
-        malleable = spec.get("malleable")
+        malleable = queries.run_spec(self.engine, key).get("malleable")
         return int(malleable["stepGPUs"]) if malleable else None
 
     # ------------------------------------------------------------ nodes and budgets
 
     def nodes(self) -> list[Row]:
-        self.sync()
-        return queries.list_nodes(self.engine)
+        return queries.list_nodes(self._reader())
 
     def node_action(self, node: str, action: str) -> Row:
         self._require_admin("nodes")
-        self.sync()
         known = {n["name"]: n for n in queries.list_nodes(self.engine)}
         if node not in known:
             raise NotFound(f"node {node} not found (see `jobtree nodes list`)")
@@ -351,17 +417,35 @@ class JobtreeApp:
             "uncordon": NodeUncordoned(node),
         }[action]
         self._append([NewEvent(node_stream(node), event)])
-        self.sync()
         return {n["name"]: n for n in queries.list_nodes(self.engine)}[node]
 
     def budgets(self) -> list[Row]:
-        self.sync()
-        return queries.list_budgets(self.engine)
+        return queries.list_budgets(self._reader())
 
     def usage(self, owner: str | None) -> list[Row]:
-        self.sync()
-        rows = queries.funding_usage(self.engine, self.now, self.policy().spare_charge_rate)
+        rows = queries.funding_usage(self._reader(), self.now, self.policy().spare_charge_rate)
         return [r for r in rows if owner is None or r["owner"] == owner]
 
     def event_count(self) -> int:
         return self.ledger.count()
+
+
+@dataclass(frozen=True, slots=True)
+class _RunChecks:
+    """What validating N run manifests needs from the read models, in O(1) queries."""
+
+    active: set[str]
+    versions: dict[str, int]
+    budgets: dict[str, list[str]]
+
+    @classmethod
+    def load(cls, engine: Engine, manifests: list[Manifest]) -> _RunChecks:
+        keys = [run_key(m.metadata.namespace, m.metadata.name) for m in manifests if isinstance(m, RunManifest)]
+        if not keys:
+            return cls(set(), {}, {})
+        submitters = {b["owner"]: list(b["spec"].get("submitters", [])) for b in queries.list_budgets(engine)}
+        versions = queries.stream_versions(engine, [run_stream(k) for k in keys])
+        return cls(queries.active_runs(engine, keys), versions, submitters)
+
+    def submitters(self, owner: str) -> list[str] | None:
+        return self.budgets.get(owner)

@@ -1,0 +1,123 @@
+"""How a command gets its answer after appending an input (ARCHITECTURE §4).
+
+- ``PlannerWait``: the planner service plans; the command waits (LISTEN) until
+  ``planner_status`` shows it has planned past the appended position. The CLI's way.
+- ``InProcess``: the command plans itself (``planner.worker.catch_up``) — for ``sim
+  run``, what-if reads in a rolled-back transaction, and the Kubernetes intake until it
+  gets its own worker loop.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from binder.sim import SimulatedCluster
+from binder.worker import bind_pending
+from ledger import status as planner_status
+from ledger.status import PlannerStatus, StatusWaiter
+from ledger.store import Ledger
+from planner.worker import catch_up
+from service.errors import PlannerUnavailable
+
+DEFAULT_TIMEOUT = 30.0
+
+
+def planner_timeout() -> float:
+    """``$JOBTREE_PLANNER_TIMEOUT`` seconds (default 30): how long a command waits for its answer."""
+    raw = os.environ.get("JOBTREE_PLANNER_TIMEOUT", "").strip()
+    try:
+        return float(raw) if raw else DEFAULT_TIMEOUT
+    except ValueError:
+        return DEFAULT_TIMEOUT
+
+
+class Planning(Protocol):
+    notices: list[str]
+
+    def before_append(self, ledger: Ledger) -> None: ...
+
+    def settle(self, ledger: Ledger, position: int, now: datetime) -> None: ...
+
+    def clock(self, ledger: Ledger) -> str:
+        """``wall`` or ``simulated``: the clock of whoever plans this ledger."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class PlannerWait:
+    """Wait for the planner service (it publishes ``planner_status`` after every pass)."""
+
+    timeout: float = field(default_factory=planner_timeout)
+    notices: list[str] = field(default_factory=list)
+    _waiter: StatusWaiter | None = None
+
+    def before_append(self, ledger: Ledger) -> None:
+        if self._waiter is None:  # LISTEN before the append, so its pass is never missed
+            self._waiter = StatusWaiter(ledger)
+
+    def settle(self, ledger: Ledger, position: int, now: datetime) -> None:
+        self.before_append(ledger)
+        assert self._waiter is not None
+        done = self._waiter.wait_for(position, self.timeout)
+        if done is not None:
+            return
+        status = planner_status.read(ledger)
+        if status is None or not status.alive():
+            self.notices.append(
+                f"recorded at position {position}; no planner is running for this ledger, so nothing is "
+                "planned yet (start one: `jobtree up`, or `jobtree workers planner` in a cluster install)"
+            )
+            return
+        raise PlannerUnavailable(
+            f"recorded at position {position}, but the planner ({status.leader}) has not planned past it "
+            f"within {self.timeout:g} s (it is at {status.position}); `jobtree get runs` shows the answer later"
+        )
+
+    def clock(self, ledger: Ledger) -> str:
+        status = planner_status.read(ledger)
+        return _clock_of(status)
+
+    def close(self) -> None:
+        if self._waiter is not None:
+            self._waiter.close()
+            self._waiter = None
+
+
+def _clock_of(status: PlannerStatus | None) -> str:
+    if status is None or not status.alive():
+        return "wall"
+    return str(status.data.get("clock", "wall"))
+
+
+@dataclass
+class InProcess:
+    """Plan (and, on the simulated cluster, bind) in this process after each append."""
+
+    bind: bool = True
+    simulated: bool = True
+    notices: list[str] = field(default_factory=list)
+
+    def before_append(self, ledger: Ledger) -> None:
+        """Nothing to prepare."""
+
+    def settle(self, ledger: Ledger, position: int, now: datetime) -> None:
+        binder: Callable[[datetime], int] | None = None
+        if self.bind:
+            backend = SimulatedCluster()
+
+            def binder(at: datetime) -> int:
+                return bind_pending(ledger, backend, at)
+
+        catch_up(ledger, now, bind=binder)
+
+    def clock(self, ledger: Ledger) -> str:
+        return "simulated" if self.simulated else "wall"
+
+    def close(self) -> None:
+        """Nothing held."""

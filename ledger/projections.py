@@ -70,7 +70,8 @@ def apply_many(conn: Connection, records: Iterable[ev.Recorded]) -> int:
     The result equals ``apply`` on each record in turn (tests/integration/
     test_projections_batch.py): batch handlers keep the sequential meaning (last
     upsert wins, a lease ends once, width counters add up, the first slot conflict is
-    the one reported). Returns how many records were folded.
+    the one reported). Types without a batch handler go through ``apply``'s handler
+    one event at a time. Returns how many records were folded.
     """
     count = 0
     for kind, group in groupby(records, key=lambda r: type(r.event)):
@@ -82,7 +83,7 @@ def apply_many(conn: Connection, records: Iterable[ev.Recorded]) -> int:
 
 def _apply_group(conn: Connection, kind: type[ev.Event], items: Items) -> None:
     batch = _BATCH_HANDLERS.get(kind)
-    if batch is not None and len(items) > 1:
+    if batch is not None:  # even for one event: a cached text statement beats building a Core one
         batch(conn, items)
         return
     handler = _HANDLERS.get(kind)

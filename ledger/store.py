@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 from sqlalchemy import Connection, Engine, create_engine, func, select, text
 from sqlalchemy.exc import DBAPIError
 
@@ -72,7 +73,7 @@ def event_hash(
 ) -> str:
     """sha256(prev_hash || canonical JSON of the event's recorded fields), as 64 hex digits."""
     stamp = utc(occurred_at).isoformat(timespec="microseconds")
-    return _digest(prev_hash, position, stream, version, type_name, data, actor, stamp)
+    return _digest(prev_hash, _body(position, stream, version, type_name, data, actor, stamp))
 
 
 _COLUMNS = (
@@ -140,23 +141,28 @@ class Ledger:
         when = utc(at)
         try:
             with self.engine.begin() as conn:
-                conn.execute(text("SELECT pg_advisory_xact_lock(:ns, :key)"), _lock(APPEND_LOCK_KEY))
-                if idempotency_key is not None:
-                    earlier = _by_idempotency_key(conn, idempotency_key)
-                    if earlier:
-                        return earlier
-                if not events:
-                    return []
+                raw = conn.connection.driver_connection
+                if idempotency_key is None and events:
+                    tip = _lock_and_read_tip(raw, events, expected or {})
+                else:
+                    _lock_only(raw)
+                    if idempotency_key is not None:
+                        earlier = _by_idempotency_key(conn, idempotency_key)
+                        if earlier:
+                            return earlier
+                    if not events:
+                        return []
+                    tip = _lock_and_read_tip(raw, events, expected or {}, lock=False)
                 if fence is not None:
                     _check_fence(conn, fence)
-                recorded = _insert(conn, events, actor, when, idempotency_key, expected or {})
+                start = _start(tip, expected or {})
+                recorded = _insert(raw, start, events, actor, when, idempotency_key)
                 projections.apply_many(conn, recorded)
-                # delivered on commit: waiting workers (`jobtree up`, ledger.listen) wake up
-                tip = str(recorded[-1].position)
-                conn.execute(text("SELECT pg_notify(:ch, :tip)"), {"ch": EVENTS_CHANNEL, "tip": tip})
                 return recorded
         except DBAPIError as exc:
             raise translate(exc) from exc
+        except psycopg.Error as exc:  # statements sent on the driver connection itself
+            raise translate(DBAPIError(None, None, exc)) from exc
 
     # ------------------------------------------------------------ read
 
@@ -291,22 +297,36 @@ def _check_fence(conn: Connection, fence: int) -> None:
         )
 
 
+_LOCK = "SELECT pg_advisory_xact_lock(%s, %s)"
 #: One statement: the chain's tip and the current version of every stream an append
 #: touches or expects, in the order given. Each version is one backward probe of the
 #: (stream, version) unique index; a GROUP BY max(version) over ``stream = ANY(...)``
 #: would read every version of a long stream (``plan:0`` has one per decision).
-_TIP_AND_VERSIONS = text(
+_TIP_AND_VERSIONS = (
     "SELECT tip.position, tip.hash, ARRAY(SELECT COALESCE(("
     "SELECT e.version FROM events e WHERE e.stream = s.stream ORDER BY e.version DESC LIMIT 1), 0) "
-    "FROM unnest(CAST(:streams AS text[])) WITH ORDINALITY AS s(stream, n) ORDER BY s.n) AS versions "
+    "FROM unnest(%s::text[]) WITH ORDINALITY AS s(stream, n) ORDER BY s.n) AS versions "
     "FROM (SELECT 1) AS one LEFT JOIN LATERAL ("
     "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1) AS tip ON true"
 )
-_INSERT_EVENTS = text(
+#: Delivered on commit only (a refused append rolls it back): waiting workers (the
+#: planner service, ``ledger.listen``) wake up; the payload is the new last position.
+_NOTIFY = "SELECT pg_notify(%s, ((SELECT COALESCE(max(position), 0) FROM events) + %s)::text)"
+_INSERT_EVENTS = (
     "INSERT INTO events (position, stream, version, type, data, actor, idempotency_key, occurred_at, "
     "prev_hash, hash) SELECT position, stream, version, type, data, actor, idempotency_key, occurred_at, "
-    "prev_hash, hash FROM jsonb_populate_recordset(NULL::events, CAST(:rows AS jsonb))"
+    "prev_hash, hash FROM jsonb_populate_recordset(NULL::events, %s::jsonb)"
 )
+
+
+@dataclass(frozen=True, slots=True)
+class _Tip:
+    """The tip of the chain and the versions of the append's streams (``streams`` order)."""
+
+    position: int | None
+    hash: str | None
+    streams: list[str]
+    versions: list[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,20 +338,40 @@ class _Start:
     versions: dict[str, int]
 
 
-def _start(conn: Connection, events: Sequence[ev.NewEvent], expected: Mapping[str, int]) -> _Start:
-    """Read the tip and every version in one statement; refuse a wrong expected version."""
+def _lock_only(raw: Any) -> None:
+    raw.execute(_LOCK, (LOCK_NAMESPACE, APPEND_LOCK_KEY))
+
+
+def _lock_and_read_tip(
+    raw: Any, events: Sequence[ev.NewEvent], expected: Mapping[str, int], lock: bool = True
+) -> _Tip:
+    """Take the append lock, read the tip and versions and queue the NOTIFY: one round trip.
+
+    The statements are pipelined but run one after the other, so the tip is read
+    after the lock is held (its snapshot is taken when its statement starts).
+    """
     streams = sorted(set(expected) | {item.stream for item in events})
-    row = conn.execute(_TIP_AND_VERSIONS, {"streams": streams}).one()
-    versions = dict(zip(streams, row.versions, strict=True))
+    with raw.pipeline():
+        if lock:
+            raw.execute(_LOCK, (LOCK_NAMESPACE, APPEND_LOCK_KEY))
+        cursor = raw.execute(_TIP_AND_VERSIONS, (streams,))
+        raw.execute(_NOTIFY, (EVENTS_CHANNEL, len(events)))
+    row = cursor.fetchone()
+    return _Tip(row[0], row[1], streams, list(row[2]))
+
+
+def _start(tip: _Tip, expected: Mapping[str, int]) -> _Start:
+    """Refuse a wrong expected version (nothing is written); else where the append starts."""
+    versions = dict(zip(tip.streams, tip.versions, strict=True))
     for stream, version in sorted(expected.items()):
         if versions[stream] != version:
             raise ConcurrencyError(
                 f"stream {stream!r} is at version {versions[stream]}, the caller expected {version}; "
                 "re-read and retry"
             )
-    if row.position is None:
+    if tip.position is None or tip.hash is None:
         return _Start(0, GENESIS_HASH, versions)
-    return _Start(int(row.position), str(row.hash), versions)
+    return _Start(int(tip.position), tip.hash, versions)
 
 
 def _plain(value: Any) -> bool:
@@ -346,7 +386,7 @@ def _plain(value: Any) -> bool:
     return False
 
 
-def _normalised(conn: Connection, payloads: list[ev.JSON]) -> list[Any]:
+def _normalised(raw: Any, payloads: list[ev.JSON]) -> list[Any]:
     """Payloads as Postgres will give them back (jsonb may re-spell numbers), so hashes verify.
 
     Payloads made only of strings, integers, booleans, nulls, lists and string-keyed
@@ -354,53 +394,37 @@ def _normalised(conn: Connection, payloads: list[ev.JSON]) -> list[Any]:
     """
     if all(_plain(p) for p in payloads):
         return payloads
-    value = conn.execute(text("SELECT CAST(:p AS jsonb)"), {"p": canonical_json(payloads)}).scalar_one()
+    value = raw.execute("SELECT %s::jsonb", (canonical_json(payloads),)).fetchone()[0]
     if not isinstance(value, list) or len(value) != len(payloads):
         raise LedgerError("jsonb round trip changed the shape of the payloads")
     return value
 
 
 def _insert(
-    conn: Connection,
-    events: Sequence[ev.NewEvent],
-    actor: str,
-    at: datetime,
-    key: str | None,
-    expected: Mapping[str, int],
+    raw: Any, start: _Start, events: Sequence[ev.NewEvent], actor: str, at: datetime, key: str | None
 ) -> list[ev.Recorded]:
-    start = _start(conn, events, expected)
     position, prev, versions = start.position, start.prev_hash, start.versions
-    payloads = _normalised(conn, [ev.to_data(item.event) for item in events])
+    payloads = _normalised(raw, [ev.to_data(item.event) for item in events])
     stamp = utc(at).isoformat(timespec="microseconds")
     rows, recorded = [], []
     for index, (item, data) in enumerate(zip(events, payloads, strict=True)):
         versions[item.stream] += 1
         position += 1
         version = versions[item.stream]
-        digest = _digest(prev, position, item.stream, version, item.event.TYPE, data, actor, stamp)
-        rows.append(
-            {
-                "position": position,
-                "stream": item.stream,
-                "version": version,
-                "type": item.event.TYPE,
-                "data": data,
-                "actor": actor,
-                "idempotency_key": _key(key, index),
-                "occurred_at": stamp,
-                "prev_hash": prev,
-                "hash": digest,
-            }
-        )
+        body = _body(position, item.stream, version, item.event.TYPE, data, actor, stamp)
+        digest = _digest(prev, body)
+        # the row for the INSERT is the hashed body plus three fields: serialised once
+        extra = json.dumps({"idempotency_key": _key(key, index), "prev_hash": prev, "hash": digest})
+        rows.append(f"{body[:-1]},{extra[1:]}")
         recorded.append(ev.Recorded(position, item.stream, version, item.event, actor, at))
         prev = digest
-    conn.execute(_INSERT_EVENTS, {"rows": json.dumps(rows, ensure_ascii=False, separators=(",", ":"))})
+    raw.execute(_INSERT_EVENTS, ("[" + ",".join(rows) + "]",))
     return recorded
 
 
-def _digest(prev: str, position: int, stream: str, version: int, kind: str, data: Any, actor: str, at: str) -> str:
-    """``event_hash`` with the time already in its ISO form (the append's hot loop)."""
-    body = canonical_json(
+def _body(position: int, stream: str, version: int, kind: str, data: Any, actor: str, at: str) -> str:
+    """The canonical JSON an event's hash covers (``at`` already in its ISO form)."""
+    return canonical_json(
         {
             "position": position,
             "stream": stream,
@@ -411,6 +435,9 @@ def _digest(prev: str, position: int, stream: str, version: int, kind: str, data
             "occurred_at": at,
         }
     )
+
+
+def _digest(prev: str, body: str) -> str:
     return hashlib.sha256((prev + body).encode("utf-8")).hexdigest()
 
 

@@ -17,6 +17,7 @@ class LeaseToBind:
     role: str
     node: str
     gpus: int
+    reason: str = ""  # why the lease started (a PayerChanged lease keeps its predecessor's pods)
 
 
 def pod_name(lease: LeaseToBind) -> str:

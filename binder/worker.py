@@ -6,6 +6,7 @@ Idempotent by construction: each PodBound is appended with the idempotency key
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
@@ -47,12 +48,12 @@ class BindDeferred(BindError):
 
 def unbound_leases(ledger: Ledger) -> list[LeaseToBind]:
     sql = """
-        SELECT lease_id, run, group_index, role, node, gpus FROM leases
+        SELECT lease_id, run, group_index, role, node, gpus, reason FROM leases
         WHERE NOT bound AND end_at IS NULL ORDER BY start_at, lease_id
     """
     with ledger.engine.connect() as conn:
         rows = conn.execute(text(sql)).all()
-    return [LeaseToBind(r.lease_id, r.run, r.group_index, r.role, r.node, r.gpus) for r in rows]
+    return [LeaseToBind(r.lease_id, r.run, r.group_index, r.role, r.node, r.gpus, r.reason or "") for r in rows]
 
 
 # Both lookups go through events_lease_id_idx (type, data->>'lease_id', position), migration 0003;
@@ -85,13 +86,17 @@ def kept_pods(ledger: Ledger, lease_id: str) -> tuple[str, ...]:
 def bind_pending(ledger: Ledger, backend: Backend, now: datetime) -> int:
     """Bind every open, unbound lease; return how many were bound.
 
-    A failed bind is reported once (PodBindFailed) and retried on the next pass;
-    it does not count as progress, so a caller looping until quiet still stops.
+    All the PodBound facts of a pass go in one append (one transaction), under an
+    idempotency key derived from the leases it binds, so a crash or a retry never
+    records a binding twice. A failed bind is reported once (PodBindFailed) and
+    retried on the next pass; it does not count as progress, so a caller looping
+    until quiet still stops.
     """
-    reported = 0
+    bound: list[NewEvent] = []
     for lease in unbound_leases(ledger):
         try:
-            pods = kept_pods(ledger, lease.lease_id) or backend.bind(lease)
+            kept = kept_pods(ledger, lease.lease_id) if lease.reason == "PayerChanged" else ()
+            pods = kept or backend.bind(lease)
         except BindDeferred:
             continue
         except BindError as exc:
@@ -99,11 +104,12 @@ def bind_pending(ledger: Ledger, backend: Backend, now: datetime) -> int:
             key = f"bindfail:{lease.lease_id}"
             ledger.append([NewEvent(binder_stream(), failed)], actor=BINDER_ACTOR, at=now, idempotency_key=key)
             continue
-        bound = PodBound(lease.lease_id, lease.node, pods)
-        key = f"bind:{lease.lease_id}"
-        ledger.append([NewEvent(binder_stream(), bound)], actor=BINDER_ACTOR, at=now, idempotency_key=key)
-        reported += 1
-    return reported
+        bound.append(NewEvent(binder_stream(), PodBound(lease.lease_id, lease.node, pods)))
+    if not bound:
+        return 0
+    ids = "\n".join(e.event.lease_id for e in bound)  # type: ignore[attr-defined]
+    key = f"bind:{hashlib.sha256(ids.encode()).hexdigest()[:32]}"
+    return len(ledger.append(bound, actor=BINDER_ACTOR, at=now, idempotency_key=key))
 
 
 def open_leases(ledger: Ledger) -> list[LeaseToBind]:

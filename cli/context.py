@@ -5,14 +5,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from cli.errors import BadInput
-from cli.render import FORMATS
-from ledger.embedded import migrate, resolve_database_url
-from ledger.store import Ledger
-from service import daemon
-from service.app import JobtreeApp
-from service.identity import caller_from_environment
+
+if TYPE_CHECKING:  # imported when a command opens the ledger, not to print --help
+    from ledger.store import Ledger
+    from service.app import JobtreeApp
+
+FORMATS = ("table", "json", "yaml", "csv")  # cli.render renders them
 
 _VALUED = {
     "--db": "db",
@@ -80,11 +81,17 @@ def split_globals(args: list[str]) -> Globals:
 def open_ledger(db: str | None = None, *, services: bool = False) -> Ledger:
     """The ledger of this invocation (opened once). On the embedded default, ``services``
     also makes sure its planner service runs in the background (``service.daemon``)."""
+    from ledger import schema
+    from ledger.embedded import migrate, resolve_database_url
+    from ledger.store import Ledger
+    from service import daemon
+
     if _OPEN and db is None:
         return _OPEN[0]
     url, embedded = resolve_database_url(db if db is not None else GLOBALS.db)
-    migrate(url)
     ledger = Ledger.from_url(url)
+    if not schema.up_to_date(ledger.engine):
+        migrate(url)
     _OPEN.append(ledger)
     if embedded and services:
         daemon.ensure_running(ledger, url)
@@ -93,6 +100,9 @@ def open_ledger(db: str | None = None, *, services: bool = False) -> Ledger:
 
 def open_app(ledger: Ledger | None = None) -> JobtreeApp:
     """The application service for this invocation (one per process run, reused by `watch`)."""
+    from service.app import JobtreeApp
+    from service.identity import caller_from_environment
+
     if _APPS and ledger is None:
         return _APPS[0]
     ledger = ledger or open_ledger(services=True)

@@ -2,46 +2,143 @@
 
 Global options (`--db`, `-o`, `--as`, `--now`, `-n`) may stand anywhere on the
 command line, kubectl-style; they are lifted out before typer parses the rest.
+
+Commands are loaded lazily (``LazyGroup``): the root knows each command's name,
+module and one-line help, and imports a command's module only when that command
+runs, so `jobtree --help` does not import SQLAlchemy, pydantic, Kubernetes or
+matplotlib. tests/unit/test_cli_lazy.py keeps the one-line helps equal to the
+commands' own.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
 from cli import context
-from cli.commands import audit, budgets, db, demo, metrics, nodes, report, runs, sim, up, workers
-from cli.commands import plan as plan_cmd
-from cli.errors import exit_code
-from cli.render import errors
-from service.errors import ServiceError
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    module: str
+    attr: str
+    group: bool  # a typer sub-app (``budgets``, ``nodes`` ...) rather than one function
+    help: str
+
+
+def _cmd(module: str, attr: str, help_: str) -> Entry:
+    return Entry(f"cli.commands.{module}", attr, False, help_)
+
+
+def _grp(module: str, help_: str) -> Entry:
+    return Entry(f"cli.commands.{module}", "app", True, help_)
+
+
+COMMANDS: dict[str, Entry] = {
+    "submit": _cmd(
+        "runs", "submit",
+        "Submit Run manifests (Budget, Cluster and Policy documents are applied too, admins only).",
+    ),
+    "get": _cmd("runs", "get", "List runs (`get runs`)."),
+    "watch": _cmd(
+        "runs", "watch",
+        "Follow a run until it settles (Running at its desired width, or finished) or Ctrl-C.",
+    ),
+    "explain": _cmd("runs", "explain", "Why the run is where it is: width, funding split, leases and its history."),
+    "leases": _cmd("runs", "leases", "Who paid for each lease of a run (or of every run of an owner)."),
+    "shrink": _cmd("runs", "shrink", "Lower a malleable run's desired width and end its highest groups now."),
+    "cancel": _cmd("runs", "cancel", "Cancel a run: every lease ends (Cancelled)."),
+    "complete": _cmd("runs", "complete", "Mark a run's workload finished: every lease ends (Completed)."),
+    "plan": _cmd(
+        "plan", "plan",
+        "The run's reservation: earliestStart, deficit, conflict set, remedies and kill odds.",
+    ),
+    "budgets": _grp("budgets", "Team budgets: envelopes of GPU concurrency and GPU-hours."),
+    "nodes": _grp("nodes", "The GPU node inventory."),
+    "clock": _grp("clock", "The ledger's clock: show it, or move it ahead (admins, on a wall-clock ledger)."),
+    "audit": _grp("audit", "Accounting and audit: GPU-hours, tamper and determinism checks, run history."),
+    "report": _cmd(
+        "report", "report",
+        "Draw GPUs in use per fabric domain over time (by class) and the reservation timeline.",
+    ),
+    "metrics": _cmd(
+        "metrics", "metrics_cmd",
+        "Print the Prometheus exposition text (admission latency, queue, reservations, GPUs, events).",
+    ),
+    "sim": _grp("sim", "What-if: run a scenario through the real planner on a virtual clock."),
+    "up": _cmd(
+        "up", "up",
+        "Run the planner service and the simulated-cluster binder until Ctrl-C (one leader per database).",
+    ),
+    "down": _cmd("db", "stop", "Stop the embedded planner service and database (same as `db stop`)."),
+    "workers": _grp("workers", "Run the planner, intake and binder services (a cluster install)."),
+    "db": _grp("db", "The ledger's database."),
+    "demo": _cmd("demo", "demo", "Run the researcher guide end to end, each chapter on a throw-away ledger."),
+}  # fmt: skip
+
+
+def load(name: str) -> Any:
+    """The click command for ``name`` (importing its module now)."""
+    entry = COMMANDS[name]
+    target = getattr(importlib.import_module(entry.module), entry.attr)
+    if entry.group:
+        return typer.main.get_command(target)
+    single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    single.command(name, help=entry.help if name == "down" else None)(target)
+    return typer.main.get_command(single)
+
+
+class LazyGroup(TyperGroup):
+    """The root command group: lists every command, imports only the one that runs."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name not in COMMANDS:
+            return None
+        if cmd_name not in self.commands:
+            self.commands[cmd_name] = load(cmd_name)
+        return self.commands[cmd_name]
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        rows = [(name, entry.help) for name, entry in COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
 
 app = typer.Typer(
     name="jobtree",
+    cls=LazyGroup,
     help="Jobtree: GPU runs, budgets, leases and reservations on a shared fleet.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    epilog=(
+        "Global options, anywhere on the line: -n NAMESPACE, -o table|json|yaml|csv, --db URL, --as USER, "
+        "--now TIME|+DURATION (on a write: moves the ledger's clock; on a read: a what-if that writes nothing)."
+    ),
 )
-runs.register(app)
-app.command("plan")(plan_cmd.plan)
-app.add_typer(budgets.app, name="budgets")
-app.add_typer(nodes.app, name="nodes")
-app.add_typer(db.app, name="db")
-app.add_typer(workers.app, name="workers")
-app.add_typer(sim.app, name="sim")
-app.command("demo")(demo.demo)
-app.add_typer(audit.app, name="audit")
-app.command("report")(report.report)
-app.command("metrics")(metrics.metrics_cmd)
-app.command("up")(up.up)
-app.command("down", help="Stop the embedded planner service and database (same as `db stop`).")(db.stop)
+
+
+@app.callback()
+def _root() -> None:
+    """Jobtree: GPU runs, budgets, leases and reservations on a shared fleet."""
 
 
 def run(argv: list[str] | None = None) -> None:
     """Console-script entry point. Exits 0, 1 (failure) or 2 (bad input / usage)."""
+    from cli.errors import exit_code
+    from service.errors import ServiceError
+
     args = list(sys.argv[1:] if argv is None else argv)
     prog = Path(sys.argv[0]).name if argv is None else "jobtree"
     if prog == "kubectl-runs":
@@ -51,11 +148,17 @@ def run(argv: list[str] | None = None) -> None:
         # standalone mode: typer prints usage errors itself and exits 2
         typer.main.get_command(app).main(args=context.GLOBALS.rest, prog_name=prog)
     except ServiceError as exc:
+        from cli.render import errors
+
         errors.print(f"error: {exc}", markup=False)
         sys.exit(exit_code(exc))
     finally:
-        for notice in context.notices():
-            errors.print(f"note: {notice}", markup=False)
+        notices = context.notices()
+        if notices:
+            from cli.render import errors
+
+            for notice in notices:
+                errors.print(f"note: {notice}", markup=False)
         context.close()
 
 

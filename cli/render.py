@@ -27,7 +27,6 @@ def _width() -> int | None:
 console = Console(highlight=False, soft_wrap=True, width=_width())
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
-FORMATS = ("table", "json", "yaml", "csv")
 
 
 def emit_data(data: Any, output: str) -> bool:

@@ -54,7 +54,7 @@ from ledger.model import (
 from ledger.store import Ledger
 from service.errors import BadInput, Forbidden, NotFound
 from service.identity import Identity
-from service.planning import InProcess, PlannerWait, Planning
+from service.planning import InProcess, PlannerWait, Planning, what_if_pass
 
 Row = dict[str, Any]
 #: How far ahead of the wall clock anyone may write (clock skew between machines).
@@ -233,7 +233,7 @@ class JobtreeApp:
         at = self.now
         events = [NewEvent(CLOCK_STREAM, ClockAdvanced("what-if"))]
         scratch.append(events, actor=self.identity.user, at=at)
-        InProcess(bind=self.policy().binder == "sim").settle(scratch, scratch.last_position(), at)
+        what_if_pass(scratch, bind=self.policy().binder == "sim")
         self._scratch = scratch
         return scratch.engine
 

@@ -20,7 +20,7 @@ from binder.worker import bind_pending
 from ledger import status as planner_status
 from ledger.status import PlannerStatus, StatusWaiter
 from ledger.store import Ledger
-from planner.worker import catch_up
+from planner.worker import PlannerService, catch_up
 from service.errors import PlannerUnavailable
 
 DEFAULT_TIMEOUT = 30.0
@@ -121,3 +121,16 @@ class InProcess:
 
     def close(self) -> None:
         """Nothing held."""
+
+
+def what_if_pass(ledger: Ledger, bind: bool) -> None:
+    """Plan (and bind on the simulated cluster) up to the ledger's newest time, on a scratch ledger."""
+    service = PlannerService(ledger, name="what-if", clock=None)
+    if bind:
+        backend = SimulatedCluster()
+
+        def binder(at: datetime) -> int:
+            return bind_pending(ledger, backend, at)
+
+        service.bind = binder
+    service.step()

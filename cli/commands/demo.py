@@ -3,7 +3,8 @@
 Each chapter gets a fresh ledger, runs the guide's own commands through the real
 CLI (real ledger, planner and simulated binder) and then checks what the guide
 promises, printing a ✓ or ✗ for each. The demo exits non-zero if any promise is
-broken. Chapters move the clock with ``--now +DURATION`` where the story needs time.
+broken. Chapters move the clock with ``--now +DURATION`` on a write, or ``clock advance``,
+where the story needs time. Each chapter's ledger has its own planner service (a thread).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import typer
 from rich.rule import Rule
 
 from cli import context
+from cli.background import planner_running
 from cli.render import console
 from ledger.databases import drop_database, fresh_database
 from ledger.embedded import resolve_database_url
@@ -178,7 +180,8 @@ def chapter_reservations(demo: Demo) -> None:
     demo.show("get runs -A")
     warned = demo.runs()["mm/mm1"]["message"]
     demo.promise("mm1 is warned in advance, with its shrink amount", "conflict set" in warned and "16" in warned)
-    demo.show("get runs -A --now +20m")
+    demo.show("clock advance +20m")
+    demo.show("get runs -A")
     runs = demo.runs()
     demo.promise("at earliestStart the trainer starts", runs["rai-sys/trainer"]["phase"] == "Running")
     demo.promise(
@@ -264,7 +267,8 @@ def demo(
     try:
         for chapter in CHAPTERS:
             runner = Demo(fresh_database(base_url, DEMO_DB))
-            chapter(runner)
+            with planner_running(runner.url, simulated=False):  # the chapter's planner service
+                chapter(runner)
             broken.extend(runner.broken)
     finally:
         if not keep:

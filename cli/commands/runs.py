@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -54,7 +54,8 @@ def submit(file: FileOption, wait: Annotated[bool, typer.Option(help="Wait until
     app = open_app()
     text_value, source = read_manifest_text(file)
     applied = app.apply(app.parse(text_value, source))
-    rows = [a.as_row() | _run_state(app, a.name) for a in applied]
+    states = app.runs_named([a.name for a in applied if a.kind == "Run"])
+    rows = [a.as_row() | _run_state(states.get(a.name)) for a in applied]
     if emit_data(rows, context.GLOBALS.output):
         return
     for row in rows:
@@ -67,15 +68,8 @@ def submit(file: FileOption, wait: Annotated[bool, typer.Option(help="Wait until
                 _watch(*split_run(a.name), timeout=None)
 
 
-def _run_state(app: Any, name: str) -> Row:
-    if "/" not in name:
-        return {}
-    namespace, _, run_name = name.partition("/")
-    try:
-        found = app.run(namespace, run_name)
-    except Exception:
-        return {}
-    return {"phase": found["phase"], "message": found["message"]}
+def _run_state(found: Row | None) -> Row:
+    return {} if found is None else {"phase": found["phase"], "message": found["message"]}
 
 
 def get(

@@ -12,7 +12,7 @@ import pytest
 
 from cli.main import run
 from ledger.store import Ledger
-from tests.planner_thread import PlannerThread, planner_running
+from cli.background import PlannerThread, planner_running
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -1,8 +1,8 @@
-"""A planner service in a background thread of the test process, for one test database.
+"""A planner service in a background thread of this process, for one database (the demo, tests).
 
-The CLI under test waits for it exactly as it waits for `jobtree up` in production
+Commands wait for it exactly as they wait for `jobtree up` in production
 (``planner_status``); only the process boundary is missing. Simulated clock by
-default: tests move time with ``--now`` on writes.
+default (tests move time with ``--now`` on writes); the demo uses the wall clock.
 """
 
 from __future__ import annotations

@@ -28,7 +28,9 @@ L7 1800x2 = 3600 → west metered 39720, charged 32520; pool 7080; lend 14400; n
 
 from __future__ import annotations
 
+import importlib
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -197,8 +199,9 @@ def test_views_read_the_same_numbers_in_plain_sql(ledger: Ledger) -> None:
     build(ledger)
     put(ledger, at(12), LeaseEnded("L7", "Completed"))  # close everything: the views run up to now
     with ledger.engine.connect() as conn:
-        envelope = dict(conn.execute(text("SELECT envelope, charged_gpu_seconds FROM gpu_hours_by_envelope")).all())
-        owner = dict(conn.execute(text("SELECT owner, gpu_seconds FROM gpu_hours_by_owner")).all())
+        sql = "SELECT envelope, charged_gpu_seconds FROM gpu_hours_by_envelope"
+        envelope: dict[Any, Any] = dict(conn.execute(text(sql)).all())
+        owner: dict[Any, Any] = dict(conn.execute(text("SELECT owner, gpu_seconds FROM gpu_hours_by_owner")).all())
         history = conn.execute(text("SELECT count(*), sum(gpu_seconds) FROM lease_history")).one()
         now_rows = conn.execute(text("SELECT count(*) FROM usage_now_by_class")).scalar_one()
     assert envelope == {"org:sys/west": 64920, "org:rai/pool": 14280, "org:vision/lend": 14400}
@@ -253,3 +256,74 @@ def test_parse_period(value: str, start: datetime, end: datetime | None) -> None
 def test_parse_period_rejects(value: str) -> None:
     with pytest.raises(ValueError, match="period"):
         accounting.parse_period(value, at(12))
+
+
+# ---------------------------------------------------------------- migration 0006 keeps 0002's results
+
+_0002 = importlib.import_module("migrations.versions.0002_accounting_views")
+_QUERIES = (
+    "SELECT * FROM gpu_hours(:f, :t, :n)",
+    "SELECT * FROM gpu_hours_by_envelope(:f, :t, :n)",
+    "SELECT * FROM gpu_hours_by_owner(:f, :t, :n)",
+    "SELECT * FROM gpu_hours_by_class(:f, :t, :n)",
+    "SELECT * FROM gpu_hours_by_run(:f, :t, :n)",
+    "SELECT * FROM lease_history",
+    "SELECT * FROM gpu_hours_by_envelope",
+    "SELECT * FROM gpu_hours_by_owner",
+    "SELECT * FROM usage_now_by_class",
+)
+_PERIODS = ((at(0), at(23, 59), NOON), (at(10, 30), at(11, 30), NOON), (at(10, 50), at(13), None))
+
+
+def _results(conn: Any) -> list[list[tuple[str, ...]]]:
+    """Every function and view over a few periods, each value as text (scale included)."""
+    out = []
+    for query in _QUERIES:
+        for start_at, end_at, now in _PERIODS:
+            rows = conn.execute(text(query), {"f": start_at, "t": end_at, "n": now}).all()
+            out.append([tuple(str(v) for v in row) for row in rows])
+    return out
+
+
+def _results_under_0002(ledger: Ledger) -> list[list[tuple[str, ...]]]:
+    """The same queries with 0002's definitions put back inside a transaction that is rolled back."""
+    with ledger.engine.connect() as conn, conn.begin() as tx:
+        for sql in (_0002.HELPERS, _0002.PER_LEASE, _0002.AGGREGATES):
+            conn.execute(text(sql.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION")))
+        found = _results(conn)
+        tx.rollback()
+    return found
+
+
+def test_spares_with_a_mid_period_policy_change_give_0002s_results(ledger: Ledger) -> None:
+    """0002's meaning, kept: the spare rate of the newest PolicyChanged prices every Spare lease,
+    also the hours before the change; a run resubmitted after its lease started keeps the
+    lease's owner at the submission in force when the lease began."""
+    build(ledger)
+    put(ledger, at(11, 15), NewEvent(POLICY_STREAM, PolicyChanged(PolicySpec(admins=["root"],
+        spare_charge_rate=0.2).dump())))  # fmt: skip
+    put(ledger, at(11, 20), start("L8", "r4", "Spare", "b-0", range(4, 8), "org:sys/west", "owned", "Admitted"))
+    resubmitted = RunSpec.model_validate({"owner": "org:rai", "resources": {"gpuType": "H100-80GB", "totalGPUs": 2}})
+    put(ledger, at(11, 40), NewEvent(run_stream("sys/r4"), RunSubmitted("sys/r4", "sys", "r4", "bob",
+        resubmitted.dump())))  # fmt: skip
+    put(ledger, at(11, 50), start("L9", "r4", "Active", "b-0", range(0, 2), "org:rai/pool", "shared", "Admitted"))
+    put(ledger, at(12), *(LeaseEnded(lid, "Completed") for lid in ("L7", "L8", "L9")))  # the views run to now
+    with ledger.engine.connect() as conn:
+        current = _results(conn)
+    assert current == _results_under_0002(ledger)
+    west = by(accounting.gpu_hours(ledger.engine, "envelope", ALL, NOON), "envelope")["org:sys/west"]
+    spares = 28800 + 40 * 60 * 4  # L2 (10:00-11:00, 8 GPUs) and L8 (11:20-12:00, 4 GPUs), both at 0.2
+    assert west["chargedGPUSeconds"] == 28800 + spares // 5 + 14520 + 7200
+    owners = {r["id"]: r["owner"] for r in accounting.lease_hours(ledger.engine, ALL, NOON, run="sys/r4")}
+    assert owners == {"L7": "org:sys", "L8": "org:sys", "L9": "org:rai"}
+    runs = by(accounting.gpu_hours(ledger.engine, "run", ALL, NOON), "run")
+    assert runs["sys/r4"]["owner"] == "org:rai"  # min() over its leases' owners, as 0002 did
+
+
+def test_the_spare_rate_is_the_default_then_the_latest_policys(ledger: Ledger) -> None:
+    with ledger.engine.connect() as conn:
+        assert conn.execute(text("SELECT jobtree_spare_charge_rate()")).scalar_one() == Decimal("0.5")
+    policy = PolicySpec(admins=["root"], spare_charge_rate=0.3)
+    put(ledger, at(9), NewEvent(POLICY_STREAM, PolicyChanged(policy.dump())))
+    with ledger.engine.connect() as conn:
+        assert conn.execute(text("SELECT jobtree_spare_charge_rate()")).scalar_one() == Decimal("0.3")

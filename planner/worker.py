@@ -24,7 +24,7 @@ from ledger.events import NewEvent, plan_stream
 from ledger.store import Ledger
 from planner.edges import next_due, next_edge
 from planner.plan import plan
-from planner.restore import load_state
+from planner.restore import load_state, snapshot_every
 from planner.state import ClusterState, fold
 
 PLANNER_ACTOR = "jobtree-planner"
@@ -158,10 +158,14 @@ class PlannerService:
     state: ClusterState = field(default_factory=ClusterState)
     started: bool = False
     last: PassResult | None = None
+    snapshot_at: int = 0
+    planned_at: datetime | None = None  # the last instant planned at: funding edges after it are due
 
     def start(self) -> None:
         self.state = load_state(self.ledger)
         self.started = True
+        self.snapshot_at = self.state.last_position
+        self.planned_at = self.state.last_time
 
     def now(self) -> datetime | None:
         """The time to plan at: the newest event's time, or the wall clock when it is later."""
@@ -191,17 +195,35 @@ class PlannerService:
         done = PassResult(now, self.state.last_position, result.decisions, result.bound, wake)
         self.publish(done)
         self.last = done
+        self._snapshot()
         return done
+
+    def _snapshot(self) -> None:
+        """Every ``snapshot_every()`` events, snapshot a state read from the ledger (restart stays O(live)).
+
+        The snapshot is of ``load_state`` (the last snapshot plus the tail, as a restart would
+        build it), never of the in-memory state the service patched with its own appends.
+        """
+        every = snapshot_every()
+        if every > 0 and self.state.last_position - self.snapshot_at >= every:
+            load_state(self.ledger, every)
+            self.snapshot_at = self.state.last_position
 
     def next_wake(self) -> datetime | None:
         return self.last.next_wake if self.last is not None else None
 
     def _catch_up(self, now: datetime, result: CatchUp) -> None:
-        cursor = self.state.last_time or now
+        """Plan at each funding edge since the last pass, at its own instant, then at ``now``.
+
+        A write that moves the clock appends ``ClockAdvanced`` alone first and waits for this
+        pass (service.app), so the edges it jumps over are planned before its input is folded.
+        """
+        cursor = min(self.planned_at or now, now)
         while result.rounds < MAX_ROUNDS:
             edge = next_edge(self.state, cursor, now)
             at = edge or now
             self.state = _settle(self.ledger, self.state, at, self.bind, result)
+            self.planned_at = at
             if at == now:
                 return
             cursor = at

@@ -181,17 +181,30 @@ class JobtreeApp:
     # ------------------------------------------------------------ writes
 
     def _append(self, events: Sequence[NewEvent], expected: dict[str, int] | None = None) -> None:
-        """Append the input (with the bootstrap policy and a clock move when due), then wait for its answer."""
+        """Append the input (with the bootstrap policy when due), then wait for its answer.
+
+        When ``--now`` moves the clock, ``ClockAdvanced`` goes first, alone, and the planner
+        plans through it before the input is appended: the funding edges and due
+        activations the clock jumps over are decided without the input, at their own instant.
+        """
         expected = dict(expected or {})
-        events = [*self._clock_events(), *events]
+        events = list(events)
         if self._fresh:
             spec = PolicySpec(admins=[self._caller.user]).dump()
             events = [NewEvent(POLICY_STREAM, PolicyChanged(spec)), *events]
             expected[POLICY_STREAM] = 0
-        self.planning.before_append(self.ledger)
-        recorded = self.ledger.append(list(events), actor=self.identity.user, at=self.now, expected=expected)
+        clock = self._clock_events()
+        if clock and events:
+            self._record(clock, {})
+        elif clock:
+            events = clock
+        self._record(events, expected)
         self._fresh = False
         self._policy = None
+
+    def _record(self, events: list[NewEvent], expected: dict[str, int]) -> None:
+        self.planning.before_append(self.ledger, self.now)
+        recorded = self.ledger.append(events, actor=self.identity.user, at=self.now, expected=expected)
         if recorded:
             self.planning.settle(self.ledger, recorded[-1].position, self.now)
 

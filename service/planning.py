@@ -38,7 +38,7 @@ def planner_timeout() -> float:
 class Planning(Protocol):
     notices: list[str]
 
-    def before_append(self, ledger: Ledger) -> None: ...
+    def before_append(self, ledger: Ledger, now: datetime) -> None: ...
 
     def settle(self, ledger: Ledger, position: int, now: datetime) -> None: ...
 
@@ -57,12 +57,12 @@ class PlannerWait:
     notices: list[str] = field(default_factory=list)
     _waiter: StatusWaiter | None = None
 
-    def before_append(self, ledger: Ledger) -> None:
+    def before_append(self, ledger: Ledger, now: datetime) -> None:
         if self._waiter is None:  # LISTEN before the append, so its pass is never missed
             self._waiter = StatusWaiter(ledger)
 
     def settle(self, ledger: Ledger, position: int, now: datetime) -> None:
-        self.before_append(ledger)
+        self.before_append(ledger, now)
         assert self._waiter is not None
         done = self._waiter.wait_for(position, self.timeout)
         if done is not None:
@@ -103,8 +103,9 @@ class InProcess:
     simulated: bool = True
     notices: list[str] = field(default_factory=list)
 
-    def before_append(self, ledger: Ledger) -> None:
-        """Nothing to prepare."""
+    def before_append(self, ledger: Ledger, now: datetime) -> None:
+        """Catch up to ``now`` first, so the funding edges before it are planned without the new input."""
+        self.settle(ledger, ledger.last_position(), now)
 
     def settle(self, ledger: Ledger, position: int, now: datetime) -> None:
         binder: Callable[[datetime], int] | None = None

@@ -25,7 +25,7 @@ from cli import context
 from cli.background import planner_running
 from cli.render import console
 from ledger.databases import drop_database, fresh_database
-from ledger.embedded import resolve_database_url
+from ledger.embedded import migrate, resolve_database_url
 from service.errors import ServiceError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -267,6 +267,7 @@ def demo(
     try:
         for chapter in CHAPTERS:
             runner = Demo(fresh_database(base_url, DEMO_DB))
+            migrate(runner.url)
             with planner_running(runner.url, simulated=False):  # the chapter's planner service
                 chapter(runner)
             broken.extend(runner.broken)

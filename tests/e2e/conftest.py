@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from cli.background import PlannerThread, planner_running
 from cli.main import run
 from ledger.store import Ledger
-from cli.background import PlannerThread, planner_running
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -31,15 +31,24 @@ CLI = Callable[..., Result]
 
 
 @pytest.fixture
-def planner(database_url: str) -> Iterator[PlannerThread]:
-    """The planner service for this test's database (a thread; simulated clock)."""
+def planner(database_url: str, request: pytest.FixtureRequest) -> Iterator[PlannerThread | None]:
+    """The planner service for this test's database (a thread; simulated clock).
+
+    A test marked ``no_planner`` runs without one (e.g. to run `jobtree up` itself).
+    """
+    if request.node.get_closest_marker("no_planner"):
+        yield None
+        return
     with planner_running(database_url) as thread:
         yield thread
 
 
 @pytest.fixture
 def jt(
-    database_url: str, planner: PlannerThread, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    database_url: str,
+    planner: PlannerThread | None,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> CLI:
     """``jt("get", "runs", "-o", "json")`` runs the CLI as the admin user ``root-admin``, with a planner running."""
     monkeypatch.setenv("JOBTREE_USER", "root-admin")

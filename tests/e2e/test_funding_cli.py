@@ -142,17 +142,22 @@ def test_hours_exhaustion_and_window_close_and_reopen(jt: CLI) -> None:
     assert run_json(jt, "team-h/a100-8")["funding"]["owned"] == 8
     assert run_json(jt, "team-h/h100-8")["funding"]["owned"] == 8
 
-    closed = run_json(jt, "team-h/h100-8", "--now", "2030-01-01T02:30:00Z")
+    what_if = run_json(jt, "team-h/h100-8", "--now", "2030-01-01T02:30:00Z")  # a read: writes nothing
+    assert jt("clock", "advance", "2030-01-01T02:30:00Z").code == 0  # time passes
+    closed = run_json(jt, "team-h/h100-8")
+    assert closed == what_if, "the what-if read foresaw exactly what happened"
     assert closed["phase"] == "Running" and closed["funding"]["unfunded"] == 8
     change = [x for x in leases(jt, "team-h/h100-8") if x["reason"] == "PayerChanged"]
     assert change and change[0]["start"] == "2030-01-01T02:00:00Z"  # at the window edge, not at --now
     assert usage(jt, "org:team-h")["org:team-h/day"]["windowOpen"] is False
 
-    reopened = run_json(jt, "team-h/h100-8", "--now", "2030-01-01T03:30:00Z")
+    assert jt("clock", "advance", "2030-01-01T03:30:00Z").code == 0
+    reopened = run_json(jt, "team-h/h100-8")
     assert reopened["funding"]["owned"] == 8
     assert {x["envelope"] for x in leases(jt, "team-h/h100-8") if x["end"] is None} == {"org:team-h/night"}
 
-    out = run_json(jt, "team-h/a100-8", "--now", "2030-01-02T02:00:00Z")
+    assert jt("clock", "advance", "2030-01-02T02:00:00Z").code == 0
+    out = run_json(jt, "team-h/a100-8")
     assert out["phase"] == "Running" and out["funding"]["unfunded"] == 8
     row = usage(jt, "org:team-h")["org:team-h/hours"]
     assert row["gpuHoursUsed"] == 200 and row["gpuHoursLeft"] == 0  # never above maxGPUHours

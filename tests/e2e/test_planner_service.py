@@ -94,8 +94,9 @@ def test_a_submit_appends_exactly_its_input_and_the_service_decides(fleet: CLI, 
 
 
 def test_a_write_without_a_planner_is_recorded_and_says_so(
-    jt: CLI, planner: PlannerThread, database_url: str, events: Callable[[], int]
+    jt: CLI, planner: PlannerThread | None, database_url: str, events: Callable[[], int]
 ) -> None:
+    assert planner is not None
     planner.stop()
     engine = create_engine(sqlalchemy_url(database_url))
     with engine.begin() as conn:  # the planner's last heartbeat is an hour old: it is gone

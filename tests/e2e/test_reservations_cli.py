@@ -81,7 +81,8 @@ def test_plan_shows_the_reservation_and_the_run_is_reserved(jt: CLI, tmp_path: P
 
 def test_activation_at_earliest_start_even_when_the_clock_jumps_past_it(jt: CLI, tmp_path: Path) -> None:
     _setup(jt, tmp_path)
-    jt("get", "runs", "-A", "--now", "2026-01-05T11:00:00Z")  # the planner catches up through 09:45
+    # time passes (a write: reads never move the clock); the planner catches up through 09:45
+    assert jt("clock", "advance", "2026-01-05T11:00:00Z").code == 0
     res = jt("plan", "rai-sys/big-24", "-o", "json").json()
     assert res["state"] == "Activated" and res["seed"] == seed_for("res-000001", _t("2026-01-05T09:45:00Z"))
     leases = jt("leases", "--owner", "org:ai:rai:sys", "-o", "json").json()

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from planner_fakes import run
 
 from ledger import events as ev
@@ -22,6 +23,7 @@ from ledger.store import Ledger
 from tests.e2e.conftest import CLI
 
 JOBTREE = Path(sys.executable).with_name("jobtree")
+pytestmark = pytest.mark.no_planner  # these tests run `jobtree up` themselves
 
 
 def submit_like_the_intake(database_url: str, name: str, gpus: int = 8) -> None:

@@ -15,7 +15,7 @@ from ledger import audit
 from ledger import events as ev
 from ledger.queries import funding_usage, list_nodes
 from ledger.store import Ledger
-from tests.e2e.conftest import CLI, EXAMPLES, jt  # noqa: F401  (the CLI fixture)
+from tests.e2e.conftest import CLI, EXAMPLES, jt, planner  # noqa: F401  (the CLI fixture and its planner)
 from tests.integration.test_projections import BUDGET, T0, H, end, lease, new, nodes, one, rows, submit
 
 ELASTIC = EXAMPLES / "elastic"

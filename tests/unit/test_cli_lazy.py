@@ -13,7 +13,7 @@ HEAVY = ("sqlalchemy", "pydantic", "kubernetes", "matplotlib", "alembic", "psyco
 
 
 def test_help_imports_no_heavy_library() -> None:
-    code = "import sys, cli.main; print(','.join(m for m in %r if m in sys.modules))" % (HEAVY,)
+    code = f"import sys, cli.main; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert found == "", f"`jobtree --help` would import {found}"
 

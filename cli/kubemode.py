@@ -27,26 +27,12 @@ from binder import kube_runs
 from binder.kube import KubeApi, KubeError, KubeInvalid, KubeNotFound, KubeUnavailable
 from cli import context
 from cli.errors import BadInput, CommandError, Forbidden, NotFound
+from cli.kubeswitch import LEDGER_ONLY, SWITCH, active, refuse
 from cli.render import RUN_COLUMNS, console, emit_data, key_values, run_settled, run_summary, table
 from ledger.model import API_VERSION
 
 Row = dict[str, Any]
-SWITCH = "JOBTREE_KUBE"
-LEDGER_ONLY = "reads the ledger; against a cluster use `explain` (or pass --db URL to use the ledger)"
-
-
-def active() -> bool:
-    g = context.GLOBALS
-    flags = bool(g.kubeconfig or g.kube_context)
-    if flags and g.db:
-        raise BadInput("--db", "choose the ledger (--db) or a cluster (--kubeconfig/--context), not both")
-    return flags or (os.environ.get(SWITCH, "").lower() in ("1", "true", "yes") and not g.db)
-
-
-def refuse(command: str) -> None:
-    """For ledger-only commands (leases, shrink, complete) when kube mode is on."""
-    if active():
-        raise BadInput(command, LEDGER_ONLY)
+__all__ = ["LEDGER_ONLY", "SWITCH", "active", "refuse"]
 
 
 def namespace() -> str:

@@ -18,13 +18,9 @@ from typing import Any
 
 import platformdirs
 import psycopg
-from alembic import command
-from alembic.config import Config
 from psycopg import sql
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
-
-import migrations
 
 # The wheel asks platformdirs for a runtime dir at import; without XDG_RUNTIME_DIR it warns
 # and falls back to /tmp, which is what we want anyway.
@@ -137,8 +133,12 @@ def resolve_database_url(explicit: str | None) -> tuple[str, bool]:
     return start_embedded(default_home()), True
 
 
-def alembic_config() -> Config:
+def alembic_config() -> Any:
     """Alembic configuration built from the installed ``migrations`` package (not the cwd)."""
+    from alembic.config import Config  # Alembic loads only when a migration may run
+
+    import migrations
+
     location = Path(migrations.__file__).resolve().parent
     config = Config(str(location / "alembic.ini"))
     config.set_main_option("script_location", str(location))
@@ -147,6 +147,8 @@ def alembic_config() -> Config:
 
 def migrate(url: str) -> None:
     """Upgrade the database to head. Idempotent; concurrent callers serialise on an advisory lock."""
+    from alembic import command
+
     engine = create_engine(sqlalchemy_url(url))
     lock = {"ns": LOCK_NAMESPACE, "key": MIGRATE_LOCK_KEY}
     try:

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from cli import context, kubemode
+from cli import context, kubeswitch
 from cli.context import open_app
 from cli.errors import BadInput
 from cli.render import (
@@ -48,7 +48,9 @@ def read_manifest_text(path: Path) -> tuple[str, str]:
 
 def submit(file: FileOption, wait: Annotated[bool, typer.Option(help="Wait until the run settles")] = False) -> None:
     """Submit Run manifests (Budget, Cluster and Policy documents are applied too, admins only)."""
-    if kubemode.active():
+    if kubeswitch.active():
+        from cli import kubemode
+
         kubemode.submit(*read_manifest_text(file), wait)
         return
     app = open_app()
@@ -86,7 +88,9 @@ def get(
         if key != "owner" or not value:
             raise BadInput("-l", "the only selector is owner=OWNER")
         owner = value
-    if kubemode.active():
+    if kubeswitch.active():
+        from cli import kubemode
+
         kubemode.get(all_namespaces, owner)
         return
     rows = open_app().runs(None if all_namespaces else context.GLOBALS.ns, owner)
@@ -119,7 +123,9 @@ def watch(
 ) -> None:
     """Follow a run until it settles (Running at its desired width, or finished) or Ctrl-C."""
     try:
-        if kubemode.active():
+        if kubeswitch.active():
+            from cli import kubemode
+
             kubemode.watch(run, timeout, interval)
             return
         _watch(*split_run(run), timeout=timeout, interval=interval)
@@ -129,7 +135,9 @@ def watch(
 
 def explain(run: RunArg) -> None:
     """Why the run is where it is: width, funding split, leases and its history."""
-    if kubemode.active():
+    if kubeswitch.active():
+        from cli import kubemode
+
         kubemode.explain(run)
         return
     namespace, name = split_run(run)
@@ -216,7 +224,7 @@ def leases(
     """Who paid for each lease of a run (or of every run of an owner)."""
     if run is None and owner is None:
         raise BadInput("RUN", "name a run or pass --owner OWNER")
-    kubemode.refuse("leases")
+    kubeswitch.refuse("leases")
     app = open_app()
     rows = app.leases(*split_run(run)) if run is not None else app.leases(None, None, owner=owner)
     if not emit_data(rows, context.GLOBALS.output):
@@ -224,10 +232,12 @@ def leases(
 
 
 def _act(action: str, run: str, **kwargs: int) -> None:
-    if action == "cancel" and kubemode.active():
+    if action == "cancel" and kubeswitch.active():
+        from cli import kubemode
+
         kubemode.cancel(run)
         return
-    kubemode.refuse(action)
+    kubeswitch.refuse(action)
     app = open_app()
     namespace, name = split_run(run)
     result = getattr(app, action)(namespace, name, **kwargs)

@@ -66,7 +66,8 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{os.cpu_count()} cores (nproc), {model}, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    system = f"{platform.system()} {platform.release()}"
+    return f"{os.cpu_count()} cores (nproc), {model}, {system}, Python {platform.python_version()}"
 
 
 def spread(values: list[float]) -> str:
@@ -88,7 +89,8 @@ def bench_server(durable: bool) -> Iterator[str]:
             url = server.database_url("bench")
             migrate(url)
             print(f"machine: {machine()}")
-            print(f"server: embedded Postgres; durability {'ON' if durable else 'OFF (fsync, synchronous_commit, full_page_writes off, as in the tests)'}")
+            off = "OFF (fsync, synchronous_commit, full_page_writes off, as in the tests)"
+            print(f"server: embedded Postgres; durability {'ON' if durable else off}")
             yield url
         finally:
             server.stop()
@@ -213,7 +215,7 @@ def main() -> None:
             "raw COPY 1000 rows": raw.copy,
         }
         rates: dict[str, list[float]] = {name: [] for name in contenders}
-        for name, fn in contenders.items():  # warm-up, not counted
+        for fn in contenders.values():  # warm-up, not counted
             fn()
         for _ in range(args.repeat):
             for name, fn in contenders.items():
@@ -223,7 +225,8 @@ def main() -> None:
             print(f"  {name:32s} {spread(values)}")
         med = {name: statistics.median(values) for name, values in rates.items()}
         print("ratios of medians:")
-        print(f"  append 1/call vs raw INSERT+COMMIT: {med['append 1/call (RunSubmitted)'] / med['raw INSERT+COMMIT per row']:.2f}x")
+        single = med["append 1/call (RunSubmitted)"] / med["raw INSERT+COMMIT per row"]
+        print(f"  append 1/call vs raw INSERT+COMMIT: {single:.2f}x")
         for name in ("append 1000 RunSubmitted/call", "append 1000 lease mix/call"):
             print(f"  {name} vs raw COPY 1000: {med[name] / med['raw COPY 1000 rows']:.2f}x")
         print(f"ledger: {ledger.count()} events, chain ok: {ledger.verify_chain().ok}")

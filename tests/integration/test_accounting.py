@@ -273,24 +273,26 @@ _QUERIES = (
     "SELECT * FROM usage_now_by_class",
 )
 _PERIODS = ((at(0), at(23, 59), NOON), (at(10, 30), at(11, 30), NOON), (at(10, 50), at(13), None))
+#: "now" before some open leases started: their spans are clamped to 0 (0002: the integer 0)
+_EARLY = ((at(0), at(23), at(11, 45)), (at(11, 46), at(23), at(11, 45)), (at(11, 10), at(11, 50), at(11, 25)))
 
 
-def _results(conn: Any) -> list[list[tuple[str, ...]]]:
+def _results(conn: Any, queries: tuple[str, ...] = _QUERIES, periods: Any = _PERIODS) -> list[list[tuple[str, ...]]]:
     """Every function and view over a few periods, each value as text (scale included)."""
     out = []
-    for query in _QUERIES:
-        for start_at, end_at, now in _PERIODS:
+    for query in queries:
+        for start_at, end_at, now in periods:
             rows = conn.execute(text(query), {"f": start_at, "t": end_at, "n": now}).all()
             out.append([tuple(str(v) for v in row) for row in rows])
     return out
 
 
-def _results_under_0002(ledger: Ledger) -> list[list[tuple[str, ...]]]:
+def _results_under_0002(ledger: Ledger, *args: Any) -> list[list[tuple[str, ...]]]:
     """The same queries with 0002's definitions put back inside a transaction that is rolled back."""
     with ledger.engine.connect() as conn, conn.begin() as tx:
         for sql in (_0002.HELPERS, _0002.PER_LEASE, _0002.AGGREGATES):
             conn.execute(text(sql.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION")))
-        found = _results(conn)
+        found = _results(conn, *args)
         tx.rollback()
     return found
 
@@ -307,6 +309,10 @@ def test_spares_with_a_mid_period_policy_change_give_0002s_results(ledger: Ledge
     put(ledger, at(11, 40), NewEvent(run_stream("sys/r4"), RunSubmitted("sys/r4", "sys", "r4", "bob",
         resubmitted.dump())))  # fmt: skip
     put(ledger, at(11, 50), start("L9", "r4", "Active", "b-0", range(0, 2), "org:rai/pool", "shared", "Admitted"))
+    with ledger.engine.connect() as conn:
+        early = _results(conn, _QUERIES[:5], _EARLY)
+    assert early == _results_under_0002(ledger, _QUERIES[:5], _EARLY)
+    assert any("0" in row for rows in early[-3:] for row in rows)  # by run: a group whose spans are all clamped
     put(ledger, at(12), *(LeaseEnded(lid, "Completed") for lid in ("L7", "L8", "L9")))  # the views run to now
     with ledger.engine.connect() as conn:
         current = _results(conn)

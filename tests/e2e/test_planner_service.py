@@ -19,7 +19,7 @@ from sqlalchemy import create_engine, text
 
 import planner.restore
 import planner.worker
-from cli.background import PlannerThread
+from cli.background import PlannerThread, planner_running
 from ledger import events as ev
 from ledger import status as planner_status
 from ledger.embedded import sqlalchemy_url
@@ -176,3 +176,28 @@ def _run_doc(name: str, gpus: int) -> str:
         f"metadata: {{name: {name}, namespace: rai-sys}}\n"
         f"spec: {{owner: 'org:ai:rai:sys', resources: {{gpuType: H100-80GB, totalGPUs: {gpus}}}}}\n"
     )
+
+
+@pytest.mark.no_planner
+def test_on_a_wall_clock_ledger_only_admins_move_time_and_reads_never_do(
+    jt: CLI, database_url: str, events: Callable[[], int]
+) -> None:
+    assert jt("nodes", "apply", "-f", str(EXAMPLES / "cluster.yaml")).code == 0
+    assert jt("budgets", "apply", "-f", str(EXAMPLES / "budget-rai-sys.yaml")).code == 0
+    with planner_running(database_url, simulated=False):
+        before = events()
+        ahead = jt("submit", "-f", str(EXAMPLES / "resnet-small.yaml"), "--now", "+200h", user="alice")
+        assert ahead.code == 2 and "--now" in ahead.err and "only admins" in ahead.err
+        assert events() == before, "a refused clock move wrote something"
+        what_if = jt("get", "runs", "-A", "--now", "+200h", user="alice")
+        assert what_if.code == 0 and events() == before, "a read with --now wrote something"
+        assert jt("submit", "-f", str(EXAMPLES / "resnet-small.yaml"), user="alice").code == 0
+        moved = jt("clock", "advance", "+1h")  # an admin may
+        assert moved.code == 0
+    ledger = Ledger.from_url(database_url)
+    try:
+        clock = [r for r in ledger.read() if isinstance(r.event, ev.ClockAdvanced)]
+    finally:
+        ledger.dispose()
+    assert [r.actor for r in clock] == ["root-admin"], "every clock move is an event naming its actor"
+    assert clock[0].occurred_at > datetime.now(UTC) + timedelta(minutes=50)

@@ -67,7 +67,12 @@ def machine() -> str:
     except OSError:
         pass
     system = f"{platform.system()} {platform.release()}"
-    return f"{os.cpu_count()} cores (nproc), {model}, {system}, Python {platform.python_version()}"
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    started = time.perf_counter()
+    sum(range(10**6))  # calibration: about 15-20 ms on an idle modern core
+    calibration = (time.perf_counter() - started) * 1000
+    return (f"{os.cpu_count()} cores (nproc), {model}, {system}, Python {platform.python_version()}; "
+            f"load average {load}; sum(range(10**6)) took {calibration:.0f} ms")  # fmt: skip
 
 
 def spread(values: list[float]) -> str:

@@ -21,8 +21,16 @@ import pytest
 from hypothesis import settings
 from psycopg import sql
 
-from ledger.embedded import TemporaryServer, create_database, libpq_url, migrate, start_temporary_server
+from ledger.embedded import (
+    TemporaryServer,
+    create_database,
+    libpq_url,
+    migrate,
+    start_temporary_server,
+    stop_embedded,
+)
 from ledger.store import Ledger
+from service import daemon
 
 # By default every run replays the same examples, so a red suite means a change broke
 # something; HYPOTHESIS_PROFILE=explore draws new examples each run to hunt for bugs.
@@ -66,6 +74,8 @@ def jobtree_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     previous = os.environ.get("JOBTREE_HOME")
     os.environ["JOBTREE_HOME"] = str(home)
     yield home
+    daemon.stop(home)  # a test that used the embedded default leaves no planner service behind
+    stop_embedded(home)
     if previous is None:
         os.environ.pop("JOBTREE_HOME", None)
     else:

@@ -88,6 +88,37 @@ def test_expected_version_mismatch_writes_nothing(ledger: Ledger) -> None:
     assert ledger.stream_version("run:ns/r1") == 2
 
 
+def test_a_multi_stream_append_with_one_wrong_expected_version_writes_nothing(ledger: Ledger) -> None:
+    ledger.append([submit("r7")], actor="alice", at=T0)
+    batch = [submit(f"r{i}") for i in range(300)]  # r7 is at version 1: its submission here would be version 2
+    expected = {f"run:ns/r{i}": 0 for i in range(300)} | {"plan:0": 0}
+    with pytest.raises(ConcurrencyError, match=r"'run:ns/r7' is at version 1, the caller expected 0"):
+        ledger.append(batch, actor="alice", at=T0, expected=expected)
+    with ledger.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM runs")).scalar_one() == 1
+    assert ledger.count() == 1
+    recorded = ledger.append(batch, actor="alice", at=T0, expected=expected | {"run:ns/r7": 1})
+    assert [(r.stream, r.version) for r in recorded][6:9] == [("run:ns/r6", 1), ("run:ns/r7", 2), ("run:ns/r8", 1)]
+    assert ledger.count() == 301 and ledger.verify_chain().ok
+
+
+def test_versions_within_one_append_count_up_per_stream(ledger: Ledger) -> None:
+    ledger.append([node("a-0")], actor="admin", at=T0)
+    recorded = ledger.append([node("a-0"), node("a-1"), node("a-0"), node("a-0")], actor="admin", at=T0,
+                             expected={"node:a-0": 1, "node:a-1": 0})  # fmt: skip
+    assert [(r.stream, r.version) for r in recorded] == [
+        ("node:a-0", 2), ("node:a-1", 1), ("node:a-0", 3), ("node:a-0", 4)
+    ]  # fmt: skip
+    assert [r.position for r in ledger.read()] == [1, 2, 3, 4, 5]
+
+
+def test_payloads_with_floats_take_the_jsonb_round_trip_and_verify(ledger: Ledger) -> None:
+    spec = {"spareChargeRate": 1e16, "x": 0.1, "tiny": 1.5e-07, "whole": 2.0, "nested": [{"f": 3.25}]}
+    ledger.append([ev.NewEvent("policy", ev.PolicyChanged(spec))], actor="admin", at=T0)
+    assert ledger.verify_chain().ok
+    assert ledger.read()[0].event == ev.PolicyChanged({**spec, "spareChargeRate": 10**16})
+
+
 def test_two_appends_at_the_same_expected_version_one_wins(database_url: str) -> None:
     stores = [Ledger.from_url(database_url) for _ in range(2)]
     barrier = threading.Barrier(2)

@@ -28,7 +28,7 @@ from ledger import tables as t
 from ledger.errors import LedgerError
 from ledger.invariants import Violation, check_invariants
 from ledger.queries import iso_utc
-from ledger.store import Ledger, utc
+from ledger.store import Ledger
 
 Row = dict[str, Any]
 
@@ -122,19 +122,8 @@ def _event_type(ledger: Ledger, position: int | None) -> str | None:
 
 
 def _records(conn: Connection) -> Iterator[ev.Recorded]:
-    after = 0
-    sql = text(
-        "SELECT position, stream, version, type, data, actor, occurred_at FROM public.events "
-        "WHERE position > :after ORDER BY position LIMIT 1000"
-    )
-    while True:
-        rows = conn.execute(sql, {"after": after}).all()
-        for r in rows:
-            yield ev.Recorded(r.position, r.stream, r.version, ev.from_data(r.type, r.data), r.actor,
-                              utc(r.occurred_at))  # fmt: skip
-        if len(rows) < 1000:
-            return
-        after = rows[-1].position
+    """The real log (``public.events``: the temporary read models shadow only projections)."""
+    return projections.records(conn, events="public.events")
 
 
 def projection_differences(ledger: Ledger) -> list[Row]:

@@ -172,7 +172,7 @@ class Raw:
         self.position = 0
 
     def rows(self, count: int) -> list[tuple[object, ...]]:
-        out = []
+        out: list[tuple[object, ...]] = []
         for _ in range(count):
             self.position += 1
             data = json.dumps({"run": f"raw/r{self.position}", "namespace": "raw", "spec": SPEC})

@@ -225,7 +225,7 @@ class JobtreeApp:
         return [NewEvent(CLOCK_STREAM, ClockAdvanced("--now"))]
 
     def sync(self) -> None:
-        """Let time pass to ``now`` with no other input (``sim run``'s ``advance``, ``clock set``)."""
+        """Let time pass to ``now`` with no other input (``sim run``'s ``advance``, ``clock advance``)."""
         events = self._clock_events()
         if not events:
             if isinstance(self.planning, InProcess):
@@ -243,10 +243,7 @@ class JobtreeApp:
         if self.requested is None or latest is None or self.now <= latest:
             return self.engine
         scratch = self._stack.enter_context(whatif.scratch(self.ledger))
-        at = self.now
-        events = [NewEvent(CLOCK_STREAM, ClockAdvanced("what-if"))]
-        scratch.append(events, actor=self.identity.user, at=at)
-        what_if_pass(scratch, bind=self.policy().binder == "sim")
+        what_if_pass(scratch, self.now, self.identity.user, bind=self.policy().binder == "sim")
         self._scratch = scratch
         return scratch.engine
 

@@ -18,6 +18,7 @@ from typing import Protocol
 from binder.sim import SimulatedCluster
 from binder.worker import bind_pending
 from ledger import status as planner_status
+from ledger.events import CLOCK_STREAM, ClockAdvanced, NewEvent
 from ledger.status import PlannerStatus, StatusWaiter
 from ledger.store import Ledger
 from planner.worker import PlannerService, catch_up
@@ -124,14 +125,16 @@ class InProcess:
         """Nothing held."""
 
 
-def what_if_pass(ledger: Ledger, bind: bool) -> None:
-    """Plan (and bind on the simulated cluster) up to the ledger's newest time, on a scratch ledger."""
+def what_if_pass(ledger: Ledger, at: datetime, actor: str, bind: bool) -> None:
+    """On a scratch ledger: move the clock to ``at`` and plan (and bind) through it, edges included."""
     service = PlannerService(ledger, name="what-if", clock=None)
     if bind:
         backend = SimulatedCluster()
 
-        def binder(at: datetime) -> int:
-            return bind_pending(ledger, backend, at)
+        def binder(when: datetime) -> int:
+            return bind_pending(ledger, backend, when)
 
         service.bind = binder
+    service.start()  # planned up to the ledger's own time: the edges between it and ``at`` are due
+    ledger.append([NewEvent(CLOCK_STREAM, ClockAdvanced("what-if"))], actor=actor, at=at)
     service.step()

@@ -31,8 +31,8 @@ def usage(jt: CLI, owner: str, *now: str) -> dict[str, dict[str, Any]]:
     return {row["envelope"]: row for row in result.json()}
 
 
-def leases(jt: CLI, ref: str) -> list[dict[str, Any]]:
-    result = jt("leases", ref, "-o", "json")
+def leases(jt: CLI, ref: str, *extra: str) -> list[dict[str, Any]]:
+    result = jt("leases", ref, "-o", "json", *extra)
     assert result.code == 0, result.err
     rows: list[dict[str, Any]] = result.json()
     return rows
@@ -143,6 +143,8 @@ def test_hours_exhaustion_and_window_close_and_reopen(jt: CLI) -> None:
     assert run_json(jt, "team-h/h100-8")["funding"]["owned"] == 8
 
     what_if = run_json(jt, "team-h/h100-8", "--now", "2030-01-01T02:30:00Z")  # a read: writes nothing
+    foreseen = [x for x in leases(jt, "team-h/h100-8", "--now", "2030-01-01T02:30:00Z") if x["reason"] != "Admitted"]
+    assert [x["start"] for x in foreseen] == ["2030-01-01T02:00:00Z"], "the what-if plans the edge at its instant"
     assert jt("clock", "advance", "2030-01-01T02:30:00Z").code == 0  # time passes
     closed = run_json(jt, "team-h/h100-8")
     assert closed == what_if, "the what-if read foresaw exactly what happened"

@@ -68,3 +68,31 @@ def translate(exc: DBAPIError) -> LedgerError:
     if state == _UNIQUE_SQLSTATE:
         return ConcurrencyError(f"concurrent append: {_detail(exc) or message}")
     return LedgerError(message.strip())
+
+
+class ManifestError(ValueError):
+    """Bad input: names the field and the rule that was broken."""
+
+    def __init__(self, field: str, rule: str, source: str = "") -> None:
+        self.field = field
+        self.rule = rule
+        self.source = source
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}{field}: {rule}")
+
+
+class UndecodableEvent(LedgerError):
+    """A stored event row that no event class can be rebuilt from (an unknown type, a
+    missing or extra field, a payload that is not an object): forged, or written by a
+    newer version. Never a traceback: ``audit verify`` reports it with its position."""
+
+    def __init__(self, position: int | None, type_name: str, reason: str) -> None:
+        self.position = position
+        self.type_name = type_name
+        self.reason = reason
+        where = f"event {position}" if position is not None else "an event"
+        super().__init__(f"the ledger holds an undecodable row: {where} ({type_name!r}): {reason}")
+
+
+class DatabaseUnavailable(LedgerError):
+    """The database did not answer in time, or could not be reached."""

@@ -96,3 +96,10 @@ class UndecodableEvent(LedgerError):
 
 class DatabaseUnavailable(LedgerError):
     """The database did not answer in time, or could not be reached."""
+
+
+def one_line(exc: BaseException) -> str:
+    """A ledger or driver error as one line for the CLI (driver errors are translated first)."""
+    error = translate(exc) if isinstance(exc, DBAPIError) else exc
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

@@ -368,7 +368,7 @@ def _replay(conn: Connection, batch: int) -> Iterator[ev.Recorded]:
                 position=row.position,
                 stream=row.stream,
                 version=row.version,
-                event=ev.from_data(row.type, row.data),
+                event=ev.from_data(row.type, row.data, row.position),
                 actor=row.actor,
                 occurred_at=row.occurred_at,
             )

@@ -101,7 +101,7 @@ def _recorded(row: Any) -> ev.Recorded:
         position=row.position,
         stream=row.stream,
         version=row.version,
-        event=ev.from_data(row.type, row.data),
+        event=ev.from_data(row.type, row.data, row.position),
         actor=row.actor,
         occurred_at=utc(row.occurred_at),
     )

@@ -10,19 +10,16 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
 import psycopg
 import pytest
 
-from cli.main import run
 from ledger import audit
 from ledger import events as ev
 from ledger.embedded import libpq_url
 from ledger.errors import UndecodableEvent
 from ledger.store import Ledger, event_hash
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+from tests.e2e.conftest import CLI, EXAMPLES, jt  # noqa: F401 (jt is a fixture)
 
 Invoke = Callable[..., tuple[int, str, str]]
 
@@ -36,19 +33,13 @@ FORGED = {
 
 
 @pytest.fixture
-def cli(database_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Invoke:
-    monkeypatch.setenv("JOBTREE_USER", "root-admin")
-    monkeypatch.delenv("JOBTREE_GROUPS", raising=False)
+def cli(request: pytest.FixtureRequest) -> Invoke:
+    """The e2e ``jt`` runner (in-process CLI as ``root-admin`` on ``database_url``)."""
+    runner: CLI = request.getfixturevalue("jt")
 
     def invoke(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        try:
-            run([*args, "--db", database_url])
-            code = 0
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
+        result = runner(*args)
+        return result.code, result.out, result.err
 
     return invoke
 

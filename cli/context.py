@@ -10,7 +10,7 @@ from cli.app import JobtreeApp
 from cli.errors import BadInput
 from cli.identity import caller_from_environment
 from cli.render import FORMATS
-from ledger.embedded import migrate, resolve_database_url
+from ledger.embedded import TIMEOUT_ENV, migrate, parse_timeouts, resolve_database_url, set_timeouts
 from ledger.store import Ledger
 
 _VALUED = {
@@ -23,6 +23,7 @@ _VALUED = {
     "--namespace": "namespace",
     "--kubeconfig": "kubeconfig",  # kube mode (cli/kubemode.py); also the workers' API server
     "--context": "kube_context",
+    "--db-timeout": "db_timeout",  # SECONDS or CONNECT:STATEMENT (ledger.embedded.parse_timeouts)
 }
 
 
@@ -35,6 +36,7 @@ class Globals:
     namespace: str | None = None
     kubeconfig: str | None = None
     kube_context: str | None = None
+    db_timeout: str | None = None
     rest: list[str] = field(default_factory=list)
 
     @property
@@ -71,6 +73,14 @@ def split_globals(args: list[str]) -> Globals:
         i += 1
     if found.output not in FORMATS:
         raise BadInput("-o", f"must be one of {', '.join(FORMATS)} (got {found.output!r})")
+    option: str = f"${TIMEOUT_ENV}"
+    limits = os.environ.get(TIMEOUT_ENV)
+    if found.db_timeout is not None:
+        option, limits = "--db-timeout", found.db_timeout or "''"
+    try:
+        set_timeouts(parse_timeouts(limits))
+    except ValueError as exc:
+        raise BadInput(option, str(exc)) from None
     found.rest = rest
     return found
 
@@ -93,3 +103,4 @@ def open_app(ledger: Ledger | None = None) -> JobtreeApp:
 def close() -> None:
     while _OPEN:
         _OPEN.pop().engine.dispose()
+    set_timeouts(None)  # --db-timeout lasts one invocation (tests run many in one process)

@@ -10,14 +10,13 @@ import sys
 from pathlib import Path
 
 import typer
-from sqlalchemy.exc import DBAPIError
 
 from cli import context
 from cli.commands import audit, budgets, db, demo, metrics, nodes, report, runs, sim, up, workers
 from cli.commands import plan as plan_cmd
 from cli.errors import CommandError
 from cli.render import errors
-from ledger.errors import LedgerError, one_line
+from ledger.errors import DATABASE_ERRORS, one_line
 
 app = typer.Typer(
     name="jobtree",
@@ -53,7 +52,7 @@ def run(argv: list[str] | None = None) -> None:
     except CommandError as exc:
         errors.print(f"error: {exc}", markup=False)
         sys.exit(exc.exit_code)
-    except (LedgerError, DBAPIError) as exc:  # undecodable rows, timeouts, a lost race: one line, exit 1
+    except DATABASE_ERRORS as exc:  # undecodable rows, timeouts, a lost race: one line, exit 1
         errors.print(f"error: {one_line(exc)}", markup=False)
         sys.exit(1)
     finally:

@@ -10,15 +10,33 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
-from ledger.embedded import HANDLE_PIDS, _forget, _harden_wheel, atomic_write, repair_state_files, stop_embedded
+from ledger.embedded import (
+    HANDLE_PIDS,
+    LOCK_NAMESPACE,
+    Timeouts,
+    _forget,
+    _harden_wheel,
+    atomic_write,
+    create_database,
+    libpq_url,
+    migrate,
+    parse_timeouts,
+    repair_state_files,
+    start_temporary_server,
+    stop_embedded,
+)
+from ledger.store import APPEND_LOCK_KEY
 from tests.e2e.bad_inputs import exit_code
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,3 +154,72 @@ def test_an_emptied_handle_list_is_recovered_by_the_next_command(
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert isinstance(json.loads(state.read_text()), list), "the file was repaired"
+
+
+# ---------------------------------------------------------------- timeouts
+
+
+@pytest.fixture
+def frozen_url() -> Iterator[tuple[str, int]]:
+    """A migrated server of our own (never the session's) whose postmaster the test may SIGSTOP."""
+    parent = Path(tempfile.mkdtemp(prefix="jt-frz-"))
+    server = start_temporary_server(parent / "pg")
+    try:
+        create_database(server.url, "jobtree")
+        url = server.database_url("jobtree")
+        migrate(url)
+        yield url, int(server.handle.get_pid())
+    finally:
+        server.stop()
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+def test_a_frozen_database_gives_one_line_within_the_timeout(
+    frozen_url: tuple[str, int], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, pid = frozen_url
+    monkeypatch.setenv("JOBTREE_USER", "root-admin")
+    capsys.readouterr()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        code = exit_code(["get", "runs", "--db", url, "--db-timeout", "2"])
+        took = time.monotonic() - started
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "connect timeout" in err and "--db-timeout" in err
+    assert took < 8, f"gave up after {took:.1f} s with a 2 s connect timeout"
+    assert exit_code(["get", "runs", "--db", url]) == 0, "thawed, the same command works"
+
+
+def test_a_statement_that_waits_too_long_is_cancelled(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another session holds the append lock: the append gives up at the statement timeout."""
+    monkeypatch.setenv("JOBTREE_USER", "root-admin")
+    assert exit_code(["nodes", "list", "--db", database_url]) == 0
+    with psycopg.connect(libpq_url(database_url), autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s, %s)", (LOCK_NAMESPACE, APPEND_LOCK_KEY))
+        capsys.readouterr()
+        started = time.monotonic()
+        code = exit_code(["nodes", "apply", "-f", str(ROOT / "examples" / "cluster.yaml"), "--db", database_url,
+                          "--db-timeout", "1:1"])  # fmt: skip
+        took = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "statement timeout" in err
+    assert took < 15, f"gave up after {took:.1f} s with a 1 s statement timeout"
+
+
+def test_timeouts_parse_and_default() -> None:
+    assert parse_timeouts(None) == Timeouts(5.0, 30.0)
+    assert parse_timeouts("2") == Timeouts(2.0, 2.0)
+    assert parse_timeouts("60") == Timeouts(5.0, 60.0)
+    assert parse_timeouts("10:120") == Timeouts(10.0, 120.0)
+    for bad in ("0", "-1", "abc", "nan", "inf", "1:2:3", "1e9"):
+        with pytest.raises(ValueError):
+            parse_timeouts(bad)

@@ -6,8 +6,10 @@ command line, kubectl-style; they are lifted out before typer parses the rest.
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -39,6 +41,12 @@ app.command("metrics")(metrics.metrics_cmd)
 app.command("up")(up.up)
 
 
+@functools.cache
+def click_command() -> Any:
+    """The click command tree, built once per process (building it costs ~50 ms per invocation)."""
+    return typer.main.get_command(app)
+
+
 def run(argv: list[str] | None = None) -> None:
     """Console-script entry point. Exits 0, 1 (failure) or 2 (bad input / usage)."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -48,7 +56,7 @@ def run(argv: list[str] | None = None) -> None:
     try:
         context.GLOBALS = context.split_globals(args)
         # standalone mode: typer prints usage errors itself and exits 2
-        typer.main.get_command(app).main(args=context.GLOBALS.rest, prog_name=prog)
+        click_command().main(args=context.GLOBALS.rest, prog_name=prog)
     except CommandError as exc:
         errors.print(f"error: {exc}", markup=False)
         sys.exit(exc.exit_code)

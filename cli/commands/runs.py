@@ -27,6 +27,7 @@ from cli.render import (
 from cli.story import story, width_history
 from ledger import manifest_yaml
 from ledger.errors import ManifestError
+from ledger.model import Manifest, parse_manifests
 
 FileOption = Annotated[Path, typer.Option("-f", "--filename", help="Manifest file (YAML or JSON; '-' for stdin)")]
 RunArg = Annotated[str, typer.Argument(help="Run name, or NAMESPACE/NAME", metavar="RUN")]
@@ -58,14 +59,23 @@ def read_manifest_text(path: Path) -> tuple[str, str]:
         raise BadInput(f"{source}: {exc.field}", exc.rule) from None
 
 
+def read_manifests(path: Path) -> list[Manifest]:
+    """Read and validate a manifest file before any database is touched: bad input never waits on one."""
+    text_value, source = read_manifest_text(path)
+    try:
+        return parse_manifests(text_value, source)
+    except ManifestError as exc:
+        raise BadInput(f"{source}: {exc.field}", exc.rule) from None
+
+
 def submit(file: FileOption, wait: Annotated[bool, typer.Option(help="Wait until the run settles")] = False) -> None:
     """Submit Run manifests (Budget, Cluster and Policy documents are applied too, admins only)."""
     if kubemode.active():
         kubemode.submit(*read_manifest_text(file), wait)
         return
+    manifests = read_manifests(file)
     app = open_app()
-    text_value, source = read_manifest_text(file)
-    applied = app.apply(app.parse(text_value, source))
+    applied = app.apply(manifests)
     rows = [a.as_row() | _run_state(app, a.name) for a in applied]
     if emit_data(rows, context.GLOBALS.output):
         return

@@ -393,4 +393,13 @@ ARGS = [
     argv("-o without a value", ("get", "runs", "-o"), "-o"),
 ]
 
-ALL: list[Case] = [*RUNS, *BUDGETS, *CLUSTERS, *POLICIES, *ARGS]
+_SIM = ("sim", "check", "{file}")
+SCENARIOS = [
+    Case("sim: non-UTF-8 scenario", _SIM, "UTF-8", b"kind: Scenario\nmetadata: {name: \xff}\n"),
+    Case("sim: duplicate key", _SIM, "kind: duplicate key", "kind: Scenario\nkind: Scenario\n"),
+    Case("sim: alias bomb", _SIM, "alias", "kind: Scenario\nspec:\n" + _BOMB + "\n"),
+    Case("sim: a raw NUL", _SIM, "control character", "kind: Scenario\nmetadata: {name: \x00}\n"),
+    Case("sim: a missing file", ("sim", "check", "/nonexistent/scenario.yaml"), "SCENARIO"),
+]
+
+ALL: list[Case] = [*RUNS, *BUDGETS, *CLUSTERS, *POLICIES, *ARGS, *SCENARIOS]

@@ -109,7 +109,8 @@ class UndecodableEvent(LedgerError):
         self.type_name = type_name
         self.reason = reason
         where = f"event {position}" if position is not None else "an event"
-        super().__init__(f"the ledger holds an undecodable row: {where} ({type_name!r}): {reason}")
+        hint = "" if position is not None else " (`jobtree audit verify` names its position)"
+        super().__init__(f"the ledger holds an undecodable row: {where} ({type_name!r}): {reason}{hint}")
 
 
 class DatabaseUnavailable(LedgerError):

@@ -12,7 +12,7 @@ import math
 import re
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -27,6 +27,7 @@ from pydantic.alias_generators import to_camel
 
 from ledger import manifest_yaml
 from ledger.errors import ManifestError as ManifestError
+from ledger.errors import UndecodableEvent
 
 API_VERSION = "rq.davidlangworthy.io/v1"
 
@@ -424,6 +425,7 @@ class PolicyManifest(Strict):
 
 
 Manifest = ClusterManifest | BudgetManifest | RunManifest | PolicyManifest
+_S = TypeVar("_S", bound=BaseModel)
 
 _KINDS: dict[str, type[Strict]] = {
     "Cluster": ClusterManifest,
@@ -497,13 +499,24 @@ def parse_manifests(text: str, source: str = "") -> list[Manifest]:
     return [validate_document(doc, source) for doc in load_documents(text, source)]
 
 
+def _stored(model: type[_S], spec: Any, kind: str) -> _S:
+    """Validate a spec read back from the ledger; a row that fails is undecodable, not a crash."""
+    try:
+        return model.model_validate(spec)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        reason = f"its stored spec fails validation: spec.{_field_path(loc)}: {_rule(first)}"
+        raise UndecodableEvent(None, kind, reason) from None
+
+
 def budget_from_spec(spec: dict[str, Any]) -> BudgetSpec:
-    return BudgetSpec.model_validate(spec)
+    return _stored(BudgetSpec, spec, "BudgetApplied")
 
 
 def run_from_spec(spec: dict[str, Any]) -> RunSpec:
-    return RunSpec.model_validate(spec)
+    return _stored(RunSpec, spec, "RunSubmitted")
 
 
 def policy_from_spec(spec: dict[str, Any]) -> PolicySpec:
-    return PolicySpec.model_validate(spec)
+    return _stored(PolicySpec, spec, "PolicyChanged")

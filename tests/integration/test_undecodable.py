@@ -29,6 +29,17 @@ FORGED = {
     "missing fields": ("RunSubmitted", {"run": "rai-sys/x"}, "missing field(s)"),
     "extra field": ("NodeCordoned", {"name": "a-0", "reason": "manual", "colour": "blue"}, "unknown field(s) colour"),
     "not an object": ("NodeCordoned", [1, 2, 3], "not a JSON object"),
+    "a spec that fails validation": (
+        "RunSubmitted",
+        {
+            "run": "rai-sys/x",
+            "namespace": "rai-sys",
+            "name": "x",
+            "submitter": "mallory",
+            "spec": {"owner": "", "resources": {"gpuType": "H100-80GB", "totalGPUs": 8}},
+        },
+        "stored spec fails validation: spec.owner",
+    ),
 }
 
 

@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+from pydantic.json_schema import WithJsonSchema
 
 from ledger import manifest_yaml
 from ledger.errors import ManifestError as ManifestError
@@ -130,9 +131,18 @@ def _identifier(value: str) -> str:
     return value
 
 
-DnsSubdomain = Annotated[str, AfterValidator(_dns_subdomain)]
-DnsLabel = Annotated[str, AfterValidator(_dns_label)]
-Identifier = Annotated[str, AfterValidator(_identifier)]
+def _schema(limit: int, pattern: str, min_length: int = 1) -> WithJsonSchema:
+    """The same rule for the JSON schema (and so the CRDs) as the validator enforces."""
+    return WithJsonSchema({"type": "string", "minLength": min_length, "maxLength": limit, "pattern": pattern})
+
+
+_SUBDOMAIN_SCHEMA = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+_LABEL_SCHEMA = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_IDENTIFIER_SCHEMA = r"^[^\s\x00-\x1f\x7f-\x9f]+$"
+
+DnsSubdomain = Annotated[str, AfterValidator(_dns_subdomain), _schema(MAX_NAME, _SUBDOMAIN_SCHEMA)]
+DnsLabel = Annotated[str, AfterValidator(_dns_label), _schema(MAX_LABEL, _LABEL_SCHEMA)]
+Identifier = Annotated[str, AfterValidator(_identifier), _schema(MAX_NAME, _IDENTIFIER_SCHEMA)]
 Count = Annotated[int, Field(strict=True, ge=0, le=MAX_COUNT)]
 PositiveCount = Annotated[int, Field(strict=True, ge=1, le=MAX_COUNT)]
 Hours = Annotated[float, Field(strict=True, gt=0, le=MAX_HOURS, allow_inf_nan=False)]

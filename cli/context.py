@@ -11,6 +11,7 @@ from cli.errors import BadInput
 from cli.identity import caller_from_environment
 from cli.render import FORMATS
 from ledger.embedded import TIMEOUT_ENV, migrate, parse_timeouts, resolve_database_url, set_timeouts
+from ledger.manifest_yaml import CONTROL
 from ledger.store import Ledger
 
 _VALUED = {
@@ -52,6 +53,11 @@ def split_globals(args: list[str]) -> Globals:
     """Lift global options out of argv wherever they stand (kubectl style)."""
     found = Globals()
     rest: list[str] = []
+    for index, arg in enumerate(args):  # SPEC §12: no NUL or control characters, anywhere
+        bad = CONTROL.search(arg)
+        if bad:
+            where = args[index - 1] if index and args[index - 1].startswith("-") else f"argument {index + 1}"
+            raise BadInput(where, f"control character U+{ord(bad.group()):04X} is not allowed")
     i = 0
     while i < len(args):
         arg = args[i]

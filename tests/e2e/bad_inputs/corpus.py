@@ -391,6 +391,9 @@ ARGS = [
     argv("an unknown command", ("teleport",), "teleport", usage=True),
     argv("an unknown option", ("get", "runs", "--colour"), "--colour", usage=True),
     argv("-o without a value", ("get", "runs", "-o"), "-o"),
+    argv("a NUL in --owner", ("leases", "--owner", "org\x00"), "--owner"),
+    argv("a BEL in a run name", ("cancel", "rai-sys/x\x07"), "argument 2"),
+    argv("an ESC in -n", ("get", "runs", "-n", "\x1b[2J"), "-n"),
 ]
 
 _SIM = ("sim", "check", "{file}")

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from cli.commands.up import Up
+from ledger.errors import LedgerError
 from ledger.leader import Leadership
 from ledger.listen import Listener
 from ledger.store import Ledger
@@ -35,6 +36,9 @@ class PlannerThread:
             while not self._stop.is_set():
                 try:
                     self.up.step()
+                except LedgerError:  # as `jobtree up` does: said in planner_status, retried next pass
+                    self._stop.wait(0.2)
+                    continue
                 except Exception as exc:  # surfaced by stop(): a test must not pass on a dead planner
                     self.errors.append(exc)
                     return

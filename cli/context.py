@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from cli.errors import BadInput
+from ledger.limits import CONTROL
+from ledger.timeouts import TIMEOUT_ENV, parse_timeouts, set_timeouts
 
 if TYPE_CHECKING:  # imported when a command opens the ledger, not to print --help
     from ledger.store import Ledger
@@ -25,6 +27,7 @@ _VALUED = {
     "--namespace": "namespace",
     "--kubeconfig": "kubeconfig",  # kube mode (cli/kubemode.py); also the workers' API server
     "--context": "kube_context",
+    "--db-timeout": "db_timeout",  # SECONDS or CONNECT:STATEMENT (ledger.timeouts.parse_timeouts)
 }
 
 
@@ -37,6 +40,7 @@ class Globals:
     namespace: str | None = None
     kubeconfig: str | None = None
     kube_context: str | None = None
+    db_timeout: str | None = None
     rest: list[str] = field(default_factory=list)
 
     @property
@@ -53,6 +57,11 @@ def split_globals(args: list[str]) -> Globals:
     """Lift global options out of argv wherever they stand (kubectl style)."""
     found = Globals()
     rest: list[str] = []
+    for index, arg in enumerate(args):  # SPEC §12: no NUL or control characters, anywhere
+        bad = CONTROL.search(arg)
+        if bad:
+            where = args[index - 1] if index and args[index - 1].startswith("-") else f"argument {index + 1}"
+            raise BadInput(where, f"control character U+{ord(bad.group()):04X} is not allowed")
     i = 0
     while i < len(args):
         arg = args[i]
@@ -74,6 +83,14 @@ def split_globals(args: list[str]) -> Globals:
         i += 1
     if found.output not in FORMATS:
         raise BadInput("-o", f"must be one of {', '.join(FORMATS)} (got {found.output!r})")
+    option: str = f"${TIMEOUT_ENV}"
+    limits = os.environ.get(TIMEOUT_ENV)
+    if found.db_timeout is not None:
+        option, limits = "--db-timeout", found.db_timeout or "''"
+    try:
+        set_timeouts(parse_timeouts(limits))
+    except ValueError as exc:
+        raise BadInput(option, str(exc)) from None
     found.rest = rest
     return found
 
@@ -124,3 +141,4 @@ def close() -> None:
         _APPS.pop().close()
     while _OPEN:
         _OPEN.pop().engine.dispose()
+    set_timeouts(None)  # --db-timeout lasts one invocation (tests run many in one process)

@@ -12,6 +12,7 @@ commands' own.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 from dataclasses import dataclass
@@ -134,6 +135,12 @@ def _root() -> None:
     """Jobtree: GPU runs, budgets, leases and reservations on a shared fleet."""
 
 
+@functools.cache
+def click_command() -> Any:
+    """The root click command, built once per process (commands inside it load lazily)."""
+    return typer.main.get_command(app)
+
+
 def run(argv: list[str] | None = None) -> None:
     """Console-script entry point. Exits 0, 1 (failure) or 2 (bad input / usage)."""
     from cli.errors import exit_code
@@ -146,12 +153,14 @@ def run(argv: list[str] | None = None) -> None:
     try:
         context.GLOBALS = context.split_globals(args)
         # standalone mode: typer prints usage errors itself and exits 2
-        typer.main.get_command(app).main(args=context.GLOBALS.rest, prog_name=prog)
+        click_command().main(args=context.GLOBALS.rest, prog_name=prog)
     except ServiceError as exc:
         from cli.render import errors
 
         errors.print(f"error: {exc}", markup=False)
         sys.exit(exit_code(exc))
+    except Exception as exc:
+        _database_error(exc)
     finally:
         notices = context.notices()
         if notices:
@@ -160,6 +169,19 @@ def run(argv: list[str] | None = None) -> None:
             for notice in notices:
                 errors.print(f"note: {notice}", markup=False)
         context.close()
+
+
+def _database_error(exc: Exception) -> None:
+    """Undecodable rows, timeouts, a lost race, a dead server: one line and exit 1; anything else re-raised."""
+    if "sqlalchemy" not in sys.modules and "psycopg" not in sys.modules:
+        raise exc
+    from cli.render import errors
+    from ledger.errors import DATABASE_ERRORS, one_line
+
+    if not isinstance(exc, DATABASE_ERRORS):
+        raise exc
+    errors.print(f"error: {one_line(exc)}", markup=False)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

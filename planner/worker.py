@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from ledger import status as planner_status
-from ledger.errors import ConcurrencyError
+from ledger.errors import ConcurrencyError, UndecodableEvent
 from ledger.events import NewEvent, plan_stream
 from ledger.store import Ledger
 from planner.edges import next_due, next_edge
@@ -185,7 +185,11 @@ class PlannerService:
         """One pass: fold new events, plan and bind until quiet, publish the status."""
         if not self.started:
             self.start()
-        self.refresh()
+        try:
+            self.refresh()
+        except UndecodableEvent as exc:  # stop at the row, and say so to every waiting command
+            self.publish(PassResult(self.planned_at, self.state.last_position), error=str(exc))
+            raise
         result = CatchUp()
         now = self.now()
         if now is not None:
@@ -229,7 +233,7 @@ class PlannerService:
             cursor = at
         raise PlannerStuck(f"no fixpoint after {MAX_ROUNDS} rounds at {now.isoformat()}")
 
-    def publish(self, done: PassResult) -> None:
+    def publish(self, done: PassResult, error: str | None = None) -> None:
         status = planner_status.PlannerStatus(
             shard=str(self.shard),
             position=done.position,
@@ -238,6 +242,6 @@ class PlannerService:
             leader=self.name,
             heartbeat=datetime.now(UTC),
             data={"clock": "wall" if self.clock is not None else "simulated", "runs": len(self.state.runs),
-                  "leases": len(self.state.leases)},
+                  "leases": len(self.state.leases), **({"error": error} if error else {})},
         )  # fmt: skip
         planner_status.publish(self.ledger, status)

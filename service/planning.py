@@ -61,6 +61,9 @@ class PlannerWait:
     def before_append(self, ledger: Ledger, now: datetime) -> None:
         if self._waiter is None:  # LISTEN before the append, so its pass is never missed
             self._waiter = StatusWaiter(ledger)
+        stuck = _stuck(planner_status.read(ledger))
+        if stuck:
+            raise PlannerUnavailable(f"nothing was recorded: the planner is stopped: {stuck}")
 
     def settle(self, ledger: Ledger, position: int, now: datetime) -> None:
         self.before_append(ledger, now)
@@ -88,6 +91,14 @@ class PlannerWait:
         if self._waiter is not None:
             self._waiter.close()
             self._waiter = None
+
+
+def _stuck(status: PlannerStatus | None) -> str | None:
+    """What stops a live planner (an undecodable row), if anything."""
+    if status is None or not status.alive():
+        return None
+    error = status.data.get("error")
+    return str(error) if error else None
 
 
 def _clock_of(status: PlannerStatus | None) -> str:

@@ -8,7 +8,7 @@ import typer
 
 from cli import context
 from cli.commands import audit
-from cli.commands.runs import FileOption, read_manifest_text
+from cli.commands.runs import FileOption, read_manifests
 from cli.context import open_app
 from cli.render import Column, Row, console, emit_data, table
 
@@ -47,9 +47,9 @@ app = typer.Typer(help="Team budgets: envelopes of GPU concurrency and GPU-hours
 @app.command("apply")
 def apply(file: FileOption) -> None:
     """Apply Budget manifests (admins only)."""
+    manifests = read_manifests(file)
     service = open_app()
-    text_value, source = read_manifest_text(file)
-    applied = service.apply(service.parse(text_value, source), allowed=("Budget",))
+    applied = service.apply(manifests, allowed=("Budget",))
     if not emit_data([a.as_row() for a in applied], context.GLOBALS.output):
         for a in applied:
             console.print(f"budget/{a.name} {a.action}")

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from cli import context, slotmap
-from cli.commands.runs import FileOption, read_manifest_text
+from cli.commands.runs import FileOption, read_manifests
 from cli.context import open_app
 from cli.render import NODE_COLUMNS, console, emit_data, table
 
@@ -18,9 +18,9 @@ NodeArg = Annotated[str, typer.Argument(help="Node name", metavar="NODE")]
 @app.command("apply")
 def apply(file: FileOption) -> None:
     """Add or update nodes from a Cluster manifest (admins only)."""
+    manifests = read_manifests(file)
     service = open_app()
-    text_value, source = read_manifest_text(file)
-    applied = service.apply(service.parse(text_value, source), allowed=("Cluster",))
+    applied = service.apply(manifests, allowed=("Cluster",))
     if not emit_data([a.as_row() for a in applied], context.GLOBALS.output):
         console.print(f"{len(applied)} node(s) registered")
 

@@ -25,6 +25,9 @@ from cli.render import (
     table,
 )
 from cli.story import story, width_history
+from ledger import manifest_yaml
+from ledger.errors import ManifestError
+from ledger.model import Manifest, parse_manifests
 
 FileOption = Annotated[Path, typer.Option("-f", "--filename", help="Manifest file (YAML or JSON; '-' for stdin)")]
 RunArg = Annotated[str, typer.Argument(help="Run name, or NAMESPACE/NAME", metavar="RUN")]
@@ -38,12 +41,31 @@ def split_run(ref: str) -> tuple[str, str]:
 
 
 def read_manifest_text(path: Path) -> tuple[str, str]:
-    if str(path) == "-":
-        return sys.stdin.read(), "<stdin>"
+    """The file's text: at most 10 MiB (never more is read), UTF-8 (SPEC §12)."""
+    limit = manifest_yaml.MAX_FILE_BYTES + 1
+    source = "<stdin>" if str(path) == "-" else str(path)
     try:
-        return path.read_text(), str(path)
+        if str(path) == "-":
+            stream = getattr(sys.stdin, "buffer", None)
+            text = sys.stdin.read(limit) if stream is None else None
+            data = stream.read(limit) if stream is not None else str(text).encode("utf-8", "surrogateescape")
+        else:
+            with path.open("rb") as handle:
+                data = handle.read(limit)
+        return manifest_yaml.decode(data, source), source
     except OSError as exc:
         raise BadInput("-f", f"cannot read {path}: {exc.strerror}") from None
+    except ManifestError as exc:
+        raise BadInput(f"{source}: {exc.field}", exc.rule) from None
+
+
+def read_manifests(path: Path) -> list[Manifest]:
+    """Read and validate a manifest file before any database is touched: bad input never waits on one."""
+    text_value, source = read_manifest_text(path)
+    try:
+        return parse_manifests(text_value, source)
+    except ManifestError as exc:
+        raise BadInput(f"{source}: {exc.field}", exc.rule) from None
 
 
 def submit(file: FileOption, wait: Annotated[bool, typer.Option(help="Wait until the run settles")] = False) -> None:
@@ -53,9 +75,9 @@ def submit(file: FileOption, wait: Annotated[bool, typer.Option(help="Wait until
 
         kubemode.submit(*read_manifest_text(file), wait)
         return
+    manifests = read_manifests(file)
     app = open_app()
-    text_value, source = read_manifest_text(file)
-    applied = app.apply(app.parse(text_value, source))
+    applied = app.apply(manifests)
     states = app.runs_named([a.name for a in applied if a.kind == "Run"])
     rows = [a.as_row() | _run_state(states.get(a.name)) for a in applied]
     if emit_data(rows, context.GLOBALS.output):

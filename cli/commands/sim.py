@@ -20,8 +20,10 @@ from cli.errors import BadInput, CommandError
 from cli.render import LEASE_COLUMNS, RUN_COLUMNS, Column, console, emit_data, errors, short_time, table
 from cli.scenario import Scenario, load_scenario
 from cli.sim import Chapter, SimResult, simulate
+from ledger import manifest_yaml
 from ledger.databases import drop_database, fresh_database
 from ledger.embedded import migrate, resolve_database_url
+from ledger.errors import ManifestError
 from ledger.model import format_duration
 from ledger.store import Ledger
 
@@ -45,9 +47,12 @@ RESERVATION_COLUMNS: list[Column] = [
 
 def read_scenario(path: Path) -> Scenario:
     try:
-        text_value = path.read_text()
+        with path.open("rb") as handle:
+            text_value = manifest_yaml.decode(handle.read(manifest_yaml.MAX_FILE_BYTES + 1), str(path))
     except OSError as exc:
         raise BadInput("SCENARIO", f"cannot read {path}: {exc.strerror}") from None
+    except ManifestError as exc:
+        raise BadInput(f"{path}: {exc.field}", exc.rule) from None
     return load_scenario(text_value)
 
 

@@ -29,6 +29,7 @@ from pydantic.json_schema import WithJsonSchema
 from ledger import manifest_yaml
 from ledger.errors import ManifestError as ManifestError
 from ledger.errors import UndecodableEvent
+from ledger.limits import CONTROL
 
 API_VERSION = "rq.davidlangworthy.io/v1"
 
@@ -473,7 +474,7 @@ def validate_document(doc: Any, source: str = "") -> Manifest:
     if not isinstance(doc, dict):
         raise ManifestError("(document)", "must be a mapping with apiVersion, kind, metadata and spec", source)
     for path, value in manifest_yaml.walk_strings(doc):
-        bad = manifest_yaml.CONTROL.search(value)
+        bad = CONTROL.search(value)
         if bad:
             raise ManifestError(path, f"control character U+{ord(bad.group()):04X} is not allowed", source)
     kind = doc.get("kind")

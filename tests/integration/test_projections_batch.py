@@ -96,12 +96,17 @@ def history() -> list[Step]:
             submit("r1", ELASTIC),  # resubmitted in the same batch: the last one wins
         ]),
         (T0 + timedelta(minutes=2), "planner", [
-            *(plan(ev.RunAdmitted(f"ns/r{i}", 4)) for i in range(1, 6)),
+            # interleaved as the planner admits: RunAdmitted, its leases, the next RunAdmitted, ...
+            plan(ev.RunAdmitted("ns/r1", 4)),
             start("L1", "r1", "a-0", (0, 1, 2, 3)),
             start("L2", "r1", "a-0", (4, 5, 6, 7), payer="shared"),
+            plan(ev.RunAdmitted("ns/r2", 4)),
             start("S1", "r2", "a-1", (0, 1), role="Spare"),
+            plan(ev.RunAdmitted("ns/r3", 4)),
             start("F1", "r3", "a-1", (0, 1), role="Fill", payer="unfunded"),
+            plan(ev.RunAdmitted("ns/r4", 4)),
             start("B1", "r4", "a-1", (2, 3, 4, 5), payer="borrowed"),
+            plan(ev.RunAdmitted("ns/r5", 4)),
             start("U1", "r5", "b-0", (0, 1, 2), payer="unfunded"),
             start("E0", "r5", "b-0", ()),
             plan(ev.RunDeferred("ns/r6", "waiting for 4 GPUs")),

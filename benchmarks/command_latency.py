@@ -1,169 +1,160 @@
-"""Latency of one CLI-level admission as the ledger grows, with and without planner snapshots.
+"""One command's latency as the ledger grows: `submit` of a 1-GPU run and `get runs -n NS`.
 
-Starts an embedded Postgres in a temporary directory, grows one ledger through
-the real store and planner (a 512-GPU fleet, one budget, batches of runs that
-are submitted, admitted, bound on the simulated cluster and completed: about 7
-events per run), and at each size measures ``JobtreeApp.apply`` of ONE new Run
-(its catch-up before, the append, its catch-up after: what `jobtree submit`
-does), ``--repeat`` times with snapshots off (``JOBTREE_SNAPSHOT_EVERY=0``: fold
-the whole ledger, as before) and on (latest snapshot plus the tail). Each
-measured run is completed afterwards (not timed) so the fleet never fills.
-Prints p50/p95/max in ms, the cold ``load_state`` cost, and the machine.
+Issue 10, "Benchmarks"/"Targets" (the new design: commands append their input and wait for
+the planner service's ``planner_status``; reads only read). On an embedded PostgreSQL this
+script starts (durability off unless ``--durable``), one migrated database gets a 64 nodes x
+8 GPUs fleet and a Budget funding it; ``jobtree up --db URL --clock simulated`` runs as its
+own process. For each size (events in the ledger):
 
-    /work/venv/bin/python benchmarks/command_latency.py [--sizes 1000,10000,50000] [--repeat 20]
+1. the planner is stopped and the ledger grown to the size with ``grow_ledger.grow``
+   (finished 1-GPU runs, 7 events each, appended in waves by ``Ledger.append``: its hash
+   chain and projections); the planner is started again (the time to its first
+   ``planner_status`` is printed: the restart folds the grown tail);
+2. at the first size, 100 live 1-GPU runs are submitted in one file (they stay Running);
+3. ``--repeat`` times, interleaved: one ``python -m cli.main submit -f - --db URL`` of one
+   1-GPU run (namespace ``lat``; the command returns when the planner has planned past it),
+   one ``get runs -n live`` (100 rows), and the baselines (``python -c pass``,
+   ``jobtree --help``, a raw psycopg INSERT + COMMIT on the same server);
+4. ``audit verify`` at sizes up to ``--verify-max`` (it replays every event one at a time:
+   minutes at 100k events on 2 cores), and the planner checked alive.
+
+Targets: submit median <= 250 ms at 1k and <= 1.2x that at 1M; `get runs` median <= 200 ms
+and flat; `jobtree --help` <= 300 ms. ``--profile`` writes cProfiles of one submit and one
+get at the largest size (``python -m cProfile -o``) and prints their top costs.
+
+    python benchmarks/command_latency.py [--sizes 1k,10k,100k,1m] [--repeat 7] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
+import pstats
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from binder.sim import SimulatedCluster
-from binder.worker import bind_pending
-from service.app import JobtreeApp
-from service.identity import Identity
-from ledger import events as ev
-from ledger import snapshots
-from ledger.embedded import create_database, migrate, start_temporary_server
-from ledger.store import Ledger
-from planner import restore
-from planner.state import fold
-from planner.worker import catch_up
+import grow_ledger as g
 
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
-GPU = "H100-80GB"
-OWNER = "org:bench"
-ADMIN = Identity("bench-admin", frozenset())
-BATCH = 100
-RUN_YAML = """apiVersion: rq.davidlangworthy.io/v1
-kind: Run
-metadata: {{name: {name}, namespace: bench}}
-spec:
-  owner: {owner}
-  resources: {{gpuType: {gpu}, totalGPUs: 1}}
-"""
+NODES = 64
+LIVE = 100
 
 
-class Grower:
-    """Grows the ledger in batches: submit BATCH runs, complete the previous batch, catch up."""
-
-    def __init__(self, ledger: Ledger) -> None:
-        self.ledger, self.now, self.batch = ledger, T0, 0
-        self.backend = SimulatedCluster()
-        JobtreeApp(ledger, ADMIN, T0)  # bootstraps the policy (bench-admin is admin)
-        labels = [{"region": "us-west", "cluster": "c1", "fabricDomain": f"fd{i // 16}"} for i in range(64)]
-        nodes = [ev.NodeRegistered(f"n{i:02d}", GPU, 8, label) for i, label in enumerate(labels)]
-        envelope = {"name": "west", "gpuType": GPU, "selector": {"region": "us-west"}, "concurrency": 512}
-        spec = {"owner": OWNER, "parents": [], "submitters": [], "envelopes": [envelope]}
-        self.put([ev.NewEvent(ev.node_stream(n.name), n) for n in nodes])
-        self.put([ev.NewEvent(ev.budget_stream(OWNER), ev.BudgetApplied(OWNER, "bench", spec))])
-
-    def put(self, events: list[ev.NewEvent]) -> None:
-        self.ledger.append(events, actor="bench", at=self.now)
-
-    def step(self) -> None:
-        self.now += timedelta(minutes=1)
-        events = []
-        for i in range(BATCH):
-            key = ev.run_key("grow", f"b{self.batch}-{i}")
-            spec = {"owner": OWNER, "resources": {"gpuType": GPU, "totalGPUs": 1 + i % 4}}
-            events.append(ev.NewEvent(ev.run_stream(key), ev.RunSubmitted(key, "grow", key[5:], "alice", spec)))
-            if self.batch:
-                old = ev.run_key("grow", f"b{self.batch - 1}-{i}")
-                events.append(ev.NewEvent(ev.run_stream(old), ev.RunCompleted(old)))
-        self.put(events)
-        self.batch += 1
-        catch_up(self.ledger, self.now, bind=lambda at: bind_pending(self.ledger, self.backend, at))
-
-    def grow_to(self, size: int) -> None:
-        while self.ledger.last_position() < size:
-            self.step()
+def submit_one(url: str, name: str) -> float:
+    return g.cli(url, "submit", "-f", "-", stdin=g.run_yaml(name, "lat", 1))[0]
 
 
-def admission(ledger: Ledger, now: datetime, name: str) -> float:
-    """Seconds for one `submit` of a 1-GPU run (JobtreeApp construction + apply)."""
-    started = time.perf_counter()
-    app = JobtreeApp(ledger, ADMIN, now)
-    app.apply(app.parse(RUN_YAML.format(name=name, owner=OWNER, gpu=GPU), "bench"))
-    elapsed = time.perf_counter() - started
-    app.complete("bench", name)
+def get_runs(url: str) -> float:
+    elapsed, out = g.cli(url, "get", "runs", "-n", "live")
+    if out.count("Running") < LIVE:
+        raise g.CommandFailed(f"get runs -n live shows {out.count('Running')} Running runs, expected {LIVE}:\n{out}")
     return elapsed
 
 
-def measure(ledger: Ledger, grower: Grower, label: str, repeat: int, every: str) -> list[float]:
-    os.environ["JOBTREE_SNAPSHOT_EVERY"] = every
-    out = []
-    for i in range(repeat):
-        grower.now += timedelta(seconds=10)
-        out.append(admission(ledger, grower.now, f"{label}-{i}"))
-    return out
+def profiled(url: str, path: Path, *args: str, stdin: str | None = None) -> None:
+    command = [sys.executable, "-m", "cProfile", "-o", str(path), "-m", "cli.main", *args, "--db", url]
+    subprocess.run(command, input=stdin, capture_output=True, text=True, cwd=g.ROOT, env=g.child_env(
+        Path(tempfile.gettempdir()) / "jtb-home"), check=True)  # fmt: skip
 
 
-def timed(fn: Callable[[], object]) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
-
-
-def report(size: int, mode: str, samples: list[float]) -> None:
-    ms = sorted(s * 1000 for s in samples)
-    p95 = ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]
-    print(f"| {size:,} | {mode} | {statistics.median(ms):.0f} ms | {p95:.0f} ms | {ms[-1]:.0f} ms |", flush=True)
-
-
-def machine() -> None:
-    cpu = platform.processor() or platform.machine()
-    print(f"machine: {platform.platform()} | {cpu} | cpus={os.cpu_count()} | python {platform.python_version()}")
+def top(path: Path, what: str) -> None:
+    print(f"\ncProfile of {what} ({path}):")
+    stats = pstats.Stats(str(path))
+    stats.sort_stats("cumulative").print_stats(28)
+    stats.sort_stats("tottime").print_stats(10)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--sizes", default="1000,10000,50000")
-    parser.add_argument("--repeat", type=int, default=20)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1k,10k,100k,1m")
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--verify-max", default="10k", help="run `audit verify` at sizes up to this")
+    parser.add_argument("--durable", action="store_true")
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--budget", type=float, default=600.0,
+                        help="skip a size whose growth would not fit in this many seconds")  # fmt: skip
     args = parser.parse_args()
-    machine()
-    with tempfile.TemporaryDirectory(prefix="jt-bench-") as tmp:
-        server = start_temporary_server(Path(tmp) / "pg")
+    g.exit_on_sigterm()
+    g.machine("command_latency: one `submit` and one `get runs` as the ledger grows (planner service running)")
+    sizes = list(g.iter_sizes(args.sizes))
+    verify_max = next(g.iter_sizes(args.verify_max))
+    began = time.perf_counter()
+    results: list[tuple[int, list[float], list[float], float]] = []
+    loads: list[float] = []
+    with g.BenchServer(durable=args.durable) as server:
+        url = server.fresh()
+        base = g.Baseline(url)
+        g.setup_fleet(url, NODES)
+        planner: g.PlannerProcess | None = None
+        rate = 0.0
+        count = 0
         try:
-            create_database(server.url, "bench")
-            url = server.database_url("bench")
-            migrate(url)
-            ledger = Ledger.from_url(url)
-            run(ledger, [int(s) for s in args.sizes.split(",")], args.repeat)
-            ledger.dispose()
+            for size in sizes:
+                position = g.Ledger.from_url(url).last_position()
+                if rate and (size - position) / rate > args.budget - (time.perf_counter() - began):
+                    print(f"size {size:,}: skipped (growing {size - position:,} events at {rate:,.0f} events/s "
+                          f"would not fit in --budget {args.budget:.0f} s)", flush=True)  # fmt: skip
+                    continue
+                if planner is not None:
+                    planner.stop()
+                grown = g.grow(url, size - 2 * args.repeat * 5, NODES)  # leave room for the measured submits
+                if grown.seconds > 0 and grown.events > position:
+                    rate = (grown.events - position) / grown.seconds
+                planner = g.PlannerProcess(url, name=f"bench-lat-{size}").start()
+                serving = planner.wait_serving()
+                if size == sizes[0]:
+                    g.live_runs(url, LIVE)
+                events = g.Ledger.from_url(url).last_position()
+                print(f"size {size:,}: {events:,} events ({grown.finished_runs:,} more finished runs, grown in "
+                      f"{grown.seconds:.0f} s at {rate:,.0f} events/s); planner serving {serving:.2f} s after "
+                      f"start", flush=True)  # fmt: skip
+                submits: list[float] = []
+                gets: list[float] = []
+                for _ in range(args.repeat):
+                    count += 1
+                    submits.append(submit_one(url, f"s{count}"))
+                    gets.append(get_runs(url))
+                    base.sample()
+                    loads.append(g.load()[0])
+                if args.profile and size == sizes[-1]:
+                    tmp = Path(tempfile.gettempdir())
+                    profiled(url, tmp / "jtb-submit.prof", "submit", "-f", "-", stdin=g.run_yaml("prof", "lat", 1))
+                    profiled(url, tmp / "jtb-get.prof", "get", "runs", "-n", "live")
+                print(f"  submit {g.ms(statistics.median(submits))}, get runs {g.ms(statistics.median(gets))} "
+                      f"(medians; load {loads[-1]:.2f})", flush=True)  # fmt: skip
+                if size <= verify_max:
+                    took, report = g.audit_verify(url)
+                    print(f"  audit verify ({took:.1f} s): " + " | ".join(line.strip() for line in
+                          report.splitlines()[1:]), flush=True)  # fmt: skip
+                if not planner.alive():
+                    raise g.CommandFailed(f"the planner died: {planner.log.read_text()[-3000:]}")
+                results.append((events, submits, gets, serving))
         finally:
-            server.stop()
-
-
-def run(ledger: Ledger, sizes: list[int], repeat: int) -> None:
-    os.environ["JOBTREE_SNAPSHOT_EVERY"] = str(restore.SNAPSHOT_EVERY)
-    grower = Grower(ledger)
-    print("| events | snapshots | p50 | p95 | max |\n|---|---|---|---|---|", flush=True)
-    for size in sizes:
-        started = time.perf_counter()
-        grower.grow_to(size)
-        grown = time.perf_counter() - started
-        off = measure(ledger, grower, f"off{size}", repeat, "0")
-        on = measure(ledger, grower, f"on{size}", repeat, str(restore.SNAPSHOT_EVERY))
-        report(ledger.last_position(), "off", off)
-        report(ledger.last_position(), "on", on)
-        full = timed(lambda: fold(ledger.read()))
-        warm = timed(lambda: restore.load_state(ledger))
-        newest = snapshots.candidates(ledger, restore.code_fingerprint())[0]
-        tail = ledger.last_position() - newest.position
-        print(f"  (grown in {grown:.0f} s; cold load: full fold {full * 1000:.0f} ms, snapshot+tail "
-              f"{warm * 1000:.0f} ms; snapshot {newest.data['bytes'] / 1e6:.1f} MB, tail {tail} events)",
-              flush=True)  # fmt: skip
+            if planner is not None:
+                planner.stop()
+            base.close()
+    print(f"\nload average during the run: min {min(loads):.2f}, median {statistics.median(loads):.2f}, "
+          f"max {max(loads):.2f}{g.load_note(statistics.median(loads))}")  # fmt: skip
+    print(f"\n{g.HEADER}")
+    for line in base.rows():
+        print(line)
+    first_submit = statistics.median(results[0][1])
+    first_get = statistics.median(results[0][2])
+    for events, submits, gets, _ in results:
+        first = events == results[0][0]
+        print(g.row(f"`submit` of one 1-GPU run, {events:,} events", submits, base.help,
+                    0.250 if first else 1.2 * first_submit))  # fmt: skip
+        print(g.row(f"`get runs -n live` (100 rows), {events:,} events", gets, base.help,
+                    0.200 if first else min(0.200, 1.2 * first_get)))  # fmt: skip
+    if args.profile:
+        tmp = Path(tempfile.gettempdir())
+        top(tmp / "jtb-submit.prof", f"one `submit` at {results[-1][0]:,} events")
+        top(tmp / "jtb-get.prof", f"one `get runs` at {results[-1][0]:,} events")
+    print(f"\ntotal runtime {time.perf_counter() - began:.0f} s")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -178,17 +179,46 @@ def projection_differences(ledger: Ledger) -> list[Row]:
             conn.execute(
                 text(f"CREATE TEMP TABLE {table.name} (LIKE public.{table.name} INCLUDING ALL) ON COMMIT DROP")
             )
-        current: ev.Recorded | None = None
-        try:
-            with conn.begin_nested():
-                for current in _records(conn):
-                    projections.apply(conn, current)
-        except (DBAPIError, LedgerError, ValueError, KeyError) as exc:
+        failure = _replay_into(conn)
+        if failure is not None:
             tx.rollback()
-            return [_replay_failure(current, exc)]
+            return [failure]
         diffs = [d for table in t.PROJECTION_TABLES for d in _table_differences(conn, table)]
         tx.rollback()
     return diffs
+
+
+_REPLAY_ERRORS = (DBAPIError, LedgerError, ValueError, KeyError)
+_CHUNK = 5000
+
+
+def _replay_into(conn: Connection) -> Row | None:
+    """Fold every event into the (temporary) projections in batches; the first failure, if any.
+
+    A chunk that fails is rolled back and replayed one event at a time, so the failure
+    names the exact event, as a one-at-a-time replay would.
+    """
+    records = _records(conn)
+    try:
+        while chunk := list(itertools.islice(records, _CHUNK)):
+            try:
+                with conn.begin_nested():
+                    projections.apply_many(conn, chunk)
+            except _REPLAY_ERRORS:
+                return _first_failure(conn, chunk)
+    except _REPLAY_ERRORS as exc:  # the log itself could not be read (e.g. an undecodable row)
+        return _replay_failure(None, exc)
+    return None
+
+
+def _first_failure(conn: Connection, chunk: list[ev.Recorded]) -> Row:
+    for record in chunk:
+        try:
+            with conn.begin_nested():
+                projections.apply(conn, record)
+        except _REPLAY_ERRORS as exc:
+            return _replay_failure(record, exc)
+    return _replay_failure(chunk[0], LedgerError("the batch failed, but no single event did"))
 
 
 def _replay_failure(record: ev.Recorded | None, exc: Exception) -> Row:

@@ -59,11 +59,11 @@ def load_state(ledger: Ledger, every: int | None = None) -> ClusterState:
     """``fold(ledger.read())``, from the latest snapshot plus the tail; snapshot a long tail."""
     every = snapshot_every() if every is None else every
     if every <= 0:
-        return fold(ledger.read())
+        return fold(ledger.iter_read())
     fingerprint = code_fingerprint()
     state = restore(ledger, fingerprint) or ClusterState()
     start = state.last_position
-    state = fold(ledger.read(after=start), state)
+    state = fold(ledger.iter_read(after=start), state)  # a page at a time: memory stays O(live + page)
     if state.last_position - start >= every:
         save(ledger, state, fingerprint)
     return state

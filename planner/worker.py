@@ -177,9 +177,9 @@ class PlannerService:
 
     def refresh(self) -> int:
         """Fold the events appended since the last pass; return how many."""
-        tail = self.ledger.read(after=self.state.last_position)
-        self.state = fold(tail, self.state)
-        return len(tail)
+        before = self.state.last_position
+        self.state = fold(self.ledger.iter_read(after=before), self.state)  # a page at a time in memory
+        return self.state.last_position - before
 
     def step(self) -> PassResult:
         """One pass: fold new events, plan and bind until quiet, publish the status."""
@@ -199,7 +199,8 @@ class PlannerService:
         done = PassResult(now, self.state.last_position, result.decisions, result.bound, wake)
         self.publish(done)
         self.last = done
-        self._snapshot()
+        if not (done.decisions or done.bound):
+            self._snapshot()  # only in a quiet pass: an input never waits behind a snapshot
         return done
 
     def _snapshot(self) -> None:

@@ -22,7 +22,7 @@ from ledger.store import Ledger
 from service.app import JobtreeApp
 from service.errors import ServiceError
 from service.identity import Identity
-from service.planning import InProcess
+from service.inprocess import InProcess
 
 SIM_USER = "jobtree-sim"
 #: Service-level field names mapped to the scenario's own (``--by`` → ``by``).

@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from ledger import queries, whatif
+from ledger import queries
 from ledger.events import (
     CLOCK_STREAM,
     POLICY_STREAM,
@@ -54,7 +54,7 @@ from ledger.model import (
 from ledger.store import Ledger
 from service.errors import BadInput, Forbidden, NotFound
 from service.identity import Identity
-from service.planning import InProcess, PlannerWait, Planning, what_if_pass
+from service.planning import PlannerWait, Planning
 
 Row = dict[str, Any]
 #: How far ahead of the wall clock anyone may write (clock skew between machines).
@@ -228,8 +228,7 @@ class JobtreeApp:
         """Let time pass to ``now`` with no other input (``sim run``'s ``advance``, ``clock advance``)."""
         events = self._clock_events()
         if not events:
-            if isinstance(self.planning, InProcess):
-                self.planning.settle(self.ledger, self.ledger.last_position(), self.now)
+            self.planning.advance(self.ledger, self.now)
             return
         self._append([])
 
@@ -242,6 +241,9 @@ class JobtreeApp:
         latest = self.ledger.latest_time()
         if self.requested is None or latest is None or self.now <= latest:
             return self.engine
+        from ledger import whatif  # a what-if plans in this process: load the planner only now
+        from service.inprocess import what_if_pass
+
         scratch = self._stack.enter_context(whatif.scratch(self.ledger))
         what_if_pass(scratch, self.now, self.identity.user, bind=self.policy().binder == "sim")
         self._scratch = scratch

@@ -2,26 +2,21 @@
 
 - ``PlannerWait``: the planner service plans; the command waits (LISTEN) until
   ``planner_status`` shows it has planned past the appended position. The CLI's way.
-- ``InProcess``: the command plans itself (``planner.worker.catch_up``) — for ``sim
-  run``, what-if reads in a rolled-back transaction, and the Kubernetes intake until it
-  gets its own worker loop.
+- ``service.inprocess.InProcess``: the command plans itself (``planner.worker.catch_up``)
+  — for ``sim run`` and the Kubernetes intake; ``what_if_pass`` plans a what-if read in a
+  rolled-back transaction. Kept apart so a plain command never imports the planner.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from binder.sim import SimulatedCluster
-from binder.worker import bind_pending
 from ledger import status as planner_status
-from ledger.events import CLOCK_STREAM, ClockAdvanced, NewEvent
 from ledger.status import PlannerStatus, StatusWaiter
 from ledger.store import Ledger
-from planner.worker import PlannerService, catch_up
 from service.errors import PlannerUnavailable
 
 DEFAULT_TIMEOUT = 30.0
@@ -45,6 +40,10 @@ class Planning(Protocol):
 
     def clock(self, ledger: Ledger) -> str:
         """``wall`` or ``simulated``: the clock of whoever plans this ledger."""
+        ...
+
+    def advance(self, ledger: Ledger, now: datetime) -> None:
+        """Let time pass to ``now`` with no input (only an in-process planner has work to do)."""
         ...
 
     def close(self) -> None: ...
@@ -87,6 +86,9 @@ class PlannerWait:
         status = planner_status.read(ledger)
         return _clock_of(status)
 
+    def advance(self, ledger: Ledger, now: datetime) -> None:
+        """The planner service moves with the wall clock by itself."""
+
     def close(self) -> None:
         if self._waiter is not None:
             self._waiter.close()
@@ -105,47 +107,3 @@ def _clock_of(status: PlannerStatus | None) -> str:
     if status is None or not status.alive():
         return "wall"
     return str(status.data.get("clock", "wall"))
-
-
-@dataclass
-class InProcess:
-    """Plan (and, on the simulated cluster, bind) in this process after each append."""
-
-    bind: bool = True
-    simulated: bool = True
-    notices: list[str] = field(default_factory=list)
-
-    def before_append(self, ledger: Ledger, now: datetime) -> None:
-        """Catch up to ``now`` first, so the funding edges before it are planned without the new input."""
-        self.settle(ledger, ledger.last_position(), now)
-
-    def settle(self, ledger: Ledger, position: int, now: datetime) -> None:
-        binder: Callable[[datetime], int] | None = None
-        if self.bind:
-            backend = SimulatedCluster()
-
-            def binder(at: datetime) -> int:
-                return bind_pending(ledger, backend, at)
-
-        catch_up(ledger, now, bind=binder)
-
-    def clock(self, ledger: Ledger) -> str:
-        return "simulated" if self.simulated else "wall"
-
-    def close(self) -> None:
-        """Nothing held."""
-
-
-def what_if_pass(ledger: Ledger, at: datetime, actor: str, bind: bool) -> None:
-    """On a scratch ledger: move the clock to ``at`` and plan (and bind) through it, edges included."""
-    service = PlannerService(ledger, name="what-if", clock=None)
-    if bind:
-        backend = SimulatedCluster()
-
-        def binder(when: datetime) -> int:
-            return bind_pending(ledger, backend, when)
-
-        service.bind = binder
-    service.start()  # planned up to the ledger's own time: the edges between it and ``at`` are due
-    ledger.append([NewEvent(CLOCK_STREAM, ClockAdvanced("what-if"))], actor=actor, at=at)
-    service.step()

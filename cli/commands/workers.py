@@ -31,7 +31,7 @@ from ledger.store import Ledger
 from service.app import JobtreeApp
 from service.errors import ServiceError
 from service.identity import Identity
-from service.planning import InProcess
+from service.inprocess import InProcess
 
 app = typer.Typer(help="Run the planner, intake and binder services (a cluster install).", no_args_is_help=True)
 log = logging.getLogger("jobtree.workers")

@@ -25,6 +25,7 @@ from ledger.events import Event, LeaseEnded, LeaseStarted, ReservationCancelled,
 from planner.cover import LeasePlan, cover
 from planner.elastic import apply_shrinks, grow
 from planner.failures import handle_failures
+from planner.fit import never_fits
 from planner.losses import Batch
 from planner.lower import admission_widths, lower
 from planner.pack import PackFailure, pack
@@ -75,17 +76,20 @@ def attempt(view: PlanView, run: RunState, now: datetime, unfunded_ok: bool = Fa
     filled = fill_attempt(view, run, now)
     if filled is not None:
         return Admission(*filled)
-    failure = ""
+    failure, packed = "", False
     for width in admission_widths(spec, run.desired):
         placement = pack(view, spec.resources.gpu_type, lower(spec, width), spec.spares)
         if isinstance(placement, PackFailure):
             failure = placement.message
             continue
+        packed = True
         funded = cover(view, spec, placement, now, run=run.key, recall=True)
         if funded.unfunded and not (spec.funding.opportunistic or unfunded_ok):
             failure = funded.shortfall or "not funded"
             continue
         return Admission(width, funded.leases, funded.recalls)
+    if not packed:
+        return never_fits(view, spec) or failure
     return failure
 
 

@@ -1,0 +1,71 @@
+"""Issue 15, defects 1-7: one test each that failed on the old planner (see each docstring)."""
+
+from __future__ import annotations
+
+from elastic_fakes import World, of_type, spec_run
+from planner_fakes import at, budget, envelope, fleet
+
+from ledger import events as ev
+from ledger.model import run_from_spec
+from planner.elastic import shrink_refusal
+
+TRAINER = "ns/trainer"
+
+
+# ---------------------------------------------------------------- defect 5: shrink gives GPUs back
+
+
+def test_shrink_counts_from_what_the_run_holds_not_from_desired() -> None:
+    """Old: desired 160 - 32 = 128 while the run held 128, so nothing was freed (128/128)."""
+    world = World(*fleet({"A": 5, "B": 5, "C": 5, "D": 5, "E": 5}), budget("org:a", envelope("west", 400)), now=at(0))
+    world.record(spec_run("other", 40, group=40))
+    world.record(spec_run("trainer", 128, group=32, malleable=(96, 160, 32)), now=at(1))
+    assert world.width(TRAINER) == 128 and world.state.runs[TRAINER].desired == 160
+    decisions = world.record(ev.RunShrinkRequested(TRAINER, 32), now=at(2))
+    assert world.width(TRAINER) == 96 and world.state.runs[TRAINER].desired == 96
+    assert of_type(decisions, ev.RunResized) == [ev.RunResized(TRAINER, 96, "Shrink")]
+    assert world.record(ev.RunCompleted("ns/other"), now=at(3)) and world.width(TRAINER) == 96, "no regrow"
+
+
+def test_shrink_of_a_malleable_run_without_groups_frees_gpus_now() -> None:
+    """Old: one spread group of 32 could not end whole above min 8, so --by 24 left it at 32."""
+    world = World(*fleet({"A": 4}), budget("org:a", envelope("west", 64)), now=at(0))
+    world.record(spec_run("trainer", 32, malleable=(8, 32, 8)))
+    assert world.width(TRAINER) == 32
+    decisions = world.record(ev.RunShrinkRequested(TRAINER, 24), now=at(1))
+    assert world.width(TRAINER) == 8
+    assert {e.reason for e in of_type(decisions, ev.LeaseEnded)} == {"Shrink"}
+    assert of_type(decisions, ev.RunResized)[-1] == ev.RunResized(TRAINER, 8, "Shrink")
+    free = sum(len(n.free) for n in world.state.nodes.values())
+    assert free == 24
+
+
+def test_shrink_refusal_names_the_reason() -> None:
+    spec = run_from_spec(spec_run("t", 128, group=32, malleable=(96, 160, 32)).spec)
+    assert shrink_refusal("trainer-128", spec, 96, 160, 32) == "trainer-128 holds 96, its minimum"
+    assert shrink_refusal("trainer-128", spec, 128, 160, 32) is None
+    assert shrink_refusal("trainer-128", spec, 128, 160, 16) is not None  # not a step multiple
+    assert "holds no GPUs" in (shrink_refusal("trainer-128", spec, 0, 160, 32) or "")
+    fixed = run_from_spec(spec_run("f", 8).spec)
+    assert "not malleable" in (shrink_refusal("f", fixed, 8, 8, 8) or "")
+
+
+# ---------------------------------------------------------------- defect 7: can never fit
+
+
+def test_a_run_that_can_never_fit_says_so() -> None:
+    """Old: 'needs 64 ... only 16 are free' — as if it would fit once others finish."""
+    world = World(*fleet({"A": 2}), budget("org:a", envelope("west", 64)), now=at(0))
+    decisions = world.record(spec_run("wide", 64))
+    (deferred,) = of_type(decisions, ev.RunDeferred)
+    assert deferred.message.startswith("can never fit: needs 64 H100-80GB GPUs")
+    assert "all 2 H100-80GB nodes together have 16 GPUs" in deferred.message
+    assert not of_type(decisions, ev.ReservationCreated)
+
+
+def test_a_run_of_an_unregistered_gpu_type_can_never_fit() -> None:
+    world = World(*fleet({"A": 2}), budget("org:a", envelope("west", 64)), now=at(0))
+    submitted = spec_run("odd", 8)
+    submitted.spec["resources"]["gpuType"] = "B200"
+    (deferred,) = of_type(world.record(submitted), ev.RunDeferred)
+    assert deferred.message == "can never fit: no B200 nodes are registered"

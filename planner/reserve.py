@@ -295,10 +295,13 @@ class Reserver:
         self.holds.add(run, eta, held_slots(self.view, target))
         return events, False
 
+    def later(self, run: RunState) -> None:
+        """A run requeued in this call after the walk passed it: considered for a reservation in pass 2."""
+        if run not in self.skipped:
+            self.skipped.append(run)
+
     def _analyse(self, run: RunState, res: ReservationState | None) -> tuple[Scope, Target] | str:
         """The run's scope and intended placement, or why it gets no reservation ("" when it just waits)."""
-        if (run.requeued or run.key in self.batch.requeued) and res is None:
-            return ""  # re-admitted as soon as it fits (SPEC §6.3): it cuts nobody
         scope = Scope(self.batch, run.spec.resources.gpu_type, run.key)
         target = find_target(self.view, scope, run, res.event.slots if res is not None else None)
         if target is None:
@@ -346,7 +349,8 @@ class Reserver:
         """Runs that got no reservation in pass 1 but would now (later activations freed capacity)."""
         out: list[Blocked] = []
         for run in self.skipped:
-            if run.key in self.batch.done or run.key in self.state.finishing:
+            requeued = run.key in self.batch.requeued
+            if (run.key in self.batch.done and not requeued) or run.key in self.state.finishing:
                 continue
             found = self._analyse(run, None)  # after every hold: it comes last, and keeps what it finds
             if not isinstance(found, str) and not self._started(run):
@@ -355,7 +359,8 @@ class Reserver:
         return out
 
     def _started(self, run: RunState) -> bool:
-        return any(e.run == run.key for e in self.view.fresh)
+        """The run holds a lease started in this call (a run started and then cut here does not)."""
+        return any(e.run == run.key and not self.view.ended(e.lease_id) for e in self.view.fresh)
 
     def publish(self) -> list[Event]:
         out: list[Event] = []

@@ -214,9 +214,14 @@ class Cutter:
 
     scope: Scope
     lottery: Lottery
-    by: str  # the reservation id
+    by: str  # the reservation id (or the admitted run, for a reclaim at admission)
     out: list[Event] = field(default_factory=list)
     freed: int = 0
+    what: str = "activation"  # "activation" | "admission": named in the story of a run it ends
+
+    def reclaim(self, domain: DomainKey, need: int, groups: list[Group]) -> None:
+        """SPEC §4.4 outcome 2: the lottery among ``groups`` (unfunded work) until ``domain`` has ``need`` free."""
+        self._lottery(groups, self.deficit(domain, need), RECLAIM)
 
     def deficit(self, domain: DomainKey, need: int) -> int:
         return max(0, need - self.scope.view.domain_free(domain))
@@ -283,7 +288,7 @@ class Cutter:
         whole = "Requeued" if requeue else "Failed"
         for lease in self.scope.leases(run.key):
             self._end(lease, reason if lease.group == index else whole)
-        why = f"cut by the activation of {self.by} ({reason}, seed {self.lottery.seed})"
+        why = f"cut by the {self.what} of {self.by} ({reason}, seed {self.lottery.seed})"
         batch.done.add(run.key)
         if requeue:
             self.out.append(RunRequeued(run.key, why))

@@ -69,3 +69,32 @@ def test_a_run_of_an_unregistered_gpu_type_can_never_fit() -> None:
     submitted.spec["resources"]["gpuType"] = "B200"
     (deferred,) = of_type(world.record(submitted), ev.RunDeferred)
     assert deferred.message == "can never fit: no B200 nodes are registered"
+
+
+# ---------------------------------------------------------------- defect 1: owner recall at admission
+
+PARENT, CHILD = "org:p", "org:p:c"
+
+
+def test_owner_recall_at_admission_reclaims_the_shared_gpus_and_binds_now() -> None:
+    """Old: the child's lease stayed ``shared`` and the parent got a 15-minute lottery reservation."""
+    from funding_fakes import budget as family_budget
+    from funding_fakes import env
+
+    from planner.lottery import seed_for
+
+    world = World(
+        *fleet({"A": 2}), family_budget(PARENT, env("e", 16)), family_budget(CHILD, env("c", 0), parents=[PARENT]),
+        now=at(0),
+    )  # fmt: skip
+    world.record(spec_run("child", 8, owner=CHILD, checkpoint="10m"))
+    assert {x.payer_class for x in world.open_leases("ns/child")} == {"shared"}
+    decisions = world.record(spec_run("parent", 16, owner=PARENT), now=at(5))
+    assert not of_type(decisions, ev.ReservationCreated)
+    assert ev.RunAdmitted("ns/parent", 16) in decisions
+    seed = seed_for("ns/parent", at(5))
+    reclaimed = [e for e in of_type(decisions, ev.LeaseEnded) if e.reason == "ReclaimUnfunded"]
+    assert reclaimed and all(e.seed == seed for e in reclaimed)
+    (requeued,) = of_type(decisions, ev.RunRequeued)
+    assert requeued.run == "ns/child" and "admission of ns/parent" in requeued.reason
+    assert world.width("ns/parent") == 16 and world.width("ns/child") == 0

@@ -175,25 +175,31 @@ def _admit(view: PlanView, now: datetime, requeued: list[str] | None = None, bat
     queue = _queue(state, requeued or [])
     started_here: set[str] = set()
     requeued_before = len(requeued or [])
+    reserver.prehold()
     for run in queue:
         if run.key in state.finishing:
             continue
-        result = attempt(view, run, now)
-        if isinstance(result, Admission):
-            out += reserver.admitted(run)
-            out += _start(view, run, result, now)
-            admitted += 1
-            started_here.add(run.key)
-            continue
-        reclaimed = reclaim_at_admission(reserver.batch, run, now, reserver.admit)
-        if reclaimed is not None:
-            out += reclaimed
-            if any(isinstance(e, RunAdmitted) and e.run == run.key for e in reclaimed):
+        with reserver.holds.own(run):
+            result = attempt(view, run, now)
+            if isinstance(result, Admission):
+                reserver.holds.release(run.key)
                 out += reserver.admitted(run)
+                out += _start(view, run, result, now)
                 admitted += 1
                 started_here.add(run.key)
                 continue
-        events, started = reserver.blocked(run)
+            reclaimed = reclaim_at_admission(reserver.batch, run, now, reserver.admit)
+            if reclaimed is not None:
+                out += reclaimed
+                if any(isinstance(e, RunAdmitted) and e.run == run.key for e in reclaimed):
+                    reserver.holds.release(run.key)
+                    out += reserver.admitted(run)
+                    admitted += 1
+                    started_here.add(run.key)
+                    continue
+            events, started = reserver.blocked(run)
+            if started:
+                reserver.holds.release(run.key)
         out += events
         if started:
             admitted += 1

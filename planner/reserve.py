@@ -254,6 +254,33 @@ class Reserver:
         self.skipped: list[RunState] = []  # blocked runs that got no reservation in pass 1
         self.closed: set[str] = set()
 
+    def prehold(self) -> None:
+        """Firm holds for every published reservation still ahead of its earliestStart (SPEC §5.3)."""
+        for res in sorted(self.state.reservations.values(), key=lambda r: r.reservation_id):
+            run = self.state.runs.get(res.run)
+            if run is None or run.key in self.state.finishing or res.earliest_start <= self.now:
+                continue
+            slots = {n: tuple(s) for n, s in (res.event.slots or {}).items() if n in self.state.nodes}
+            self.holds.add(run, res.earliest_start, slots, firm=True)
+
+    def allowed(self, res: ReservationState | None) -> set[str] | None:
+        """Runs a reservation may still cut with full notice (None: any run, it warns them now).
+
+        Once less than ``reservationNotice`` is left before earliestStart, only runs in its
+        published conflict set that were running at least the notice before the cut remain
+        (SPEC §5.3); opportunistic work is always cuttable (``Scope``).
+        """
+        if res is None or self.now + self.notice <= res.earliest_start:
+            return None
+        cut_at = max(self.now, res.earliest_start)
+        out: set[str] = set()
+        for key in res.event.conflict_set:
+            run = self.state.runs.get(key)
+            since = run.admitted_at if run is not None and run.phase == "Running" else None
+            if since is not None and since + self.notice <= cut_at:
+                out.add(key)
+        return out
+
     def _open(self, run: RunState) -> ReservationState | None:
         res = self.state.reservations.get(run.reservation) if run.reservation else None
         return None if res is None or res.reservation_id in self.closed else res
@@ -292,7 +319,7 @@ class Reserver:
                 return events, True
         self.waiting.append(Blocked(run, res, target))
         eta = res.earliest_start if res is not None else self.now + self.notice
-        self.holds.add(run, eta, held_slots(self.view, target))
+        self.holds.add(run, eta, held_slots(self.view, target), firm=res is not None and eta > self.now)
         return events, False
 
     def later(self, run: RunState) -> None:
@@ -302,7 +329,7 @@ class Reserver:
 
     def _analyse(self, run: RunState, res: ReservationState | None) -> tuple[Scope, Target] | str:
         """The run's scope and intended placement, or why it gets no reservation ("" when it just waits)."""
-        scope = Scope(self.batch, run.spec.resources.gpu_type, run.key)
+        scope = Scope(self.batch, run.spec.resources.gpu_type, run.key, self.allowed(res))
         target = find_target(self.view, scope, run, res.event.slots if res is not None else None)
         if target is None:
             return "no placement exists even with cuts"
@@ -409,7 +436,7 @@ class Reserver:
         self, item: Blocked, rid: str, scopes: list[tuple[set[DomainKey], datetime]]
     ) -> tuple[list[Event], datetime]:
         run, target = item.run, item.target
-        scope = Scope(self.batch, run.spec.resources.gpu_type, run.key)
+        scope = Scope(self.batch, run.spec.resources.gpu_type, run.key, self.allowed(item.res))
         cuts = plan_cuts(scope, target.deficit)
         funded = cover(self.view, run.spec, target.placement(self.view), self.now, run=run.key, recall=True)
         eta, confidence = self._eta(item, scope, cuts.drawn, scopes)

@@ -60,11 +60,14 @@ class Group:
 class Scope:
     """Running runs of one GPU type that a reservation of ``exclude`` may cut.
 
+    ``allowed`` (a reservation close to its time, ``Reserver.allowed``): only those runs and
+    opportunistic work; others were not warned with the full notice (SPEC §5.3).
+
     Runs admitted earlier in the same plan call count as running (their leases are in
     the view's ``fresh`` list), so planning again at the same instant sees the same scope.
     """
 
-    def __init__(self, batch: Batch, gpu_type: str, exclude: str) -> None:
+    def __init__(self, batch: Batch, gpu_type: str, exclude: str, allowed: set[str] | None = None) -> None:
         self.batch = batch
         self.view = batch.view
         self.fresh: dict[str, dict[str, LeaseState]] = {}
@@ -85,7 +88,13 @@ class Scope:
             self.fresh.setdefault(e.run, {})[e.lease_id] = lease
         found = running(self.view, batch.done)
         found += [self.view.state.runs[k] for k in sorted(self.fresh) if k in self.view.state.runs]
-        self.runs = {r.key: r for r in found if r.spec.resources.gpu_type == gpu_type and r.key != exclude}
+        self.runs = {
+            r.key: r
+            for r in found
+            if r.spec.resources.gpu_type == gpu_type
+            and r.key != exclude
+            and (allowed is None or r.key in allowed or r.spec.funding.opportunistic)
+        }
 
     def live(self) -> list[RunState]:
         """Runs that hold leases now (a run requeued earlier in this call may be running again)."""

@@ -98,3 +98,49 @@ def test_owner_recall_at_admission_reclaims_the_shared_gpus_and_binds_now() -> N
     (requeued,) = of_type(decisions, ev.RunRequeued)
     assert requeued.run == "ns/child" and "admission of ns/parent" in requeued.reason
     assert world.width("ns/parent") == 16 and world.width("ns/child") == 0
+
+
+# ---------------------------------------------------------------- defect 3: full notice for every victim
+
+
+def notice_world() -> World:
+    world = World(
+        *fleet({"A": 3}),
+        budget("org:a", envelope("west", 0)), budget("org:b", envelope("west", 16)), budget("org:c", envelope("west", 16)),
+        now=at(0),
+    )  # fmt: skip
+    world.record(spec_run("b1", 16, owner="org:b"), spec_run("x", 8, owner="org:a"))
+    world.record(spec_run("y", 16, owner="org:c"), now=at(2 / 60))  # 2 s later
+    return world
+
+
+def test_a_run_started_unfunded_after_a_reservation_was_published_is_not_cut_by_it() -> None:
+    """Old: x started unfunded at its budget-only ETA, was reclaimed by y's activation 2 s later (Failed)."""
+    world = notice_world()
+    reservations = {r.run: r for r in world.state.reservations.values()}
+    assert reservations["ns/x"].event.deficit == {} and reservations["ns/y"].event.conflict_set == ("ns/b1",)
+    world.record(now=at(15))
+    assert world.width("ns/x") == 8, "x starts at its time, unfunded"
+    decisions = world.record(now=at(15 + 2 / 60))
+    cut = {e.lease_id for e in of_type(decisions, ev.LeaseEnded)}
+    assert not cut & {x.lease_id for x in world.open_leases("ns/x")}
+    assert world.width("ns/x") == 8 and world.width("ns/y") == 16
+    assert ev.RunFinished("ns/x", "Failed", "") not in decisions
+    assert {d.run for d in of_type(decisions, ev.RunFinished)} == {"ns/b1"}
+
+
+# ---------------------------------------------------------------- defect 4: requeued victims get an ETA
+
+
+def test_a_requeued_victim_keeps_its_place_and_gets_its_own_reservation() -> None:
+    """Old: the victim was 'Pending: no reservation' and newer runs could reserve ahead of it."""
+    from test_reserve import contention, submit_big
+
+    world = contention()
+    submit_big(world)
+    decisions = world.record(now=at(45))
+    (requeued,) = of_type(decisions, ev.RunRequeued)
+    victim = world.state.runs[requeued.run]
+    assert victim.phase == "Pending" and victim.reservation is not None
+    created = [d for d in of_type(decisions, ev.ReservationCreated) if d.run == victim.key]
+    assert created and created[0].earliest_start == "2026-01-01T01:00:00Z"  # now + the notice

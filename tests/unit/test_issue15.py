@@ -104,11 +104,8 @@ def test_owner_recall_at_admission_reclaims_the_shared_gpus_and_binds_now() -> N
 
 
 def notice_world() -> World:
-    world = World(
-        *fleet({"A": 3}),
-        budget("org:a", envelope("west", 0)), budget("org:b", envelope("west", 16)), budget("org:c", envelope("west", 16)),
-        now=at(0),
-    )  # fmt: skip
+    budgets = [budget("org:a", envelope("west", 0)), *(budget(o, envelope("west", 16)) for o in ("org:b", "org:c"))]
+    world = World(*fleet({"A": 3}), *budgets, now=at(0))
     world.record(spec_run("b1", 16, owner="org:b"), spec_run("x", 8, owner="org:a"))
     world.record(spec_run("y", 16, owner="org:c"), now=at(2 / 60))  # 2 s later
     return world

@@ -176,3 +176,38 @@ def _sampled(tickets: Sequence[Ticket], floors: Sequence[RunFloor], deficit: int
             if cut.run_ended:
                 ended[cut.ticket.run] += 1
     return {run: round(count / SAMPLES, 6) for run, count in ended.items()}
+
+
+def expected_cut(tickets: Sequence[Ticket], floors: Sequence[RunFloor], deficit: int) -> float:
+    """Expected GPUs the lottery ends for ``deficit`` (a drawn 16-GPU group for an 8-GPU deficit counts 16)."""
+    if deficit <= 0 or not tickets:
+        return 0.0
+    if len(tickets) <= EXACT_LIMIT:
+        return _exact_gpus(tuple(sorted(tickets)), tuple(sorted(floors, key=lambda f: f.run)), deficit)
+    total = 0
+    base = hashlib.sha256(repr(sorted(tickets)).encode()).hexdigest()
+    for sample in range(SAMPLES // 10):
+        lottery = Lottery(seed_for(f"{base}#{sample}", datetime(1970, 1, 1, tzinfo=UTC)))
+        total += sum(cut.gpus for cut in run_lottery(tickets, floors, deficit, lottery))
+    return total / (SAMPLES // 10)
+
+
+@lru_cache(maxsize=4096)
+def _exact_gpus(tickets: tuple[Ticket, ...], floors: tuple[RunFloor, ...], deficit: int) -> float:
+    return _gpus_from(frozenset(tickets), {f.run: f for f in floors}, {}, deficit)
+
+
+def _gpus_from(tickets: frozenset[Ticket], floors: dict[str, RunFloor], lost: dict[str, int], deficit: int) -> float:
+    if deficit <= 0 or not tickets:
+        return 0.0
+    owners = sorted({t.owner for t in tickets})
+    expected = 0.0
+    for owner in owners:
+        mine = [t for t in tickets if t.owner == owner]
+        weight = 1.0 / (len(owners) * len(mine))
+        for ticket in mine:
+            state = _Draw(set(tickets), floors, dict(lost))
+            cut = state.cut(ticket)
+            rest = _gpus_from(frozenset(state.tickets), floors, state.lost, deficit - cut.gpus)
+            expected += weight * (cut.gpus + rest)
+    return expected

@@ -17,11 +17,11 @@ from datetime import datetime
 
 from ledger.events import Event
 from planner.cover import cover
+from planner.intended import CutView
 from planner.losses import Batch
 from planner.lottery import Lottery, seed_for
 from planner.lower import admission_widths, lower
 from planner.pack import PackFailure, Placement, pack
-from planner.reserve import CutView
 from planner.resolve import Cutter, Group, Scope
 from planner.state import DomainKey, RunState
 from planner.view import PlanView

@@ -41,10 +41,10 @@ from ledger.events import (
 from ledger.model import parse_duration
 from planner.backfill import Holds
 from planner.cover import cover
+from planner.intended import Target, cheapest, cost, staged, target_of
 from planner.losses import SPARE, Batch
 from planner.lottery import Lottery, seed_for
 from planner.lower import lower
-from planner.pack import Alloc, GroupPlacement, PackFailure, Placement, pack
 from planner.payers import search_order
 from planner.rerank import funding_book
 from planner.resolve import ACTIONS, Cutter, Scope, plan_cuts, refund, shrinkable
@@ -56,40 +56,6 @@ Admit = Callable[[RunState, bool], "list[Event] | None"]
 
 def iso(at: datetime) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-class CutView(PlanView):
-    """Pack's what-if view: the base view's free slots plus ``extra`` (slots cuts would free)."""
-
-    def __init__(self, base: PlanView, extra: dict[str, set[int]]) -> None:
-        super().__init__(base.state)
-        self.base = base
-        self.extra = {n: s for n, s in extra.items() if base.node(n).schedulable}
-        self._more: dict[DomainKey, int] = {}
-        for name, slots in self.extra.items():
-            key = base.node(name).domain
-            self._more[key] = self._more.get(key, 0) + len(slots)
-
-    def free_slots(self, name: str) -> set[int]:
-        more = self.extra.get(name)
-        free = self.base.free_slots(name)
-        return free | more if more else free
-
-    def domain_free(self, key: DomainKey) -> int:
-        return self.base.domain_free(key) + self._more.get(key, 0)
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    width: int
-    slots: dict[str, tuple[int, ...]]  # the intended placement: node -> GPU slots (active and spare)
-    need: dict[DomainKey, int]  # GPUs the placement puts in each domain
-    deficit: dict[DomainKey, int]  # placement GPUs per domain that are not free now
-
-    def placement(self, view: PlanView) -> Placement:
-        """One pseudo group over the placement's slots (enough for cover: who would pay)."""
-        allocs = tuple(Alloc(n, view.node(n).domain, s, "Active") for n, s in sorted(self.slots.items()))
-        return (GroupPlacement(0, allocs),)
 
 
 def _stages(scope: Scope, gpu_type: str) -> list[dict[str, set[int]]]:
@@ -113,16 +79,6 @@ def _stages(scope: Scope, gpu_type: str) -> list[dict[str, set[int]]]:
     return out
 
 
-def _target(view: PlanView, width: int, slots: dict[str, tuple[int, ...]]) -> Target:
-    """Deficit per domain: GPUs the placement puts there beyond the domain's free GPUs."""
-    need: dict[DomainKey, int] = {}
-    for node, taken in slots.items():
-        key = view.node(node).domain
-        need[key] = need.get(key, 0) + len(taken)
-    deficit = {d: n - view.domain_free(d) for d, n in need.items() if n > view.domain_free(d)}
-    return Target(width, slots, need, deficit)
-
-
 def held_slots(view: PlanView, target: Target) -> dict[str, tuple[int, ...]]:
     """Free slots a reservation holds: per domain up to what it needs, its placement's own first."""
     out: dict[str, list[int]] = {}
@@ -143,7 +99,7 @@ def held_slots(view: PlanView, target: Target) -> dict[str, tuple[int, ...]]:
     return {n: tuple(sorted(s)) for n, s in out.items()}
 
 
-def find_target(view: PlanView, scope: Scope, run: RunState, kept: dict[str, list[int]] | None) -> Target | None:
+def findtarget_of(view: PlanView, scope: Scope, run: RunState, kept: dict[str, list[int]] | None) -> Target | None:
     """The intended placement and its deficit, or None when no placement exists even with cuts.
 
     A published placement (``kept``) stays while each of its slots is free or held by a lease
@@ -151,28 +107,18 @@ def find_target(view: PlanView, scope: Scope, run: RunState, kept: dict[str, lis
     """
     spec = run.spec
     stages = _stages(scope, spec.resources.gpu_type)
-    fresh = _staged(view, run, stages)
+    fresh = cheapest(view, scope, run, stages, _staged(view, run, stages))
     if kept and _still_valid(view, kept, stages[-1]):
-        old = _target(view, spec.min_gpus, {n: tuple(s) for n, s in kept.items()})
-        if fresh is None or sum(old.deficit.values()) <= sum(fresh.deficit.values()):
+        old = target_of(view, spec.min_gpus, {n: tuple(s) for n, s in kept.items()})
+        if fresh is None or cost(view, scope, old) <= cost(view, scope, fresh):
             return old
     return fresh
 
 
 def _staged(view: PlanView, run: RunState, stages: list[dict[str, set[int]]]) -> Target | None:
     spec = run.spec
-    gpu_type = spec.resources.gpu_type
-    demand = lower(spec, spec.min_gpus)
-    for extra in [{}, *stages]:
-        placement = pack(CutView(view, extra) if extra else view, gpu_type, demand, spec.spares)
-        if isinstance(placement, PackFailure):
-            continue
-        slots: dict[str, set[int]] = {}
-        for group in placement:
-            for alloc in group.allocs:
-                slots.setdefault(alloc.node, set()).update(alloc.slots)
-        return _target(view, spec.min_gpus, {n: tuple(sorted(s)) for n, s in slots.items()})
-    return None
+    slots = staged(view, spec.resources.gpu_type, lower(spec, spec.min_gpus), spec.spares, stages)
+    return None if slots is None else target_of(view, spec.min_gpus, slots)
 
 
 def _still_valid(view: PlanView, kept: dict[str, list[int]], cuttable: dict[str, set[int]]) -> bool:
@@ -330,7 +276,7 @@ class Reserver:
     def _analyse(self, run: RunState, res: ReservationState | None) -> tuple[Scope, Target] | str:
         """The run's scope and intended placement, or why it gets no reservation ("" when it just waits)."""
         scope = Scope(self.batch, run.spec.resources.gpu_type, run.key, self.allowed(res))
-        target = find_target(self.view, scope, run, res.event.slots if res is not None else None)
+        target = findtarget_of(self.view, scope, run, res.event.slots if res is not None else None)
         if target is None:
             return "no placement exists even with cuts"
         if res is None and target.deficit and not self._fundable(run, target):
@@ -429,7 +375,7 @@ class Reserver:
     def _final(self, item: Blocked) -> Blocked:
         """The item's target as the final view of this call sees it (later runs may have started)."""
         with self.holds.before(item.run):
-            target = _target(self.view, item.target.width, item.target.slots)
+            target = target_of(self.view, item.target.width, item.target.slots)
         return Blocked(item.run, item.res, target)
 
     def _publish(

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from ledger.events import Event, LeaseEnded, RunFinished, RunRequeued, RunResized
 from planner.elastic import running
 from planner.losses import SPARE, SPARE_RELEASED, Batch
-from planner.lottery import Cut, Lottery, RunFloor, Ticket, kill_probabilities, run_lottery
+from planner.lottery import Cut, Lottery, RunFloor, Ticket, expected_cut, kill_probabilities, run_lottery
 from planner.rerank import Claim, FundingBook
 from planner.state import HOLDING_ROLES, DomainKey, LeaseState, RunState
 from planner.view import PlanView
@@ -159,6 +159,7 @@ class CutPlan:
     survive: dict[str, float] = field(default_factory=dict)  # run -> chance it is not ended
     conflict: set[str] = field(default_factory=set)
     drawn: bool = False  # a lottery will be drawn
+    gpus: float = 0.0  # expected GPUs cut (a lottery may end more than the deficit)
 
     def odds(self, runs: Iterable[str], p: float = 1.0) -> None:
         for run in runs:
@@ -166,6 +167,10 @@ class CutPlan:
 
     def kill(self) -> dict[str, float]:
         return {run: round(1.0 - self.survive.get(run, 1.0), 6) for run in sorted(self.conflict)}
+
+    def cost(self) -> tuple[float, float]:
+        """SPEC §5.3: expected runs ended, then expected GPUs cut (lower is better)."""
+        return round(sum(self.kill().values()), 6), round(self.gpus, 6)
 
 
 def plan_cuts(scope: Scope, deficits: dict[DomainKey, int]) -> CutPlan:
@@ -181,6 +186,7 @@ def plan_cuts(scope: Scope, deficits: dict[DomainKey, int]) -> CutPlan:
             spare = group.gpus - group.active
             if left > 0 and spare:
                 plan.remedies[DROP_SPARE] += spare
+                plan.gpus += spare
                 plan.conflict.add(group.run.key)
                 left -= spare
         shrunk: set[tuple[str, int]] = set()
@@ -188,6 +194,7 @@ def plan_cuts(scope: Scope, deficits: dict[DomainKey, int]) -> CutPlan:
             if left <= 0:
                 break
             plan.remedies[SHRINK] += group.active
+            plan.gpus += group.active
             plan.shrink[group.run.key] = plan.shrink.get(group.run.key, 0) + group.active
             lost[group.run.key] = lost.get(group.run.key, 0) + group.active
             plan.conflict.add(group.run.key)
@@ -209,6 +216,7 @@ def _count_lottery(
     plan.remedies[action] += min(left, total)
     plan.conflict.update(t.run for t in tickets)
     plan.drawn = True
+    plan.gpus += expected_cut(tickets, floors, left)
     for run, p in kill_probabilities(tickets, floors, left).items():
         plan.odds([run], p)
     return max(0, left - total)

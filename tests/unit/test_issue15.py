@@ -141,3 +141,22 @@ def test_a_requeued_victim_keeps_its_place_and_gets_its_own_reservation() -> Non
     assert victim.phase == "Pending" and victim.reservation is not None
     created = [d for d in of_type(decisions, ev.ReservationCreated) if d.run == victim.key]
     assert created and created[0].earliest_start == "2026-01-01T01:00:00Z"  # now + the notice
+
+
+# ---------------------------------------------------------------- defect 2: the placement that cuts least
+
+
+def test_the_intended_placement_cuts_fewest_gpus_when_as_many_runs_end() -> None:
+    """Old: the cut-everything stage packed best-fit by name into A (cutting 32) though B costs 16.
+
+    A: fixed f (32 GPUs, full). B: fixed g (16) + 16 free. The new 32-GPU group ends one
+    run either way; in B it cuts 16 GPUs instead of 32 (SPEC §5.3: runs ended, then GPUs).
+    """
+    budgets = [budget(o, envelope("west", 64)) for o in ("org:a", "org:b")]
+    world = World(*fleet({"A": 4, "B": 4}), *budgets, now=at(0))
+    world.record(spec_run("f", 32, group=32), spec_run("g", 16, group=16))
+    assert {world.state.nodes[x.node].fabric_domain for x in world.open_leases("ns/f")} == {"A"}
+    decisions = world.record(spec_run("n", 32, owner="org:b", group=32), now=at(1))
+    (created,) = of_type(decisions, ev.ReservationCreated)
+    assert created.domains == ("c1/B",) and created.deficit == {"c1/B": 16}
+    assert created.conflict_set == ("ns/g",) and created.kill_probability == {"ns/g": 1.0}

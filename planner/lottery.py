@@ -19,7 +19,7 @@ enumeration of sampled lotteries, so it is deterministic either way.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -146,24 +146,31 @@ def _exact(tickets: tuple[Ticket, ...], floors: tuple[RunFloor, ...], deficit: i
     return tuple(sorted(_exact_from(frozenset(tickets), {f.run: f for f in floors}, {}, deficit).items()))
 
 
-def _exact_from(
-    tickets: frozenset[Ticket], floors: dict[str, RunFloor], lost: dict[str, int], deficit: int
-) -> dict[str, float]:
-    if deficit <= 0 or not tickets:
-        return {}
+def _branches(
+    tickets: frozenset[Ticket], floors: dict[str, RunFloor], lost: dict[str, int]
+) -> Iterator[tuple[float, Cut, _Draw]]:
+    """Every first draw: its probability, what it cuts, and the draw state after it."""
     owners = sorted({t.owner for t in tickets})
-    odds: dict[str, float] = {}
     for owner in owners:
         mine = [t for t in tickets if t.owner == owner]
         weight = 1.0 / (len(owners) * len(mine))
         for ticket in mine:
             state = _Draw(set(tickets), floors, dict(lost))
-            cut = state.cut(ticket)
-            if cut.run_ended:
-                odds[ticket.run] = odds.get(ticket.run, 0.0) + weight
-            rest = _exact_from(frozenset(state.tickets), floors, state.lost, deficit - cut.gpus)
-            for run, p in rest.items():
-                odds[run] = odds.get(run, 0.0) + weight * p
+            yield weight, state.cut(ticket), state
+
+
+def _exact_from(
+    tickets: frozenset[Ticket], floors: dict[str, RunFloor], lost: dict[str, int], deficit: int
+) -> dict[str, float]:
+    if deficit <= 0 or not tickets:
+        return {}
+    odds: dict[str, float] = {}
+    for weight, cut, state in _branches(tickets, floors, lost):
+        if cut.run_ended:
+            odds[cut.ticket.run] = odds.get(cut.ticket.run, 0.0) + weight
+        rest = _exact_from(frozenset(state.tickets), floors, state.lost, deficit - cut.gpus)
+        for run, p in rest.items():
+            odds[run] = odds.get(run, 0.0) + weight * p
     return odds
 
 
@@ -200,14 +207,7 @@ def _exact_gpus(tickets: tuple[Ticket, ...], floors: tuple[RunFloor, ...], defic
 def _gpus_from(tickets: frozenset[Ticket], floors: dict[str, RunFloor], lost: dict[str, int], deficit: int) -> float:
     if deficit <= 0 or not tickets:
         return 0.0
-    owners = sorted({t.owner for t in tickets})
-    expected = 0.0
-    for owner in owners:
-        mine = [t for t in tickets if t.owner == owner]
-        weight = 1.0 / (len(owners) * len(mine))
-        for ticket in mine:
-            state = _Draw(set(tickets), floors, dict(lost))
-            cut = state.cut(ticket)
-            rest = _gpus_from(frozenset(state.tickets), floors, state.lost, deficit - cut.gpus)
-            expected += weight * (cut.gpus + rest)
-    return expected
+    return sum(
+        weight * (cut.gpus + _gpus_from(frozenset(state.tickets), floors, state.lost, deficit - cut.gpus))
+        for weight, cut, state in _branches(tickets, floors, lost)
+    )

@@ -160,3 +160,31 @@ def test_the_intended_placement_cuts_fewest_gpus_when_as_many_runs_end() -> None
     (created,) = of_type(decisions, ev.ReservationCreated)
     assert created.domains == ("c1/B",) and created.deficit == {"c1/B": 16}
     assert created.conflict_set == ("ns/g",) and created.kill_probability == {"ns/g": 1.0}
+
+
+# ---------------------------------------------------------------- defect 6: one plan call is a fixpoint
+
+
+def test_interacting_activations_reach_the_fixpoint_in_one_call() -> None:
+    """Old: at 00:15 a second call activated r5's reservation (fundable only after r6's activation
+    shrank r1) and preempted r4, started in the first call without any warning.
+
+    Sim.decide asserts plan(fold(plan(s))) == [] after every call.
+    """
+    from test_reservation_properties import OWNERS, Sim, apply
+
+    sim = Sim(*fleet({"A": 3, "B": 2}), *(budget(o, envelope("west", 24)) for o in OWNERS))
+    for kw in (
+        {"total": 12, "owner": "org:c"},
+        {"total": 12, "owner": "org:b", "group": 4, "malleable": (4, 12, 4)},
+        {"total": 16, "owner": "org:a", "group": 8, "malleable": (8, 16, 8)},
+        {"total": 4, "owner": "org:b"},
+        {"total": 4, "owner": "org:b"},
+        {"total": 8, "owner": "org:b"},
+        {"total": 4, "owner": "org:a"},
+    ):
+        apply(sim, ("submit", kw))
+    apply(sim, ("advance", 60))
+    events = [r.event for r in sim.ledger.records]
+    assert of_type(events, ev.ReservationActivated), "the activations happened"
+    assert sim.state.runs["ns/r4"].phase != "Failed", "r4 is not cut without notice"

@@ -47,7 +47,7 @@ from planner.lottery import Lottery, seed_for
 from planner.lower import lower
 from planner.payers import search_order
 from planner.rerank import funding_book
-from planner.resolve import ACTIONS, Cutter, Scope, plan_cuts, refund, shrinkable
+from planner.resolve import ACTIONS, Cutter, Promise, Scope, plan_cuts, refund, shrinkable
 from planner.state import DomainKey, ReservationState, RunState, reservation_id
 from planner.view import PlanView
 
@@ -305,8 +305,13 @@ class Reserver:
         if target.deficit and not self._fundable(run, target):
             return [], False  # a physical deficit it could not pay for cuts nobody: it waits
         seed = seed_for(rid, self.now)
-        cutter = Cutter(scope, Lottery(seed), rid)
-        cutter.resolve({d: target.need[d] for d in target.deficit})
+        announced = res.event
+        endable = frozenset(r for r, p in announced.kill_probability.items() if p > 0)
+        cutter = Cutter(scope, Lottery(seed), rid, promised=Promise(endable, dict(announced.shrink)))
+        needs = {d: target.need[d] for d in target.deficit}
+        if not cutter.covers(needs):
+            return [], False  # what it announced no longer frees enough: it cuts nobody and waits
+        cutter.resolve(needs)
         started = self.admit(run, True)
         if started is None:
             return cutter.out, False

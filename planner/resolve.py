@@ -225,6 +225,14 @@ def _count_lottery(
 # ---------------------------------------------------------------- cutting
 
 
+@dataclass(frozen=True, slots=True)
+class Promise:
+    """What a published reservation announced: the runs it may end (kill probability > 0), shrink caps."""
+
+    endable: frozenset[str]
+    shrink: dict[str, int]
+
+
 @dataclass(slots=True)
 class Cutter:
     """Cuts in one scope for one activation; decisions go to ``out``."""
@@ -235,6 +243,24 @@ class Cutter:
     out: list[Event] = field(default_factory=list)
     freed: int = 0
     what: str = "activation"  # "activation" | "admission": named in the story of a run it ends
+    promised: Promise | None = None  # an activation makes no cut its reservation did not announce
+    shrunk: dict[str, int] = field(default_factory=dict)
+
+    def covers(self, needs: dict[DomainKey, int]) -> bool:
+        """Whether the cuts this activation may make can free each domain's deficit (else it cuts nobody)."""
+        for domain, need in needs.items():
+            room = 0
+            for group in self.scope.groups(domain):
+                room += group.gpus if self._endable(group) else group.gpus - group.active
+            if self.promised is not None:
+                room += sum(self.promised.shrink.values())
+            if room < self.deficit(domain, need):
+                return False
+        return True
+
+    def _endable(self, group: Group) -> bool:
+        p = self.promised
+        return p is None or group.run.spec.funding.opportunistic or group.run.key in p.endable
 
     def reclaim(self, domain: DomainKey, need: int, groups: list[Group]) -> None:
         """SPEC §4.4 outcome 2: the lottery among ``groups`` (unfunded work) until ``domain`` has ``need`` free."""
@@ -260,11 +286,20 @@ class Cutter:
             for group in shrinkable(scope, scope.groups(domain), {}):
                 if not self.deficit(domain, need):
                     break
-                self._end_group(group, SHRINK)
+                if self._may_shrink(group):
+                    self.shrunk[group.run.key] = self.shrunk.get(group.run.key, 0) + group.active
+                    self._end_group(group, SHRINK)
         if self.deficit(domain, need):
             self._lottery(scope.groups(domain), self.deficit(domain, need), PREEMPT)
 
+    def _may_shrink(self, group: Group) -> bool:
+        if self.promised is None:
+            return True
+        cap = self.promised.shrink.get(group.run.key, 0)
+        return self.shrunk.get(group.run.key, 0) + group.active <= cap
+
     def _lottery(self, groups: list[Group], deficit: int, reason: str) -> None:
+        groups = [g for g in groups if self._endable(g)]
         if not groups or deficit <= 0:
             return
         by_ticket = {(g.run.key, g.index): g for g in groups}

@@ -19,7 +19,7 @@ CI replays a few derandomized examples; ``HYPOTHESIS_PROFILE=explore`` draws 2,0
 from __future__ import annotations
 
 import itertools
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from hypothesis import HealthCheck, event, given, settings
@@ -75,20 +75,23 @@ def opportunistic(sim: Sim, run: str) -> bool:
 @given(history)
 def test_no_run_is_cut_without_the_full_notice(steps: list[tuple[str, Any]]) -> None:
     sim = play(steps)
-    warned: dict[tuple[str, str], list[datetime]] = {}
-    admitted: dict[str, list[datetime]] = {}
+    warned: dict[tuple[str, str], list[ev.Recorded]] = {}
+    admitted: dict[str, list[int]] = {}
     for record in sim.ledger.records:
         e = record.event
         if isinstance(e, ev.ConflictWarningIssued):
-            warned.setdefault((e.reservation, e.run), []).append(record.occurred_at)
+            warned.setdefault((e.reservation, e.run), []).append(record)
         elif isinstance(e, ev.RunAdmitted):
-            admitted.setdefault(e.run, []).append(record.occurred_at)
+            admitted.setdefault(e.run, []).append(record.position)
     for rid, cuts in cuts_by_reservation(sim).items():
         for record, lease in cuts:
             if opportunistic(sim, lease.run):
                 continue
-            since = max(t for t in admitted[lease.run] if t <= record.occurred_at)
-            times = [t for t in warned.get((rid, lease.run), []) if since <= t <= record.occurred_at - NOTICE]
+            since = max(p for p in admitted[lease.run] if p < record.position)  # this incarnation's admission
+            times = [
+                w for w in warned.get((rid, lease.run), [])
+                if since < w.position and w.occurred_at <= record.occurred_at - NOTICE
+            ]  # fmt: skip
             assert times, f"{lease.run} cut by {rid} at {record.occurred_at} without {NOTICE} of warning"
 
 

@@ -7,7 +7,12 @@ only start on capacity the reservation does not need. The one exception: a run w
 may use that reservation's held slots (``Holds.lifted``).
 
 Holds live only in one plan call's view; they are rebuilt from the open reservations
-on every call, in FIFO order, so nothing about them is stored.
+on every call, in FIFO order, so nothing about them is stored. A *published*
+reservation (open, earliestStart still ahead) holds its placement's free slots *firmly*
+from the start of the walk (SPEC §5.3): no other run — earlier or later in the queue,
+an unfunded start at a budget-only reservation's activation, a grow — starts there
+before its earliestStart, unless its ``maxDuration`` ends first. So nobody lands on GPUs
+a reservation will cut for, and nobody is cut without the notice.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ class Hold:
     position: int  # the run's place in the FIFO (its submission position)
     eta: datetime
     slots: list[tuple[str, tuple[int, ...]]]
+    firm: bool = False  # a published reservation's placement: no other run starts there before its ETA
 
 
 @dataclass(slots=True)
@@ -35,15 +41,16 @@ class Holds:
     view: PlanView
     held: list[Hold] = field(default_factory=list)
 
-    def add(self, run: RunState, eta: datetime, placement: dict[str, tuple[int, ...]]) -> None:
-        """Hold the placement's slots (node -> slots) that are free now."""
+    def add(self, run: RunState, eta: datetime, placement: dict[str, tuple[int, ...]], firm: bool = False) -> None:
+        """Hold the placement's slots (node -> slots) that are free now, replacing the run's older hold."""
+        self.release(run.key)
         slots: list[tuple[str, tuple[int, ...]]] = []
         for node, wanted in sorted(placement.items()):
             free = tuple(s for s in wanted if s in self.view.free_slots(node))
             if free:
                 self.view.hold(node, free)
                 slots.append((node, free))
-        self.held.append(Hold(run.key, run.submitted_position, eta, slots))
+        self.held.append(Hold(run.key, run.submitted_position, eta, slots, firm))
 
     def drop(self, run: str) -> None:
         """The run starts after all: its hold goes (call it while its hold is lifted, see ``before``)."""
@@ -51,13 +58,27 @@ class Holds:
             hold.slots = []
             self.held.remove(hold)
 
+    def release(self, run: str) -> None:
+        """The run's hold goes and its slots are free again."""
+        for hold in [h for h in self.held if h.run == run]:
+            for node, slots in hold.slots:
+                self.view.hold(node, slots, take=False)
+            self.held.remove(hold)
+
     def holding(self, run: str) -> bool:
         return any(h.run == run for h in self.held)
 
     @contextmanager
     def before(self, run: RunState) -> Iterator[None]:
-        """Only the holds of runs ahead of ``run`` in the queue (its own and later ones lifted)."""
-        with self._lift([h for h in self.held if h.position >= run.submitted_position]):
+        """Only the holds of runs ahead of ``run`` in the queue, and firm ones (its own and later ones lifted)."""
+        pos = run.submitted_position
+        with self._lift([h for h in self.held if h.run == run.key or (h.position >= pos and not h.firm)]):
+            yield
+
+    @contextmanager
+    def own(self, run: RunState) -> Iterator[None]:
+        """Every hold but the run's own (a published reservation's firm hold is lifted for its run only)."""
+        with self._lift([h for h in self.held if h.run == run.key]):
             yield
 
     @contextmanager
@@ -69,6 +90,8 @@ class Holds:
             yield
         finally:
             for hold in holds:
+                if not any(h is hold for h in self.held):
+                    continue  # released or replaced meanwhile
                 kept: list[tuple[str, tuple[int, ...]]] = []
                 for node, slots in hold.slots:
                     free = tuple(s for s in slots if s in self.view.free_slots(node))

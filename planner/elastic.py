@@ -2,10 +2,13 @@
 
 - **Admission width** is in ``planner.plan.attempt``: the widest step-aligned
   width in ``[min, desired]`` that packs and is funded.
-- **Shrink.** ``jobtree shrink RUN --by N`` lowers ``desired`` (the fold does it,
-  step-aligned, never below ``min``). A running run wider than ``desired`` ends
-  its highest groups at once (``Shrink``) while the width stays at or above
-  ``desired``; spares and fills of those groups go with them.
+- **Shrink.** ``jobtree shrink RUN --by N`` sets ``desired = allocated - N`` (the fold
+  does it through ``planner.lower.shrunk_width``: step-aligned, never below ``min``).
+  A running run wider than ``desired`` ends its highest groups at once (``Shrink``)
+  while the width stays at or above ``desired``; spares and fills of those groups go
+  with them. A run without ``groupGPUs`` gives back part of its highest group when
+  needed (``_shrink_spread``). ``shrink_refusal`` is the command-side rule: a shrink
+  that frees nothing is refused with the reason.
 - **Grow.** After pending runs were served, every running malleable run below
   ``desired`` grows by ``stepGPUs`` (or what is left to ``desired``) at a time,
   round-robin in submission order, while a step packs (new groups above the
@@ -21,9 +24,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ledger.events import RunResized
-from planner.cover import cover
+from ledger.model import RunSpec
+from planner.cover import LeasePlan, Payer, cover
 from planner.losses import FILL, Batch
-from planner.lower import lower
+from planner.lower import lower, shrunk_width
 from planner.pack import PackFailure, pack
 from planner.spares import top_up
 from planner.state import RunState
@@ -44,20 +48,70 @@ def running(view: PlanView, skip: Iterable[str] = ()) -> list[RunState]:
 
 
 def apply_shrinks(batch: Batch) -> None:
+    """End the highest groups of runs wider than ``desired`` (never below min), at once (SPEC §7).
+
+    A run without ``groupGPUs`` whose highest group is wider than what must go gives back
+    part of it: its highest-node leases end (``Shrink``) and the kept slots of a split
+    lease start again on the same node, same payer (``Shrink``).
+    """
     for run in running(batch.view, batch.done):
         if run.spec.malleable is None:
             continue
         sizes = batch.group_sizes(run.key)
-        width = sum(sizes.values())
-        floor = max(run.desired, run.spec.min_gpus)
+        left = sum(sizes.values()) - max(run.desired, run.spec.min_gpus)
         ending: list[int] = []
         for group in sorted(sizes, reverse=True):
-            if width - sizes[group] < floor:
+            if left <= 0 or sizes[group] > left:
                 break
             ending.append(group)
-            width -= sizes[group]
-        if ending:
+            left -= sizes[group]
+        partial = left > 0 and run.spec.locality.group_gpus is None
+        if ending and not partial:
             batch.end_groups(run, ending, SHRINK)
+        elif partial:
+            _shrink_spread(batch, run, ending, left)
+
+
+def _shrink_spread(batch: Batch, run: RunState, whole: list[int], gpus: int) -> None:
+    """End groups ``whole``, then ``gpus`` more Active GPUs of the next group down (highest node first)."""
+    for lease in batch.leases(run.key):
+        if lease.group in whole:
+            batch.end(lease, SHRINK)
+    top = max(g for g in batch.group_sizes(run.key))
+    actives = [x for x in batch.leases(run.key) if x.group == top and x.role == "Active"]
+    for lease in sorted(actives, key=lambda x: (x.node, x.lease_id), reverse=True):
+        if gpus <= 0:
+            break
+        batch.end(lease, SHRINK)
+        keep = len(lease.slots) - gpus
+        gpus -= len(lease.slots)
+        if keep > 0:
+            payer = Payer(lease.envelope, lease.payer_owner, lease.payer_class)
+            batch.start(run.key, [LeasePlan(top, "Active", lease.node, lease.slots[:keep], payer)], SHRINK)
+    batch.out.append(RunResized(run.key, batch.width(run.key), SHRINK))
+
+
+def shrink_refusal(name: str, spec: RunSpec, allocated: int, desired: int, by: int) -> str | None:
+    """Why ``jobtree shrink NAME --by BY`` must be refused (exit 2), or None when it frees GPUs now.
+
+    ``allocated``: GPUs the run holds now (its width); ``desired``: its current desired width.
+    The command side calls this before appending RunShrinkRequested (SPEC §7).
+    """
+    if spec.malleable is None:
+        return f"{name} is not malleable (no spec.malleable): its width is fixed"
+    if by <= 0:
+        return "--by must be a positive number of GPUs"
+    step = spec.malleable.step_gpus
+    if by % step:
+        return f"--by must be a multiple of the run's stepGPUs ({step}), got {by}"
+    if allocated <= 0:
+        return f"{name} holds no GPUs yet: nothing to give back"
+    low = spec.malleable.min_total_gpus
+    if allocated <= low:
+        return f"{name} holds {allocated}, its minimum"
+    if shrunk_width(spec, allocated, desired, by) >= allocated:
+        return f"{name} holds {allocated}: giving back {by} would free nothing (minimum {low})"
+    return None
 
 
 # ---------------------------------------------------------------- grow

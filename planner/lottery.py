@@ -19,7 +19,7 @@ enumeration of sampled lotteries, so it is deterministic either way.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -146,24 +146,31 @@ def _exact(tickets: tuple[Ticket, ...], floors: tuple[RunFloor, ...], deficit: i
     return tuple(sorted(_exact_from(frozenset(tickets), {f.run: f for f in floors}, {}, deficit).items()))
 
 
-def _exact_from(
-    tickets: frozenset[Ticket], floors: dict[str, RunFloor], lost: dict[str, int], deficit: int
-) -> dict[str, float]:
-    if deficit <= 0 or not tickets:
-        return {}
+def _branches(
+    tickets: frozenset[Ticket], floors: dict[str, RunFloor], lost: dict[str, int]
+) -> Iterator[tuple[float, Cut, _Draw]]:
+    """Every first draw: its probability, what it cuts, and the draw state after it."""
     owners = sorted({t.owner for t in tickets})
-    odds: dict[str, float] = {}
     for owner in owners:
         mine = [t for t in tickets if t.owner == owner]
         weight = 1.0 / (len(owners) * len(mine))
         for ticket in mine:
             state = _Draw(set(tickets), floors, dict(lost))
-            cut = state.cut(ticket)
-            if cut.run_ended:
-                odds[ticket.run] = odds.get(ticket.run, 0.0) + weight
-            rest = _exact_from(frozenset(state.tickets), floors, state.lost, deficit - cut.gpus)
-            for run, p in rest.items():
-                odds[run] = odds.get(run, 0.0) + weight * p
+            yield weight, state.cut(ticket), state
+
+
+def _exact_from(
+    tickets: frozenset[Ticket], floors: dict[str, RunFloor], lost: dict[str, int], deficit: int
+) -> dict[str, float]:
+    if deficit <= 0 or not tickets:
+        return {}
+    odds: dict[str, float] = {}
+    for weight, cut, state in _branches(tickets, floors, lost):
+        if cut.run_ended:
+            odds[cut.ticket.run] = odds.get(cut.ticket.run, 0.0) + weight
+        rest = _exact_from(frozenset(state.tickets), floors, state.lost, deficit - cut.gpus)
+        for run, p in rest.items():
+            odds[run] = odds.get(run, 0.0) + weight * p
     return odds
 
 
@@ -176,3 +183,31 @@ def _sampled(tickets: Sequence[Ticket], floors: Sequence[RunFloor], deficit: int
             if cut.run_ended:
                 ended[cut.ticket.run] += 1
     return {run: round(count / SAMPLES, 6) for run, count in ended.items()}
+
+
+def expected_cut(tickets: Sequence[Ticket], floors: Sequence[RunFloor], deficit: int) -> float:
+    """Expected GPUs the lottery ends for ``deficit`` (a drawn 16-GPU group for an 8-GPU deficit counts 16)."""
+    if deficit <= 0 or not tickets:
+        return 0.0
+    if len(tickets) <= EXACT_LIMIT:
+        return _exact_gpus(tuple(sorted(tickets)), tuple(sorted(floors, key=lambda f: f.run)), deficit)
+    total = 0
+    base = hashlib.sha256(repr(sorted(tickets)).encode()).hexdigest()
+    for sample in range(SAMPLES // 10):
+        lottery = Lottery(seed_for(f"{base}#{sample}", datetime(1970, 1, 1, tzinfo=UTC)))
+        total += sum(cut.gpus for cut in run_lottery(tickets, floors, deficit, lottery))
+    return total / (SAMPLES // 10)
+
+
+@lru_cache(maxsize=4096)
+def _exact_gpus(tickets: tuple[Ticket, ...], floors: tuple[RunFloor, ...], deficit: int) -> float:
+    return _gpus_from(frozenset(tickets), {f.run: f for f in floors}, {}, deficit)
+
+
+def _gpus_from(tickets: frozenset[Ticket], floors: dict[str, RunFloor], lost: dict[str, int], deficit: int) -> float:
+    if deficit <= 0 or not tickets:
+        return 0.0
+    return sum(
+        weight * (cut.gpus + _gpus_from(frozenset(state.tickets), floors, state.lost, deficit - cut.gpus))
+        for weight, cut, state in _branches(tickets, floors, lost)
+    )

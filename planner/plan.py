@@ -21,17 +21,34 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from ledger.events import Event, LeaseEnded, LeaseStarted, ReservationCancelled, RunAdmitted, RunDeferred, RunFinished
+from ledger.events import (
+    Event,
+    LeaseEnded,
+    LeaseStarted,
+    Recorded,
+    ReservationActivated,
+    ReservationCancelled,
+    ReservationChanged,
+    ReservationCreated,
+    ReservationReleased,
+    RunAdmitted,
+    RunDeferred,
+    RunFinished,
+    RunRequeued,
+    plan_stream,
+)
 from planner.cover import LeasePlan, cover
 from planner.elastic import apply_shrinks, grow
 from planner.failures import handle_failures
+from planner.fit import never_fits
 from planner.losses import Batch
 from planner.lower import admission_widths, lower
 from planner.pack import PackFailure, pack
+from planner.reclaim import reclaim_at_admission
 from planner.rerank import finalize, funding_book, rerank
 from planner.reserve import Reserver
 from planner.spares import end_orphan_fills, fill_attempt
-from planner.state import ClusterState, RunState
+from planner.state import ClusterState, RunState, fold
 from planner.view import PlanView
 
 ADMITTED = "Admitted"
@@ -44,8 +61,43 @@ class Admission:
     recalls: tuple[tuple[str, int], ...] = ()  # shared GPUs the owner takes back (SPEC §4.1)
 
 
+MAX_ROUNDS = 4
+CHAINED = (RunRequeued, RunFinished, ReservationActivated, ReservationCreated, ReservationChanged, ReservationReleased)
+
+
 def plan(state: ClusterState, now: datetime) -> list[Event]:
-    """Decisions to append, in order. Never mutates ``state``."""
+    """Decisions to append, in order. Never mutates ``state``.
+
+    One call reaches the fixpoint (issue 15, defect 6): when a round cut something or
+    changed a reservation, whose consequences another round at the same instant could act
+    on (an activation freeing room an earlier reservation needed, a cut victim's own
+    reservation), the round is folded onto a copy of the state and planned again, until a
+    round decides nothing. Only those rounds pay for the copy.
+    """
+    decisions = latest = _round(state, now)
+    current: ClusterState | None = None  # our own copy, folded round by round
+    for _ in range(MAX_ROUNDS):
+        if not any(_chains(d) for d in latest):
+            break
+        current = fold(_as_records(current or state, latest, now), current or state.copy())
+        latest = _round(current, now)
+        decisions = decisions + latest
+    return decisions
+
+
+def _chains(decision: Event) -> bool:
+    return isinstance(decision, CHAINED) or (isinstance(decision, LeaseEnded) and decision.seed is not None)
+
+
+def _as_records(state: ClusterState, decisions: list[Event], now: datetime) -> list[Recorded]:
+    stream, base = plan_stream(), state.last_position
+    return [
+        Recorded(base + i, stream, state.plan_version + i, d, "planner", now)
+        for i, d in enumerate(decisions, start=1)
+    ]
+
+
+def _round(state: ClusterState, now: datetime) -> list[Event]:
     view = PlanView(state)
     decisions = _finish(view)
     batch = Batch(view, now, decisions)  # appends to ``decisions``
@@ -75,17 +127,20 @@ def attempt(view: PlanView, run: RunState, now: datetime, unfunded_ok: bool = Fa
     filled = fill_attempt(view, run, now)
     if filled is not None:
         return Admission(*filled)
-    failure = ""
+    failure, packed = "", False
     for width in admission_widths(spec, run.desired):
         placement = pack(view, spec.resources.gpu_type, lower(spec, width), spec.spares)
         if isinstance(placement, PackFailure):
             failure = placement.message
             continue
+        packed = True
         funded = cover(view, spec, placement, now, run=run.key, recall=True)
         if funded.unfunded and not (spec.funding.opportunistic or unfunded_ok):
             failure = funded.shortfall or "not funded"
             continue
         return Admission(width, funded.leases, funded.recalls)
+    if not packed:
+        return never_fits(view, spec) or failure
     return failure
 
 
@@ -120,17 +175,31 @@ def _admit(view: PlanView, now: datetime, requeued: list[str] | None = None, bat
     queue = _queue(state, requeued or [])
     started_here: set[str] = set()
     requeued_before = len(requeued or [])
+    reserver.prehold()
     for run in queue:
         if run.key in state.finishing:
             continue
-        result = attempt(view, run, now)
-        if isinstance(result, Admission):
-            out += reserver.admitted(run)
-            out += _start(view, run, result, now)
-            admitted += 1
-            started_here.add(run.key)
-            continue
-        events, started = reserver.blocked(run)
+        with reserver.holds.own(run):
+            result = attempt(view, run, now)
+            if isinstance(result, Admission):
+                reserver.holds.release(run.key)
+                out += reserver.admitted(run)
+                out += _start(view, run, result, now)
+                admitted += 1
+                started_here.add(run.key)
+                continue
+            reclaimed = reclaim_at_admission(reserver.batch, run, now, reserver.admit)
+            if reclaimed is not None:
+                out += reclaimed
+                if any(isinstance(e, RunAdmitted) and e.run == run.key for e in reclaimed):
+                    reserver.holds.release(run.key)
+                    out += reserver.admitted(run)
+                    admitted += 1
+                    started_here.add(run.key)
+                    continue
+            events, started = reserver.blocked(run)
+            if started:
+                reserver.holds.release(run.key)
         out += events
         if started:
             admitted += 1
@@ -149,6 +218,7 @@ def _admit(view: PlanView, now: datetime, requeued: list[str] | None = None, bat
                 admitted += 1
                 continue
         deferred.append((run, result, admitted))
+        reserver.later(run)  # a cut victim keeps its FIFO place and gets its own reservation (SPEC §5.3)
     deferred, admitted, late = _retry(view, now, deferred, admitted, reserver)
     out += late
     out += reserver.publish()

@@ -41,13 +41,13 @@ from ledger.events import (
 from ledger.model import parse_duration
 from planner.backfill import Holds
 from planner.cover import cover
+from planner.intended import Target, cheapest, cost, staged, target_of
 from planner.losses import SPARE, Batch
 from planner.lottery import Lottery, seed_for
 from planner.lower import lower
-from planner.pack import Alloc, GroupPlacement, PackFailure, Placement, pack
 from planner.payers import search_order
 from planner.rerank import funding_book
-from planner.resolve import ACTIONS, Cutter, Scope, plan_cuts, refund, shrinkable
+from planner.resolve import ACTIONS, Cutter, Promise, Scope, plan_cuts, refund, shrinkable
 from planner.state import DomainKey, ReservationState, RunState, reservation_id
 from planner.view import PlanView
 
@@ -56,40 +56,6 @@ Admit = Callable[[RunState, bool], "list[Event] | None"]
 
 def iso(at: datetime) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-class CutView(PlanView):
-    """Pack's what-if view: the base view's free slots plus ``extra`` (slots cuts would free)."""
-
-    def __init__(self, base: PlanView, extra: dict[str, set[int]]) -> None:
-        super().__init__(base.state)
-        self.base = base
-        self.extra = {n: s for n, s in extra.items() if base.node(n).schedulable}
-        self._more: dict[DomainKey, int] = {}
-        for name, slots in self.extra.items():
-            key = base.node(name).domain
-            self._more[key] = self._more.get(key, 0) + len(slots)
-
-    def free_slots(self, name: str) -> set[int]:
-        more = self.extra.get(name)
-        free = self.base.free_slots(name)
-        return free | more if more else free
-
-    def domain_free(self, key: DomainKey) -> int:
-        return self.base.domain_free(key) + self._more.get(key, 0)
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    width: int
-    slots: dict[str, tuple[int, ...]]  # the intended placement: node -> GPU slots (active and spare)
-    need: dict[DomainKey, int]  # GPUs the placement puts in each domain
-    deficit: dict[DomainKey, int]  # placement GPUs per domain that are not free now
-
-    def placement(self, view: PlanView) -> Placement:
-        """One pseudo group over the placement's slots (enough for cover: who would pay)."""
-        allocs = tuple(Alloc(n, view.node(n).domain, s, "Active") for n, s in sorted(self.slots.items()))
-        return (GroupPlacement(0, allocs),)
 
 
 def _stages(scope: Scope, gpu_type: str) -> list[dict[str, set[int]]]:
@@ -113,16 +79,6 @@ def _stages(scope: Scope, gpu_type: str) -> list[dict[str, set[int]]]:
     return out
 
 
-def _target(view: PlanView, width: int, slots: dict[str, tuple[int, ...]]) -> Target:
-    """Deficit per domain: GPUs the placement puts there beyond the domain's free GPUs."""
-    need: dict[DomainKey, int] = {}
-    for node, taken in slots.items():
-        key = view.node(node).domain
-        need[key] = need.get(key, 0) + len(taken)
-    deficit = {d: n - view.domain_free(d) for d, n in need.items() if n > view.domain_free(d)}
-    return Target(width, slots, need, deficit)
-
-
 def held_slots(view: PlanView, target: Target) -> dict[str, tuple[int, ...]]:
     """Free slots a reservation holds: per domain up to what it needs, its placement's own first."""
     out: dict[str, list[int]] = {}
@@ -143,7 +99,7 @@ def held_slots(view: PlanView, target: Target) -> dict[str, tuple[int, ...]]:
     return {n: tuple(sorted(s)) for n, s in out.items()}
 
 
-def find_target(view: PlanView, scope: Scope, run: RunState, kept: dict[str, list[int]] | None) -> Target | None:
+def findtarget_of(view: PlanView, scope: Scope, run: RunState, kept: dict[str, list[int]] | None) -> Target | None:
     """The intended placement and its deficit, or None when no placement exists even with cuts.
 
     A published placement (``kept``) stays while each of its slots is free or held by a lease
@@ -151,28 +107,18 @@ def find_target(view: PlanView, scope: Scope, run: RunState, kept: dict[str, lis
     """
     spec = run.spec
     stages = _stages(scope, spec.resources.gpu_type)
-    fresh = _staged(view, run, stages)
+    fresh = cheapest(view, scope, run, stages, _staged(view, run, stages))
     if kept and _still_valid(view, kept, stages[-1]):
-        old = _target(view, spec.min_gpus, {n: tuple(s) for n, s in kept.items()})
-        if fresh is None or sum(old.deficit.values()) <= sum(fresh.deficit.values()):
+        old = target_of(view, spec.min_gpus, {n: tuple(s) for n, s in kept.items()})
+        if fresh is None or cost(view, scope, old) <= cost(view, scope, fresh):
             return old
     return fresh
 
 
 def _staged(view: PlanView, run: RunState, stages: list[dict[str, set[int]]]) -> Target | None:
     spec = run.spec
-    gpu_type = spec.resources.gpu_type
-    demand = lower(spec, spec.min_gpus)
-    for extra in [{}, *stages]:
-        placement = pack(CutView(view, extra) if extra else view, gpu_type, demand, spec.spares)
-        if isinstance(placement, PackFailure):
-            continue
-        slots: dict[str, set[int]] = {}
-        for group in placement:
-            for alloc in group.allocs:
-                slots.setdefault(alloc.node, set()).update(alloc.slots)
-        return _target(view, spec.min_gpus, {n: tuple(sorted(s)) for n, s in slots.items()})
-    return None
+    slots = staged(view, spec.resources.gpu_type, lower(spec, spec.min_gpus), spec.spares, stages)
+    return None if slots is None else target_of(view, spec.min_gpus, slots)
 
 
 def _still_valid(view: PlanView, kept: dict[str, list[int]], cuttable: dict[str, set[int]]) -> bool:
@@ -254,6 +200,33 @@ class Reserver:
         self.skipped: list[RunState] = []  # blocked runs that got no reservation in pass 1
         self.closed: set[str] = set()
 
+    def prehold(self) -> None:
+        """Firm holds for every published reservation still ahead of its earliestStart (SPEC §5.3)."""
+        for res in sorted(self.state.reservations.values(), key=lambda r: r.reservation_id):
+            run = self.state.runs.get(res.run)
+            if run is None or run.key in self.state.finishing or res.earliest_start <= self.now:
+                continue
+            slots = {n: tuple(s) for n, s in (res.event.slots or {}).items() if n in self.state.nodes}
+            self.holds.add(run, res.earliest_start, slots, firm=True)
+
+    def allowed(self, res: ReservationState | None) -> set[str] | None:
+        """Runs a reservation may still cut with full notice (None: any run, it warns them now).
+
+        Once less than ``reservationNotice`` is left before earliestStart, only runs in its
+        published conflict set that were running at least the notice before the cut remain
+        (SPEC §5.3); opportunistic work is always cuttable (``Scope``).
+        """
+        if res is None or self.now + self.notice <= res.earliest_start:
+            return None
+        cut_at = max(self.now, res.earliest_start)
+        out: set[str] = set()
+        for key in res.event.conflict_set:
+            run = self.state.runs.get(key)
+            since = run.admitted_at if run is not None and run.phase == "Running" else None
+            if since is not None and since + self.notice <= cut_at:
+                out.add(key)
+        return out
+
     def _open(self, run: RunState) -> ReservationState | None:
         res = self.state.reservations.get(run.reservation) if run.reservation else None
         return None if res is None or res.reservation_id in self.closed else res
@@ -292,15 +265,18 @@ class Reserver:
                 return events, True
         self.waiting.append(Blocked(run, res, target))
         eta = res.earliest_start if res is not None else self.now + self.notice
-        self.holds.add(run, eta, held_slots(self.view, target))
+        self.holds.add(run, eta, held_slots(self.view, target), firm=res is not None and eta > self.now)
         return events, False
+
+    def later(self, run: RunState) -> None:
+        """A run requeued in this call after the walk passed it: considered for a reservation in pass 2."""
+        if run not in self.skipped:
+            self.skipped.append(run)
 
     def _analyse(self, run: RunState, res: ReservationState | None) -> tuple[Scope, Target] | str:
         """The run's scope and intended placement, or why it gets no reservation ("" when it just waits)."""
-        if (run.requeued or run.key in self.batch.requeued) and res is None:
-            return ""  # re-admitted as soon as it fits (SPEC §6.3): it cuts nobody
-        scope = Scope(self.batch, run.spec.resources.gpu_type, run.key)
-        target = find_target(self.view, scope, run, res.event.slots if res is not None else None)
+        scope = Scope(self.batch, run.spec.resources.gpu_type, run.key, self.allowed(res))
+        target = findtarget_of(self.view, scope, run, res.event.slots if res is not None else None)
         if target is None:
             return "no placement exists even with cuts"
         if res is None and target.deficit and not self._fundable(run, target):
@@ -329,8 +305,13 @@ class Reserver:
         if target.deficit and not self._fundable(run, target):
             return [], False  # a physical deficit it could not pay for cuts nobody: it waits
         seed = seed_for(rid, self.now)
-        cutter = Cutter(scope, Lottery(seed), rid)
-        cutter.resolve({d: target.need[d] for d in target.deficit})
+        announced = res.event
+        endable = frozenset(r for r, p in announced.kill_probability.items() if p > 0)
+        cutter = Cutter(scope, Lottery(seed), rid, promised=Promise(endable, dict(announced.shrink)))
+        needs = {d: target.need[d] for d in target.deficit}
+        if not cutter.covers(needs):
+            return [], False  # what it announced no longer frees enough: it cuts nobody and waits
+        cutter.resolve(needs)
         started = self.admit(run, True)
         if started is None:
             return cutter.out, False
@@ -346,7 +327,8 @@ class Reserver:
         """Runs that got no reservation in pass 1 but would now (later activations freed capacity)."""
         out: list[Blocked] = []
         for run in self.skipped:
-            if run.key in self.batch.done or run.key in self.state.finishing:
+            requeued = run.key in self.batch.requeued
+            if (run.key in self.batch.done and not requeued) or run.key in self.state.finishing:
                 continue
             found = self._analyse(run, None)  # after every hold: it comes last, and keeps what it finds
             if not isinstance(found, str) and not self._started(run):
@@ -355,7 +337,8 @@ class Reserver:
         return out
 
     def _started(self, run: RunState) -> bool:
-        return any(e.run == run.key for e in self.view.fresh)
+        """The run holds a lease started in this call (a run started and then cut here does not)."""
+        return any(e.run == run.key and not self.view.ended(e.lease_id) for e in self.view.fresh)
 
     def publish(self) -> list[Event]:
         out: list[Event] = []
@@ -397,14 +380,14 @@ class Reserver:
     def _final(self, item: Blocked) -> Blocked:
         """The item's target as the final view of this call sees it (later runs may have started)."""
         with self.holds.before(item.run):
-            target = _target(self.view, item.target.width, item.target.slots)
+            target = target_of(self.view, item.target.width, item.target.slots)
         return Blocked(item.run, item.res, target)
 
     def _publish(
         self, item: Blocked, rid: str, scopes: list[tuple[set[DomainKey], datetime]]
     ) -> tuple[list[Event], datetime]:
         run, target = item.run, item.target
-        scope = Scope(self.batch, run.spec.resources.gpu_type, run.key)
+        scope = Scope(self.batch, run.spec.resources.gpu_type, run.key, self.allowed(item.res))
         cuts = plan_cuts(scope, target.deficit)
         funded = cover(self.view, run.spec, target.placement(self.view), self.now, run=run.key, recall=True)
         eta, confidence = self._eta(item, scope, cuts.drawn, scopes)

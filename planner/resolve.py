@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from ledger.events import Event, LeaseEnded, RunFinished, RunRequeued, RunResized
 from planner.elastic import running
 from planner.losses import SPARE, SPARE_RELEASED, Batch
-from planner.lottery import Cut, Lottery, RunFloor, Ticket, kill_probabilities, run_lottery
+from planner.lottery import Cut, Lottery, RunFloor, Ticket, expected_cut, kill_probabilities, run_lottery
 from planner.rerank import Claim, FundingBook
 from planner.state import HOLDING_ROLES, DomainKey, LeaseState, RunState
 from planner.view import PlanView
@@ -60,11 +60,14 @@ class Group:
 class Scope:
     """Running runs of one GPU type that a reservation of ``exclude`` may cut.
 
+    ``allowed`` (a reservation close to its time, ``Reserver.allowed``): only those runs and
+    opportunistic work; others were not warned with the full notice (SPEC §5.3).
+
     Runs admitted earlier in the same plan call count as running (their leases are in
     the view's ``fresh`` list), so planning again at the same instant sees the same scope.
     """
 
-    def __init__(self, batch: Batch, gpu_type: str, exclude: str) -> None:
+    def __init__(self, batch: Batch, gpu_type: str, exclude: str, allowed: set[str] | None = None) -> None:
         self.batch = batch
         self.view = batch.view
         self.fresh: dict[str, dict[str, LeaseState]] = {}
@@ -85,7 +88,13 @@ class Scope:
             self.fresh.setdefault(e.run, {})[e.lease_id] = lease
         found = running(self.view, batch.done)
         found += [self.view.state.runs[k] for k in sorted(self.fresh) if k in self.view.state.runs]
-        self.runs = {r.key: r for r in found if r.spec.resources.gpu_type == gpu_type and r.key != exclude}
+        self.runs = {
+            r.key: r
+            for r in found
+            if r.spec.resources.gpu_type == gpu_type
+            and r.key != exclude
+            and (allowed is None or r.key in allowed or r.spec.funding.opportunistic)
+        }
 
     def live(self) -> list[RunState]:
         """Runs that hold leases now (a run requeued earlier in this call may be running again)."""
@@ -150,6 +159,7 @@ class CutPlan:
     survive: dict[str, float] = field(default_factory=dict)  # run -> chance it is not ended
     conflict: set[str] = field(default_factory=set)
     drawn: bool = False  # a lottery will be drawn
+    gpus: float = 0.0  # expected GPUs cut (a lottery may end more than the deficit)
 
     def odds(self, runs: Iterable[str], p: float = 1.0) -> None:
         for run in runs:
@@ -157,6 +167,10 @@ class CutPlan:
 
     def kill(self) -> dict[str, float]:
         return {run: round(1.0 - self.survive.get(run, 1.0), 6) for run in sorted(self.conflict)}
+
+    def cost(self) -> tuple[float, float]:
+        """SPEC §5.3: expected runs ended, then expected GPUs cut (lower is better)."""
+        return round(sum(self.kill().values()), 6), round(self.gpus, 6)
 
 
 def plan_cuts(scope: Scope, deficits: dict[DomainKey, int]) -> CutPlan:
@@ -172,6 +186,7 @@ def plan_cuts(scope: Scope, deficits: dict[DomainKey, int]) -> CutPlan:
             spare = group.gpus - group.active
             if left > 0 and spare:
                 plan.remedies[DROP_SPARE] += spare
+                plan.gpus += spare
                 plan.conflict.add(group.run.key)
                 left -= spare
         shrunk: set[tuple[str, int]] = set()
@@ -179,6 +194,7 @@ def plan_cuts(scope: Scope, deficits: dict[DomainKey, int]) -> CutPlan:
             if left <= 0:
                 break
             plan.remedies[SHRINK] += group.active
+            plan.gpus += group.active
             plan.shrink[group.run.key] = plan.shrink.get(group.run.key, 0) + group.active
             lost[group.run.key] = lost.get(group.run.key, 0) + group.active
             plan.conflict.add(group.run.key)
@@ -200,6 +216,7 @@ def _count_lottery(
     plan.remedies[action] += min(left, total)
     plan.conflict.update(t.run for t in tickets)
     plan.drawn = True
+    plan.gpus += expected_cut(tickets, floors, left)
     for run, p in kill_probabilities(tickets, floors, left).items():
         plan.odds([run], p)
     return max(0, left - total)
@@ -208,15 +225,46 @@ def _count_lottery(
 # ---------------------------------------------------------------- cutting
 
 
+@dataclass(frozen=True, slots=True)
+class Promise:
+    """What a published reservation announced: the runs it may end (kill probability > 0), shrink caps."""
+
+    endable: frozenset[str]
+    shrink: dict[str, int]
+
+
 @dataclass(slots=True)
 class Cutter:
     """Cuts in one scope for one activation; decisions go to ``out``."""
 
     scope: Scope
     lottery: Lottery
-    by: str  # the reservation id
+    by: str  # the reservation id (or the admitted run, for a reclaim at admission)
     out: list[Event] = field(default_factory=list)
     freed: int = 0
+    what: str = "activation"  # "activation" | "admission": named in the story of a run it ends
+    promised: Promise | None = None  # an activation makes no cut its reservation did not announce
+    shrunk: dict[str, int] = field(default_factory=dict)
+
+    def covers(self, needs: dict[DomainKey, int]) -> bool:
+        """Whether the cuts this activation may make can free each domain's deficit (else it cuts nobody)."""
+        for domain, need in needs.items():
+            room = 0
+            for group in self.scope.groups(domain):
+                room += group.gpus if self._endable(group) else group.gpus - group.active
+            if self.promised is not None:
+                room += sum(self.promised.shrink.values())
+            if room < self.deficit(domain, need):
+                return False
+        return True
+
+    def _endable(self, group: Group) -> bool:
+        p = self.promised
+        return p is None or group.run.spec.funding.opportunistic or group.run.key in p.endable
+
+    def reclaim(self, domain: DomainKey, need: int, groups: list[Group]) -> None:
+        """SPEC §4.4 outcome 2: the lottery among ``groups`` (unfunded work) until ``domain`` has ``need`` free."""
+        self._lottery(groups, self.deficit(domain, need), RECLAIM)
 
     def deficit(self, domain: DomainKey, need: int) -> int:
         return max(0, need - self.scope.view.domain_free(domain))
@@ -238,11 +286,20 @@ class Cutter:
             for group in shrinkable(scope, scope.groups(domain), {}):
                 if not self.deficit(domain, need):
                     break
-                self._end_group(group, SHRINK)
+                if self._may_shrink(group):
+                    self.shrunk[group.run.key] = self.shrunk.get(group.run.key, 0) + group.active
+                    self._end_group(group, SHRINK)
         if self.deficit(domain, need):
             self._lottery(scope.groups(domain), self.deficit(domain, need), PREEMPT)
 
+    def _may_shrink(self, group: Group) -> bool:
+        if self.promised is None:
+            return True
+        cap = self.promised.shrink.get(group.run.key, 0)
+        return self.shrunk.get(group.run.key, 0) + group.active <= cap
+
     def _lottery(self, groups: list[Group], deficit: int, reason: str) -> None:
+        groups = [g for g in groups if self._endable(g)]
         if not groups or deficit <= 0:
             return
         by_ticket = {(g.run.key, g.index): g for g in groups}
@@ -283,7 +340,7 @@ class Cutter:
         whole = "Requeued" if requeue else "Failed"
         for lease in self.scope.leases(run.key):
             self._end(lease, reason if lease.group == index else whole)
-        why = f"cut by the activation of {self.by} ({reason}, seed {self.lottery.seed})"
+        why = f"cut by the {self.what} of {self.by} ({reason}, seed {self.lottery.seed})"
         batch.done.add(run.key)
         if requeue:
             self.out.append(RunRequeued(run.key, why))

@@ -22,6 +22,7 @@ from ledger import events as ev
 from ledger.errors import UndecodableEvent
 from ledger.model import BudgetSpec, PolicySpec, RunSpec, budget_from_spec, policy_from_spec, run_from_spec
 from planner.hours import FundingIndex
+from planner.lower import shrunk_width
 
 DomainKey = tuple[str, str, str]
 """(gpuType, cluster, fabricDomain): SPEC §3.1."""
@@ -333,15 +334,13 @@ def _run_completed(state: ClusterState, record: ev.Recorded) -> None:
 
 
 def _run_shrink_requested(state: ClusterState, record: ev.Recorded) -> None:
-    """Lower ``desired`` (step-aligned, never below min); acting on it is SPEC §7."""
+    """New desired = allocated - by (step-aligned, never below min); acting on it is SPEC §7."""
     e = record.event
     assert isinstance(e, ev.RunShrinkRequested)
     run = _live_run(state, e.run)
     if run is None:
         return
-    step = run.spec.malleable.step_gpus if run.spec.malleable else 1
-    lowered = run.desired - (e.by // step) * step
-    run.desired = max(run.spec.min_gpus, lowered)
+    run.desired = shrunk_width(run.spec, run.width, run.desired, e.by)
     run.shrink_requested += e.by
 
 

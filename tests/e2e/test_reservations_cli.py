@@ -89,21 +89,27 @@ def test_activation_at_earliest_start_even_when_the_clock_jumps_past_it(jt: CLI,
     assert {lease["start"] for lease in leases if lease["run"] == "rai-sys/big-24"} == {"2026-01-05T09:45:00Z"}
     victim = Lottery(res["seed"]).pick([Ticket("org:ai:mm:vision", "vision/fixed-8", 0, 8),
                                         Ticket("org:ai:rai:sys", "rai-sys/elastic", 0, 8)])  # fmt: skip
-    runs = {f"{r['namespace']}/{r['name']}": r for r in jt("get", "runs", "-A", "-o", "json").json()}
-    assert runs[victim.run]["phase"] == "Pending" and runs["rai-sys/big-24"]["phase"] == "Running"
+    # the requeued victim keeps its FIFO place and gets its own reservation at once (SPEC §5.3, issue 15)
+    own = jt("plan", victim.run, "-o", "json").json()
+    assert own["id"] == "res-000002" and own["earliestStart"] == "2026-01-05T10:00:00Z"
     assert jt("audit", "replay", "-o", "json").json()["differences"] == []
 
 
 def test_sim_contention_reserves_and_activates_with_cuts(jt: CLI) -> None:
     data = jt("sim", "run", str(CONTENTION), "-o", "json").json()
-    (res,) = data["reservations"]
+    res, *victims = data["reservations"]  # the requeued victim gets its own (SPEC §5.3, issue 15)
+    preempted = [lease["run"] for lease in data["leases"] if lease["endReason"] == "RandomPreempt"]
+    assert victims and victims[0]["run"] == preempted[0]  # the first victim, ahead of big-24 in the FIFO
     assert set(res) >= RES_KEYS
     assert (res["run"], res["state"], res["earliestStart"]) == ("rai-sys/big-24", "Activated", "2026-01-05T09:45:00Z")
     assert res["killProbability"] == {"rai-sys/elastic": 0.5, "vision/fixed-8": 0.5}
-    seeded = [lease for lease in data["leases"] if lease["endReason"] in ("Shrink", "RandomPreempt")]
+    cut = [lease for lease in data["leases"] if lease["end"] == res["earliestStart"]]  # by res-000001
+    seeded = [lease for lease in cut if lease["endReason"] in ("Shrink", "RandomPreempt")]
     assert sorted(lease["endReason"] for lease in seeded) == ["RandomPreempt", "Shrink", "Shrink"]
     types = [e["type"] for e in data["timeline"]]
-    assert types.count("ConflictWarningIssued") == 2 and "ReservationActivated" in types
+    warned = [e for e in data["timeline"] if e["type"] == "ConflictWarningIssued"]
+    assert len([e for e in warned if e["data"]["reservation"] == "res-000001"]) == 2
+    assert "ReservationActivated" in types
 
 
 def test_sim_guide_4_drops_spares_then_shrinks(jt: CLI) -> None:

@@ -34,6 +34,7 @@ def test_plan_is_pure_and_reaches_a_fixpoint() -> None:
 
 
 def test_defers_with_a_message_saying_what_is_short() -> None:
+    """A group wider than every fabric domain can never fit, and says so (issue 15, defect 7)."""
     ledger, state = setup(
         *fleet({"A": 1, "B": 1}), budget(OWNER, envelope("west", 64)), run("r", 16, group=16)
     )
@@ -41,8 +42,8 @@ def test_defers_with_a_message_saying_what_is_short() -> None:
     assert decisions == [
         ev.RunDeferred(
             "ns/r",
-            "needs 16 H100-80GB GPUs as 1 group of 16 in one fabric domain; "
-            "the largest free domain (c1/A) has 8 free",
+            "can never fit: needs 16 H100-80GB GPUs as 1 group of 16 in one fabric domain; "
+            "all 2 H100-80GB nodes together have 16 GPUs, the largest fabric domain (c1/A) has 8",
         )
     ]
     assert state.runs["ns/r"].phase == "Pending"
@@ -65,7 +66,7 @@ def test_defers_when_not_funded() -> None:
 
 def test_unknown_gpu_type_is_named() -> None:
     _, state = setup(*fleet({"A": 1}), run("r", 8, gpu_type="B200"))
-    assert plan(state, at(1)) == [ev.RunDeferred("ns/r", "no B200 nodes are registered")]
+    assert plan(state, at(1)) == [ev.RunDeferred("ns/r", "can never fit: no B200 nodes are registered")]
 
 
 def test_opportunistic_run_starts_with_the_unfunded_part_unfunded() -> None:
@@ -86,7 +87,9 @@ def test_non_opportunistic_run_that_packs_but_is_unfunded_is_reserved_without_cu
 
 def test_fifo_with_skipping_and_capacity_consumed_within_one_call() -> None:
     _ledger, state = setup(
-        *fleet({"A": 2}),
+        *fleet({"A": 2, "B": 2}),
+        ev.NodeCordoned("c1-b-0"),
+        ev.NodeCordoned("c1-b-1"),  # cordoned nodes may come back: "blocked" can fit one day
         budget(OWNER, envelope("west", 64)),
         run("first", 8),
         run("blocked", 32),
@@ -168,8 +171,8 @@ def test_explain_pending() -> None:
     assert explain_pending(state, "ns/ok", at(1)).startswith("ns/ok is Pending and fits now")
     state, _ = ledger.decide(state, at(1))
     assert explain_pending(state, "ns/r", at(1)) == (
-        "ns/r is Pending: needs 16 H100-80GB GPUs as 1 group of 16 in one fabric domain; "
-        "the largest free domain (c1/A) has 0 free"
+        "ns/r is Pending: can never fit: needs 16 H100-80GB GPUs as 1 group of 16 in one fabric domain; "
+        "all 1 H100-80GB nodes together have 8 GPUs, the largest fabric domain (c1/A) has 8"
     )
     assert explain_pending(state, "ns/ok", at(1)) == "ns/ok is Running at 8 GPUs on 1 lease"
     assert explain_pending(state, "ns/nope", at(1)) == "ns/nope: no such run"

@@ -15,6 +15,7 @@ from elastic_fakes import World, spec_run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from planner_fakes import T0, budget, envelope, fleet
+from profiles import examples
 
 from ledger import events as ev
 from planner.lottery import seed_for
@@ -91,7 +92,7 @@ def apply(sim: Sim, op: tuple[str, Any]) -> None:
             sim.record(ev.RunCompleted(key) if kind == "complete" else ev.RunCancelRequested(key))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(ops, min_size=3, max_size=25))
 def test_earliest_start_never_moves_later(history: list[tuple[str, Any]]) -> None:
     sim = Sim(*fleet({"A": 3, "B": 2}), *(budget(o, envelope("west", 24)) for o in OWNERS))
@@ -102,7 +103,7 @@ def test_earliest_start_never_moves_later(history: list[tuple[str, Any]]) -> Non
         assert all(b <= a for a, b in itertools.pairwise(etas)), f"{rid} moved later: {etas}"
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(ops, min_size=3, max_size=25))
 def test_a_budget_only_shortfall_never_ends_anyones_lease(history: list[tuple[str, Any]]) -> None:
     big = fleet({"A": 40, "B": 40})  # 640 GPUs: every run always fits; only budgets are short

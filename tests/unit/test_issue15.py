@@ -1,0 +1,190 @@
+"""Issue 15, defects 1-7: one test each that failed on the old planner (see each docstring)."""
+
+from __future__ import annotations
+
+from elastic_fakes import World, of_type, spec_run
+from planner_fakes import at, budget, envelope, fleet
+
+from ledger import events as ev
+from ledger.model import run_from_spec
+from planner.elastic import shrink_refusal
+
+TRAINER = "ns/trainer"
+
+
+# ---------------------------------------------------------------- defect 5: shrink gives GPUs back
+
+
+def test_shrink_counts_from_what_the_run_holds_not_from_desired() -> None:
+    """Old: desired 160 - 32 = 128 while the run held 128, so nothing was freed (128/128)."""
+    world = World(*fleet({"A": 5, "B": 5, "C": 5, "D": 5, "E": 5}), budget("org:a", envelope("west", 400)), now=at(0))
+    world.record(spec_run("other", 40, group=40))
+    world.record(spec_run("trainer", 128, group=32, malleable=(96, 160, 32)), now=at(1))
+    assert world.width(TRAINER) == 128 and world.state.runs[TRAINER].desired == 160
+    decisions = world.record(ev.RunShrinkRequested(TRAINER, 32), now=at(2))
+    assert world.width(TRAINER) == 96 and world.state.runs[TRAINER].desired == 96
+    assert of_type(decisions, ev.RunResized) == [ev.RunResized(TRAINER, 96, "Shrink")]
+    assert world.record(ev.RunCompleted("ns/other"), now=at(3)) and world.width(TRAINER) == 96, "no regrow"
+
+
+def test_shrink_of_a_malleable_run_without_groups_frees_gpus_now() -> None:
+    """Old: one spread group of 32 could not end whole above min 8, so --by 24 left it at 32."""
+    world = World(*fleet({"A": 4}), budget("org:a", envelope("west", 64)), now=at(0))
+    world.record(spec_run("trainer", 32, malleable=(8, 32, 8)))
+    assert world.width(TRAINER) == 32
+    decisions = world.record(ev.RunShrinkRequested(TRAINER, 24), now=at(1))
+    assert world.width(TRAINER) == 8
+    assert {e.reason for e in of_type(decisions, ev.LeaseEnded)} == {"Shrink"}
+    assert of_type(decisions, ev.RunResized)[-1] == ev.RunResized(TRAINER, 8, "Shrink")
+    free = sum(len(n.free) for n in world.state.nodes.values())
+    assert free == 24
+
+
+def test_shrink_refusal_names_the_reason() -> None:
+    spec = run_from_spec(spec_run("t", 128, group=32, malleable=(96, 160, 32)).spec)
+    assert shrink_refusal("trainer-128", spec, 96, 160, 32) == "trainer-128 holds 96, its minimum"
+    assert shrink_refusal("trainer-128", spec, 128, 160, 32) is None
+    assert shrink_refusal("trainer-128", spec, 128, 160, 16) is not None  # not a step multiple
+    assert "holds no GPUs" in (shrink_refusal("trainer-128", spec, 0, 160, 32) or "")
+    fixed = run_from_spec(spec_run("f", 8).spec)
+    assert "not malleable" in (shrink_refusal("f", fixed, 8, 8, 8) or "")
+
+
+# ---------------------------------------------------------------- defect 7: can never fit
+
+
+def test_a_run_that_can_never_fit_says_so() -> None:
+    """Old: 'needs 64 ... only 16 are free' — as if it would fit once others finish."""
+    world = World(*fleet({"A": 2}), budget("org:a", envelope("west", 64)), now=at(0))
+    decisions = world.record(spec_run("wide", 64))
+    (deferred,) = of_type(decisions, ev.RunDeferred)
+    assert deferred.message.startswith("can never fit: needs 64 H100-80GB GPUs")
+    assert "all 2 H100-80GB nodes together have 16 GPUs" in deferred.message
+    assert not of_type(decisions, ev.ReservationCreated)
+
+
+def test_a_run_of_an_unregistered_gpu_type_can_never_fit() -> None:
+    world = World(*fleet({"A": 2}), budget("org:a", envelope("west", 64)), now=at(0))
+    submitted = spec_run("odd", 8)
+    submitted.spec["resources"]["gpuType"] = "B200"
+    (deferred,) = of_type(world.record(submitted), ev.RunDeferred)
+    assert deferred.message == "can never fit: no B200 nodes are registered"
+
+
+# ---------------------------------------------------------------- defect 1: owner recall at admission
+
+PARENT, CHILD = "org:p", "org:p:c"
+
+
+def test_owner_recall_at_admission_reclaims_the_shared_gpus_and_binds_now() -> None:
+    """Old: the child's lease stayed ``shared`` and the parent got a 15-minute lottery reservation."""
+    from funding_fakes import budget as family_budget
+    from funding_fakes import env
+
+    from planner.lottery import seed_for
+
+    world = World(
+        *fleet({"A": 2}), family_budget(PARENT, env("e", 16)), family_budget(CHILD, env("c", 0), parents=[PARENT]),
+        now=at(0),
+    )  # fmt: skip
+    world.record(spec_run("child", 8, owner=CHILD, checkpoint="10m"))
+    assert {x.payer_class for x in world.open_leases("ns/child")} == {"shared"}
+    decisions = world.record(spec_run("parent", 16, owner=PARENT), now=at(5))
+    assert not of_type(decisions, ev.ReservationCreated)
+    assert ev.RunAdmitted("ns/parent", 16) in decisions
+    seed = seed_for("ns/parent", at(5))
+    reclaimed = [e for e in of_type(decisions, ev.LeaseEnded) if e.reason == "ReclaimUnfunded"]
+    assert reclaimed and all(e.seed == seed for e in reclaimed)
+    (requeued,) = of_type(decisions, ev.RunRequeued)
+    assert requeued.run == "ns/child" and "admission of ns/parent" in requeued.reason
+    assert world.width("ns/parent") == 16 and world.width("ns/child") == 0
+
+
+# ---------------------------------------------------------------- defect 3: full notice for every victim
+
+
+def notice_world() -> World:
+    budgets = [budget("org:a", envelope("west", 0)), *(budget(o, envelope("west", 16)) for o in ("org:b", "org:c"))]
+    world = World(*fleet({"A": 3}), *budgets, now=at(0))
+    world.record(spec_run("b1", 16, owner="org:b"), spec_run("x", 8, owner="org:a"))
+    world.record(spec_run("y", 16, owner="org:c"), now=at(2 / 60))  # 2 s later
+    return world
+
+
+def test_a_run_started_unfunded_after_a_reservation_was_published_is_not_cut_by_it() -> None:
+    """Old: x started unfunded at its budget-only ETA, was reclaimed by y's activation 2 s later (Failed)."""
+    world = notice_world()
+    reservations = {r.run: r for r in world.state.reservations.values()}
+    assert reservations["ns/x"].event.deficit == {} and reservations["ns/y"].event.conflict_set == ("ns/b1",)
+    world.record(now=at(15))
+    assert world.width("ns/x") == 8, "x starts at its time, unfunded"
+    decisions = world.record(now=at(15 + 2 / 60))
+    cut = {e.lease_id for e in of_type(decisions, ev.LeaseEnded)}
+    assert not cut & {x.lease_id for x in world.open_leases("ns/x")}
+    assert world.width("ns/x") == 8 and world.width("ns/y") == 16
+    assert ev.RunFinished("ns/x", "Failed", "") not in decisions
+    assert {d.run for d in of_type(decisions, ev.RunFinished)} == {"ns/b1"}
+
+
+# ---------------------------------------------------------------- defect 4: requeued victims get an ETA
+
+
+def test_a_requeued_victim_keeps_its_place_and_gets_its_own_reservation() -> None:
+    """Old: the victim was 'Pending: no reservation' and newer runs could reserve ahead of it."""
+    from test_reserve import contention, submit_big
+
+    world = contention()
+    submit_big(world)
+    decisions = world.record(now=at(45))
+    (requeued,) = of_type(decisions, ev.RunRequeued)
+    victim = world.state.runs[requeued.run]
+    assert victim.phase == "Pending" and victim.reservation is not None
+    created = [d for d in of_type(decisions, ev.ReservationCreated) if d.run == victim.key]
+    assert created and created[0].earliest_start == "2026-01-01T01:00:00Z"  # now + the notice
+
+
+# ---------------------------------------------------------------- defect 2: the placement that cuts least
+
+
+def test_the_intended_placement_cuts_fewest_gpus_when_as_many_runs_end() -> None:
+    """Old: the cut-everything stage packed best-fit by name into A (cutting 32) though B costs 16.
+
+    A: fixed f (32 GPUs, full). B: fixed g (16) + 16 free. The new 32-GPU group ends one
+    run either way; in B it cuts 16 GPUs instead of 32 (SPEC §5.3: runs ended, then GPUs).
+    """
+    budgets = [budget(o, envelope("west", 64)) for o in ("org:a", "org:b")]
+    world = World(*fleet({"A": 4, "B": 4}), *budgets, now=at(0))
+    world.record(spec_run("f", 32, group=32), spec_run("g", 16, group=16))
+    assert {world.state.nodes[x.node].fabric_domain for x in world.open_leases("ns/f")} == {"A"}
+    decisions = world.record(spec_run("n", 32, owner="org:b", group=32), now=at(1))
+    (created,) = of_type(decisions, ev.ReservationCreated)
+    assert created.domains == ("c1/B",) and created.deficit == {"c1/B": 16}
+    assert created.conflict_set == ("ns/g",) and created.kill_probability == {"ns/g": 1.0}
+
+
+# ---------------------------------------------------------------- defect 6: one plan call is a fixpoint
+
+
+def test_interacting_activations_reach_the_fixpoint_in_one_call() -> None:
+    """Old: at 00:15 a second call activated r5's reservation (fundable only after r6's activation
+    shrank r1) and preempted r4, started in the first call without any warning.
+
+    Sim.decide asserts plan(fold(plan(s))) == [] after every call.
+    """
+    from test_reservation_properties import OWNERS, Sim, apply
+
+    sim = Sim(*fleet({"A": 3, "B": 2}), *(budget(o, envelope("west", 24)) for o in OWNERS))
+    for kw in (
+        {"total": 12, "owner": "org:c"},
+        {"total": 12, "owner": "org:b", "group": 4, "malleable": (4, 12, 4)},
+        {"total": 16, "owner": "org:a", "group": 8, "malleable": (8, 16, 8)},
+        {"total": 4, "owner": "org:b"},
+        {"total": 4, "owner": "org:b"},
+        {"total": 8, "owner": "org:b"},
+        {"total": 4, "owner": "org:a"},
+    ):
+        apply(sim, ("submit", kw))
+    apply(sim, ("advance", 60))
+    events = [r.event for r in sim.ledger.records]
+    assert of_type(events, ev.ReservationActivated), "the activations happened"
+    assert sim.state.runs["ns/r4"].phase != "Failed", "r4 is not cut without notice"

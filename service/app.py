@@ -50,6 +50,7 @@ from ledger.model import (
     PolicySpec,
     RunManifest,
     parse_manifests,
+    run_from_spec,
 )
 from ledger.store import Ledger
 from service.errors import BadInput, Forbidden, NotFound
@@ -393,24 +394,21 @@ class JobtreeApp:
         return self._act_on_run(namespace, name, "complete", RunCompleted(run_key(namespace, name)))
 
     def shrink(self, namespace: str, name: str, by: int) -> Row:
-        found = self._find_run(self.engine, namespace, name)
-        width = found["width"]
+        """Give ``by`` GPUs back now (SPEC §7); refused, naming why, when it would free nothing."""
+        from planner.elastic import shrink_refusal  # the planner's own rule, loaded only for shrink
+
         if by <= 0:
             raise BadInput("--by", "must be a positive number of GPUs")
-        step = self._step_gpus(run_key(namespace, name))
-        if step is None:
-            raise BadInput("RUN", f"run {namespace}/{name} is not malleable (no spec.malleable): its width is fixed")
-        if by % step:
-            raise BadInput("--by", f"must be a multiple of the run's stepGPUs ({step}), got {by}")
-        if width["desired"] - by < width["min"]:
-            raise BadInput(
-                "--by", f"desired width {width['desired']} - {by} would fall below the minimum {width['min']}"
-            )
-        return self._act_on_run(namespace, name, "shrink", RunShrinkRequested(run_key(namespace, name), by))
-
-    def _step_gpus(self, key: str) -> int | None:
-        malleable = queries.run_spec(self.engine, key).get("malleable")
-        return int(malleable["stepGPUs"]) if malleable else None
+        found = self._find_run(self.engine, namespace, name)
+        key = run_key(namespace, name)
+        width = found["width"]
+        spec = run_from_spec(queries.run_spec(self.engine, key))
+        refusal = shrink_refusal(key, spec, width["allocated"], width["desired"], by)
+        if refusal is not None:
+            if spec.malleable is None:
+                raise BadInput("RUN", refusal)
+            raise BadInput("--by", refusal.removeprefix("--by "))
+        return self._act_on_run(namespace, name, "shrink", RunShrinkRequested(key, by))
 
     # ------------------------------------------------------------ nodes and budgets
 

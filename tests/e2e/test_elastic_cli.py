@@ -88,11 +88,19 @@ def test_shrink_by_32_ends_the_highest_group_at_once(guide3: CLI, events: Callab
     assert "96 (Admitted) → 128 (Grow) → 160 (Grow) → 128 (Shrink)" in table.out
 
     count = events()
-    cases = (("16", "multiple of the run's stepGPUs (32)"), ("64", "below the minimum 96"), ("0", "positive"))
+    cases = (("16", "multiple of the run's stepGPUs (32)"), ("0", "positive"))
     for by, needle in cases:
         bad = guide3("shrink", "rai-sys/trainer-128", "--by", by, *at(32))
         assert bad.code == 2 and needle in bad.err, bad.err
     assert events() == count  # nothing written
+    # SPEC §7: the new desired width is allocated - N, never below the minimum: 128 - 64 stops at 96
+    assert guide3("shrink", "rai-sys/trainer-128", "--by", "64", *at(33)).code == 0
+    width = guide3("get", "runs", "-n", "rai-sys", "-o", "json", *at(33)).json()
+    assert {r["name"]: r["width"]["allocated"] for r in width}["trainer-128"] == 96
+    count = events()
+    at_min = guide3("shrink", "rai-sys/trainer-128", "--by", "32", *at(34))
+    assert at_min.code == 2 and "holds 96, its minimum" in at_min.err, at_min.err
+    assert events() == count  # a shrink that frees nothing writes nothing
 
 
 def test_a_fixed_run_cannot_shrink(jt: CLI, events: Callable[[], int]) -> None:

@@ -84,7 +84,12 @@ def test_contention_keeps_the_late_run_waiting_and_everyone_within_the_island(jt
     assert runs["rai-sys/elastic"]["width"]["allocated"] >= 8
     open_leases = [lease for lease in data["leases"] if lease["end"] is None]
     assert sum(lease["gpus"] for lease in open_leases if lease["role"] != "Fill") <= 32, "one island of 32 GPUs"
-    assert runs["rai-sys/big-24"]["phase"] in {"Pending", "Reserved", "Running"}
+    late = runs["rai-sys/big-24"]
+    # SPEC §5.3 (issue 15): the requeued fixed-8 keeps its FIFO place and gets its own
+    # reservation; its activation may draw big-24 (no checkpoint) in the attested lottery
+    assert late["phase"] in {"Pending", "Reserved", "Running"} or (
+        late["phase"] == "Failed" and "RandomPreempt, seed" in late["message"]
+    ), late
 
 
 def test_the_table_tells_the_story_in_order(jt: CLI) -> None:

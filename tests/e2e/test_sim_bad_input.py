@@ -76,9 +76,13 @@ BAD: dict[str, tuple[Callable[[Doc], None], str]] = {
         _steps(SUBMIT, {"at": "1m", "shrink": {"run": "rai-sys/resnet-small"}}),
         "spec.steps[1].shrink.by",
     ),
-    "shrink below the minimum (found while running)": (
-        _steps({"at": "0s", "submit": [MALLEABLE]}, {"at": "1m", "shrink": {"run": "rai-sys/elastic", "by": 16}}),
-        "spec.steps[1].shrink.by",
+    "shrink at the minimum (found while running)": (  # SPEC §7: the second shrink would free nothing
+        _steps(
+            {"at": "0s", "submit": [MALLEABLE]},
+            {"at": "1m", "shrink": {"run": "rai-sys/elastic", "by": 8}},
+            {"at": "2m", "shrink": {"run": "rai-sys/elastic", "by": 8}},
+        ),
+        "spec.steps[2].shrink.by",
     ),
     "complete a finished run (found while running)": (
         _steps(

@@ -18,14 +18,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import psycopg
 from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
 
 from ledger import tables as t
-from ledger.embedded import libpq_url
-from ledger.errors import LedgerError, translate
+from ledger.errors import translate
+from ledger.listen import Listener
 from ledger.store import Ledger
 
 PLANNED_CHANNEL = "jobtree_planned"
@@ -95,12 +94,7 @@ class StatusWaiter:
 
     def __init__(self, ledger: Ledger, shard: str = "0") -> None:
         self.ledger, self.shard = ledger, shard
-        url = libpq_url(ledger.engine.url.render_as_string(hide_password=False))
-        try:
-            self._conn = psycopg.connect(url, autocommit=True, connect_timeout=5)
-            self._conn.execute(f"LISTEN {PLANNED_CHANNEL}")
-        except psycopg.Error as exc:
-            raise LedgerError(f"cannot LISTEN for the planner: {exc}") from exc
+        self._listener = Listener(ledger, PLANNED_CHANNEL)
 
     def wait_for(self, position: int, timeout: float) -> PlannerStatus | None:
         """The status once it has planned past ``position``; None if ``timeout`` passes first.
@@ -115,14 +109,10 @@ class StatusWaiter:
             left = deadline - time.monotonic()
             if left <= 0 or status is None or not status.alive():
                 return None
-            try:
-                for _ in self._conn.notifies(timeout=min(left, HEARTBEAT), stop_after=1):
-                    pass
-            except psycopg.Error as exc:
-                raise LedgerError(f"lost the LISTEN connection: {exc}") from exc
+            self._listener.next(min(left, HEARTBEAT))
 
     def close(self) -> None:
-        self._conn.close()
+        self._listener.close()
 
     def __enter__(self) -> StatusWaiter:
         return self

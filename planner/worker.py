@@ -84,7 +84,7 @@ def plan_once(ledger: Ledger, state: ClusterState, now: datetime) -> tuple[Clust
 def catch_up(
     ledger: Ledger,
     now: datetime,
-    bind: Callable[[datetime], int] | None = None,
+    bind: BindFn | None = None,
 ) -> CatchUp:
     """Let the planner (and the in-process binder) catch up to ``now``.
 
@@ -94,21 +94,30 @@ def catch_up(
     result = CatchUp()
     with ledger.planner_lock():
         state = load_state(ledger)  # the latest snapshot plus the tail (planner.restore)
-        cursor = state.last_time
-        while result.rounds < MAX_ROUNDS:
-            # Funding edges (windows, hours running out) between the last event and now
-            # are planned at their own instant (planner.edges).
-            edge = next_edge(state, cursor, now) if cursor is not None else None
-            at = edge or now
-            state = _settle(ledger, state, at, bind, result)
-            if at == now:
-                return result
-            cursor = at
+        _through_edges(ledger, state, state.last_time or now, now, bind, result)
+    return result
+
+
+def _through_edges(
+    ledger: Ledger, state: ClusterState, cursor: datetime, now: datetime, bind: BindFn | None, result: CatchUp
+) -> ClusterState:
+    """Plan and bind at each funding edge in ``(cursor, now)`` at its own instant, then at ``now``.
+
+    Windows opening or closing and hours running out have no event of their own
+    (planner.edges): planning at their instant records the change when it happened.
+    """
+    while result.rounds < MAX_ROUNDS:
+        edge = next_edge(state, cursor, now)
+        at = edge or now
+        state = _settle(ledger, state, at, bind, result)
+        if at == now:
+            return state
+        cursor = at
     raise PlannerStuck(f"no fixpoint after {MAX_ROUNDS} rounds at {now.isoformat()}")
 
 
 def _settle(
-    ledger: Ledger, state: ClusterState, at: datetime, bind: Callable[[datetime], int] | None, result: CatchUp
+    ledger: Ledger, state: ClusterState, at: datetime, bind: BindFn | None, result: CatchUp
 ) -> ClusterState:
     """Plan and bind at ``at`` until neither has anything left to do."""
     while result.rounds < MAX_ROUNDS:
@@ -224,15 +233,8 @@ class PlannerService:
         pass (service.app), so the edges it jumps over are planned before its input is folded.
         """
         cursor = min(self.planned_at or now, now)
-        while result.rounds < MAX_ROUNDS:
-            edge = next_edge(self.state, cursor, now)
-            at = edge or now
-            self.state = _settle(self.ledger, self.state, at, self.bind, result)
-            self.planned_at = at
-            if at == now:
-                return
-            cursor = at
-        raise PlannerStuck(f"no fixpoint after {MAX_ROUNDS} rounds at {now.isoformat()}")
+        self.state = _through_edges(self.ledger, self.state, cursor, now, self.bind, result)
+        self.planned_at = now
 
     def publish(self, done: PassResult, error: str | None = None) -> None:
         status = planner_status.PlannerStatus(

@@ -92,7 +92,7 @@ def bind_pending(ledger: Ledger, backend: Backend, now: datetime) -> int:
     retried on the next pass; it does not count as progress, so a caller looping
     until quiet still stops.
     """
-    bound: list[NewEvent] = []
+    bound: list[PodBound] = []
     for lease in unbound_leases(ledger):
         try:
             kept = kept_pods(ledger, lease.lease_id) if lease.reason == "PayerChanged" else ()
@@ -104,12 +104,13 @@ def bind_pending(ledger: Ledger, backend: Backend, now: datetime) -> int:
             key = f"bindfail:{lease.lease_id}"
             ledger.append([NewEvent(binder_stream(), failed)], actor=BINDER_ACTOR, at=now, idempotency_key=key)
             continue
-        bound.append(NewEvent(binder_stream(), PodBound(lease.lease_id, lease.node, pods)))
+        bound.append(PodBound(lease.lease_id, lease.node, pods))
     if not bound:
         return 0
-    ids = "\n".join(e.event.lease_id for e in bound)  # type: ignore[attr-defined]
+    ids = "\n".join(b.lease_id for b in bound)
     key = f"bind:{hashlib.sha256(ids.encode()).hexdigest()[:32]}"
-    return len(ledger.append(bound, actor=BINDER_ACTOR, at=now, idempotency_key=key))
+    events = [NewEvent(binder_stream(), b) for b in bound]
+    return len(ledger.append(events, actor=BINDER_ACTOR, at=now, idempotency_key=key))
 
 
 def open_leases(ledger: Ledger) -> list[LeaseToBind]:

@@ -120,13 +120,6 @@ def current_policy(engine: Engine) -> dict[str, Any] | None:
     return dict(data) if data is not None else None
 
 
-def latest_time(engine: Engine) -> datetime | None:
-    """The ledger's clock: the newest event's logical time (an index probe, migration 0005)."""
-    with engine.connect() as conn:
-        value = conn.execute(text("SELECT max(occurred_at) FROM events")).scalar_one_or_none()
-    return value
-
-
 def run_is_active(engine: Engine, run: str) -> bool:
     found = get_run(engine, run)
     return found is not None and found["phase"] not in FINISHED_PHASES
@@ -221,10 +214,6 @@ def list_budgets(engine: Engine) -> list[Row]:
     with engine.connect() as conn:
         budgets = conn.execute(text("SELECT owner, name, spec FROM budgets ORDER BY owner")).all()
     return [{"owner": b.owner, "name": b.name, "spec": b.spec} for b in budgets]
-
-
-def budget_parents(engine: Engine) -> dict[str, list[str]]:
-    return {b["owner"]: list(b["spec"].get("parents", [])) for b in list_budgets(engine)}
 
 
 def budget_submitters(engine: Engine, owner: str) -> list[str] | None:

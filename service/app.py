@@ -264,8 +264,9 @@ class JobtreeApp:
         events: list[NewEvent] = []
         expected: dict[str, int] = {}
         applied: list[Applied] = []
-        pending_parents = queries.budget_parents(self.engine)
-        runs = _RunChecks.load(self.engine, manifests)
+        budgets = queries.list_budgets(self.engine)  # once: the family tree and the submitters
+        pending_parents = {b["owner"]: list(b["spec"].get("parents", [])) for b in budgets}
+        runs = _RunChecks.load(self.engine, manifests, budgets)
         for manifest in manifests:
             if allowed is not None and manifest.kind not in allowed:
                 raise BadInput("kind", f"this command takes {' or '.join(allowed)} manifests, not {manifest.kind}")
@@ -449,11 +450,11 @@ class _RunChecks:
     budgets: dict[str, list[str]]
 
     @classmethod
-    def load(cls, engine: Engine, manifests: list[Manifest]) -> _RunChecks:
+    def load(cls, engine: Engine, manifests: list[Manifest], budgets: list[Row]) -> _RunChecks:
         keys = [run_key(m.metadata.namespace, m.metadata.name) for m in manifests if isinstance(m, RunManifest)]
         if not keys:
             return cls(set(), {}, {})
-        submitters = {b["owner"]: list(b["spec"].get("submitters", [])) for b in queries.list_budgets(engine)}
+        submitters = {b["owner"]: list(b["spec"].get("submitters", [])) for b in budgets}
         versions = queries.stream_versions(engine, [run_stream(k) for k in keys])
         return cls(queries.active_runs(engine, keys), versions, submitters)
 

@@ -94,7 +94,7 @@ def ensure_running(ledger: Ledger, url: str, home: Path | None = None) -> None:
         if alive(read_pid(home)):
             return
         status = planner_status.read(ledger)
-        if status is not None and status.alive() and not _was_ours(status, home):
+        if status is not None and status.alive() and not _was_ours(status):
             return  # someone runs `jobtree up` on this ledger in the foreground
         started = datetime.now(UTC)
         pid = _spawn(url, log)
@@ -102,7 +102,7 @@ def ensure_running(ledger: Ledger, url: str, home: Path | None = None) -> None:
         _await_first_pass(ledger, pid, started, log)
 
 
-def _was_ours(status: planner_status.PlannerStatus, home: Path) -> bool:
+def _was_ours(status: planner_status.PlannerStatus) -> bool:
     """A recent heartbeat of the background service that just died (its pid is gone)."""
     return status.leader.startswith(EMBEDDED_NAME)
 

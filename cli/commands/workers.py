@@ -54,14 +54,11 @@ def cluster_app(ledger: Ledger, caller: Identity, now: datetime) -> JobtreeApp:
     return JobtreeApp(ledger, caller, now, planning=InProcess(bind=False, simulated=False))
 
 
-ClusterApp = JobtreeApp
-
-
 @dataclass
 class IntakeService:
     """binder.intake.Service over the CLI's application service, so the intake validates like the CLI."""
 
-    app: ClusterApp
+    app: JobtreeApp
 
     @property
     def ledger(self) -> Ledger:

@@ -51,6 +51,8 @@ class Globals:
 GLOBALS = Globals()
 _OPEN: list[Ledger] = []
 _APPS: list[JobtreeApp] = []
+#: ``id(ledger)`` of the ledgers opened on the embedded default (their caller is the OS user)
+_EMBEDDED: set[int] = set()
 
 
 def split_globals(args: list[str]) -> Globals:
@@ -97,36 +99,73 @@ def split_globals(args: list[str]) -> Globals:
 
 def open_ledger(db: str | None = None, *, services: bool = False) -> Ledger:
     """The ledger of this invocation (opened once). On the embedded default, ``services``
-    also makes sure its planner service runs in the background (``service.daemon``)."""
+    also makes sure its planner service runs in the background (``service.daemon``).
+
+    The embedded default connects as its runtime role and migrates (as its superuser)
+    when the schema is behind; a shared ledger (``--db``) is only checked, never migrated.
+    """
     from ledger import schema
-    from ledger.embedded import migrate, resolve_database_url
+    from ledger.embedded import resolve_database_url, runtime_url
     from ledger.store import Ledger
     from service import daemon
 
     if _OPEN and db is None:
         return _OPEN[0]
     url, embedded = resolve_database_url(db if db is not None else GLOBALS.db)
-    ledger = Ledger.from_url(url)
-    if not schema.up_to_date(ledger.engine):
-        migrate(url)
+    if embedded:
+        ledger = _open_embedded(url)
+        _EMBEDDED.add(id(ledger))
+    else:
+        ledger = Ledger.from_url(url)
+        try:
+            schema.require(ledger.engine)
+        except BaseException:
+            ledger.engine.dispose()
+            raise
     _OPEN.append(ledger)
     if embedded and services:
-        daemon.ensure_running(ledger, url)
+        daemon.ensure_running(ledger, runtime_url(url))  # the service runs as the runtime role too
+    return ledger
+
+
+def _open_embedded(owner_url: str) -> Ledger:
+    from ledger import schema
+    from ledger.embedded import prepare_embedded, runtime_url
+    from ledger.errors import LedgerError
+    from ledger.store import Ledger
+    from service.identity import record_creator
+
+    ledger = Ledger.from_url(runtime_url(owner_url))
+    try:
+        current = schema.up_to_date(ledger.engine)
+    except LedgerError:  # the runtime role does not exist yet, or may not read the version
+        current = False
+    if not current and prepare_embedded(owner_url):
+        record_creator(ledger)
     return ledger
 
 
 def open_app(ledger: Ledger | None = None) -> JobtreeApp:
     """The application service for this invocation (one per process run, reused by `watch`)."""
     from service.app import JobtreeApp
-    from service.identity import caller_from_environment
+    from service.identity import authenticate, bootstrap_admins, resolve_caller
 
     if _APPS and ledger is None:
         return _APPS[0]
     ledger = ledger or open_ledger(services=True)
+    auth = authenticate(ledger, embedded=id(ledger) in _EMBEDDED)
+    caller = resolve_caller(ledger, auth)
     wall = datetime.now(UTC).replace(microsecond=0)
     now = JobtreeApp.resolve_now(ledger, GLOBALS.now, wall)
     requested = now if GLOBALS.now is not None else None
-    app = JobtreeApp(ledger, caller_from_environment(), now, as_user=GLOBALS.as_user, requested=requested)
+    app = JobtreeApp(
+        ledger,
+        caller,
+        now,
+        as_user=GLOBALS.as_user,
+        requested=requested,
+        bootstrap=bootstrap_admins(auth, caller),
+    )
     _APPS.append(app)
     return app
 
@@ -140,5 +179,6 @@ def close() -> None:
     while _APPS:
         _APPS.pop().close()
     while _OPEN:
+        _EMBEDDED.discard(id(_OPEN[-1]))
         _OPEN.pop().engine.dispose()
     set_timeouts(None)  # --db-timeout lasts one invocation (tests run many in one process)

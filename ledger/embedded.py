@@ -34,6 +34,9 @@ from ledger.timeouts import (
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
 
 DATABASE = "jobtree"
+#: the embedded default's login role for commands and services: a member of ``jobtree_app``
+#: (migration 0008), not a superuser. The superuser ``postgres`` only migrates.
+RUNTIME_ROLE = "jobtree_runtime"
 #: pg_advisory_lock(namespace, key) namespace shared by every jobtree lock.
 LOCK_NAMESPACE = 0x4A54  # "JT"
 MIGRATE_LOCK_KEY = -1
@@ -264,6 +267,47 @@ def migrate(url: str) -> None:
                 conn.commit()
     finally:
         engine.dispose()
+
+
+_RUNTIME_ROLE_SQL = f"""
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{RUNTIME_ROLE}') THEN
+        CREATE ROLE {RUNTIME_ROLE} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+    END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+    NULL;
+END
+$$;
+GRANT jobtree_app TO {RUNTIME_ROLE};
+"""
+
+
+def runtime_url(owner_url: str) -> str:
+    """``owner_url`` with the embedded runtime role as its user (same server, same database)."""
+    parsed = make_url(sqlalchemy_url(owner_url)).set(username=RUNTIME_ROLE, password=None)
+    return parsed.render_as_string(hide_password=False)
+
+
+def ensure_runtime_role(owner_url: str) -> None:
+    """Create the embedded server's runtime login role (idempotent; the server trusts its local socket)."""
+    raced = (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateObject)
+    with psycopg.connect(libpq_url(owner_url), autocommit=True, **connect_args()) as conn, contextlib.suppress(*raced):
+        conn.execute(_RUNTIME_ROLE_SQL)
+
+
+def prepare_embedded(owner_url: str) -> bool:
+    """Migrate the embedded database as its superuser and make its runtime role; True when it was never migrated."""
+    from ledger import schema
+
+    engine = create_engine(sqlalchemy_url(owner_url), connect_args=connect_args())
+    try:
+        before = schema.current_revision(engine)
+    finally:
+        engine.dispose()
+    migrate(owner_url)
+    ensure_runtime_role(owner_url)
+    return before is None
 
 
 @dataclass(frozen=True)

@@ -419,6 +419,8 @@ class PolicySpec(Strict):
     accounting_period: Duration = "24h"
     spare_charge_rate: float = Field(default=0.5, ge=0, le=1, allow_inf_nan=False)
     admins: list[Identifier] = Field(default_factory=list)
+    # who may act for another user ($JOBTREE_USER, --as): the Kubernetes intake's role (SPEC §10, §11)
+    impersonators: list[Identifier] = Field(default_factory=list)
     node_labels: NodeLabelKeys = Field(default_factory=NodeLabelKeys)
     # sim: every command binds leases on the simulated cluster in-process (the embedded default);
     # kubernetes: the binder workers own binding, and commands only plan.

@@ -203,6 +203,13 @@ def list_nodes(engine: Engine) -> list[Row]:
     ]
 
 
+def node_registrations(engine: Engine) -> dict[str, tuple[str, int, dict[str, str]]]:
+    """Each node's registration as the ledger holds it: (gpu type, GPUs, labels); ``apply`` skips equal ones."""
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT name, gpu_type, gpus, labels FROM nodes")).all()
+    return {r.name: (r.gpu_type, r.gpus, dict(r.labels)) for r in rows}
+
+
 def max_held_slot(engine: Engine, node: str) -> int:
     """Highest GPU index held by an open lease on the node, or -1."""
     sql = "SELECT COALESCE(max(gpu), -1) FROM lease_slots WHERE node = :node AND upper_inf(during)"

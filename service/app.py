@@ -54,7 +54,7 @@ from ledger.model import (
 )
 from ledger.store import Ledger
 from service.errors import BadInput, Forbidden, NotFound
-from service.identity import Identity
+from service.identity import Identity, may_impersonate
 from service.planning import PlannerWait, Planning
 
 Row = dict[str, Any]
@@ -102,7 +102,9 @@ class JobtreeApp:
 
     ``requested`` is the ``--now`` the caller gave (None: the wall clock). ``planning``
     says how a write gets its answer: wait for the planner service (the default), or
-    plan in this process (``sim run``, the intake).
+    plan in this process (``sim run``, the intake). ``caller`` is already authenticated
+    (``service.identity``); ``bootstrap`` names whom a ledger without a policy makes its
+    first admins when this caller writes first (default: the caller; ``[]``: nobody).
     """
 
     def __init__(
@@ -114,6 +116,7 @@ class JobtreeApp:
         *,
         planning: Planning | None = None,
         requested: datetime | None = None,
+        bootstrap: list[str] | None = None,
     ) -> None:
         self.ledger = ledger
         self.engine = ledger.engine
@@ -124,10 +127,12 @@ class JobtreeApp:
         self._scratch: Ledger | None = None
         self._policy: PolicySpec | None = None
         self._fresh = queries.current_policy(self.engine) is None
-        self._caller = caller
+        self._bootstrap = [caller.user] if bootstrap is None else bootstrap
         if as_user is not None and as_user != caller.user:
-            if not self._is_admin(caller):
-                raise Forbidden("--as", f"only admins may act as another user ({caller.user} is not an admin)")
+            if not may_impersonate(caller, self.policy().dump()):
+                raise Forbidden(
+                    "--as", f"only impersonators and admins may act as another user ({caller.user} is neither)"
+                )
             caller = Identity(as_user, frozenset())
         self.identity = caller
 
@@ -166,8 +171,8 @@ class JobtreeApp:
     def policy(self) -> PolicySpec:
         if self._policy is None:
             data = queries.current_policy(self.engine)
-            if data is None:  # a fresh ledger: its first writer becomes its admin
-                self._policy = PolicySpec(admins=[self._caller.user])
+            if data is None:  # a fresh ledger: its first writer's bootstrap admins
+                self._policy = PolicySpec(admins=self._bootstrap)
             else:
                 self._policy = PolicySpec.model_validate(data)
         return self._policy
@@ -177,7 +182,10 @@ class JobtreeApp:
 
     def _require_admin(self, what: str) -> None:
         if not self._is_admin():
-            raise Forbidden(what, f"only admins may change {what} ({self.identity.user} is not an admin)")
+            hint = ""
+            if self._fresh and not self._bootstrap:
+                hint = "; this ledger has no admins yet: its owner names the first (`jobtree db migrate --admin NAME`)"
+            raise Forbidden(what, f"only admins may change {what} ({self.identity.user} is not an admin){hint}")
 
     # ------------------------------------------------------------ writes
 
@@ -190,8 +198,8 @@ class JobtreeApp:
         """
         expected = dict(expected or {})
         events = list(events)
-        if self._fresh:
-            spec = PolicySpec(admins=[self._caller.user]).dump()
+        if self._fresh and self._bootstrap:
+            spec = PolicySpec(admins=self._bootstrap).dump()
             events = [NewEvent(POLICY_STREAM, PolicyChanged(spec)), *events]
             expected[POLICY_STREAM] = 0
         clock = self._clock_events()
@@ -259,13 +267,18 @@ class JobtreeApp:
             raise BadInput(f"{source}: {exc.field}" if source else exc.field, exc.rule) from None
 
     def apply(self, manifests: Iterable[Manifest], allowed: tuple[str, ...] | None = None) -> list[Applied]:
-        """Check every manifest, then append all their events at once (all or nothing)."""
+        """Check every manifest, then append all their events at once (all or nothing).
+
+        A Budget, node or Policy equal to what the ledger holds writes nothing and is
+        reported ``unchanged`` (SPEC §12); when nothing changed, nothing is appended at all.
+        """
         manifests = list(manifests)
         events: list[NewEvent] = []
         expected: dict[str, int] = {}
         applied: list[Applied] = []
         budgets = queries.list_budgets(self.engine)  # once: the family tree and the submitters
         pending_parents = {b["owner"]: list(b["spec"].get("parents", [])) for b in budgets}
+        current = {b["owner"]: b for b in budgets}
         runs = _RunChecks.load(self.engine, manifests, budgets)
         for manifest in manifests:
             if allowed is not None and manifest.kind not in allowed:
@@ -276,17 +289,22 @@ class JobtreeApp:
                     Applied("Run", run_key(manifest.metadata.namespace, manifest.metadata.name), "submitted")
                 )
             elif isinstance(manifest, BudgetManifest):
-                events.append(self._budget_event(manifest, pending_parents))
-                applied.append(Applied("Budget", manifest.spec.owner, "applied"))
+                budget = self._budget_event(manifest, pending_parents)
+                changed = _budget_changed(current.get(manifest.spec.owner), budget.event)  # type: ignore[arg-type]
+                events.extend([budget] if changed else [])
+                applied.append(Applied("Budget", manifest.spec.owner, "applied" if changed else "unchanged"))
             elif isinstance(manifest, ClusterManifest):
-                node_events = self._node_events(manifest)
-                events.extend(node_events)
-                applied.extend(Applied("Node", e.event.name, "registered") for e in node_events)  # type: ignore[attr-defined]
+                for name, node in self._node_events(manifest):
+                    events.extend([node] if node else [])
+                    applied.append(Applied("Node", name, "registered" if node else "unchanged"))
             elif isinstance(manifest, PolicyManifest):
                 self._require_admin("policy")
-                events.append(NewEvent(POLICY_STREAM, PolicyChanged(self._policy_with_admins(manifest))))
-                applied.append(Applied("Policy", manifest.metadata.name, "changed"))
-        self._append(events, expected)
+                spec = self._policy_with_admins(manifest)
+                changed = spec != queries.current_policy(self.engine)
+                events.extend([NewEvent(POLICY_STREAM, PolicyChanged(spec))] if changed else [])
+                applied.append(Applied("Policy", manifest.metadata.name, "changed" if changed else "unchanged"))
+        if events:
+            self._append(events, expected)
         return applied
 
     def _policy_with_admins(self, manifest: PolicyManifest) -> dict[str, Any]:
@@ -327,18 +345,23 @@ class JobtreeApp:
             raise BadInput("spec.parents", f"the family tree must stay acyclic: {' -> '.join(cycle)}")
         return NewEvent(budget_stream(spec.owner), BudgetApplied(spec.owner, manifest.metadata.name, spec.dump()))
 
-    def _node_events(self, manifest: ClusterManifest) -> list[NewEvent]:
+    def _node_events(self, manifest: ClusterManifest) -> list[tuple[str, NewEvent | None]]:
+        """Each node's ``NodeRegistered``, or None for a node registered exactly so already."""
         self._require_admin("nodes")
-        out = []
+        known = queries.node_registrations(self.engine)
+        out: list[tuple[str, NewEvent | None]] = []
         for index, node in enumerate(manifest.spec.nodes):
+            registered = NodeRegistered(node.name, node.gpu_type, node.gpus, node.label_map())
+            if known.get(node.name) == (registered.gpu_type, registered.gpus, dict(registered.labels)):
+                out.append((node.name, None))
+                continue
             held = queries.max_held_slot(self.engine, node.name)
             if held >= node.gpus:
                 raise BadInput(
                     f"spec.nodes[{index}].gpus",
                     f"node {node.name} has open leases on GPU {held}; it cannot shrink to {node.gpus}",
                 )
-            registered = NodeRegistered(node.name, node.gpu_type, node.gpus, node.label_map())
-            out.append(NewEvent(node_stream(node.name), registered))
+            out.append((node.name, NewEvent(node_stream(node.name), registered)))
         return out
 
     # ------------------------------------------------------------ runs
@@ -439,6 +462,11 @@ class JobtreeApp:
 
     def event_count(self) -> int:
         return self.ledger.count()
+
+
+def _budget_changed(current: Row | None, applied: BudgetApplied) -> bool:
+    """Would this ``BudgetApplied`` change the budget the ledger holds?"""
+    return current is None or current["name"] != applied.name or current["spec"] != applied.spec
 
 
 @dataclass(frozen=True, slots=True)

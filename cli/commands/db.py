@@ -2,22 +2,44 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from cli import context
 from cli.render import console
-from ledger.embedded import default_home, migrate, resolve_database_url, stop_embedded
+from ledger.embedded import default_home, migrate, prepare_embedded, resolve_database_url, stop_embedded
 from service import daemon
 
 app = typer.Typer(help="The ledger's database.", no_args_is_help=True)
 
 
 @app.command("migrate")
-def migrate_command() -> None:
-    """Create or upgrade the ledger schema (idempotent)."""
-    url, embedded = resolve_database_url(context.GLOBALS.db)
-    migrate(url)
+def migrate_command(
+    admin: Annotated[
+        list[str] | None,
+        typer.Option("--admin", help="On a ledger without a policy: its first admin (user or group:NAME; repeatable)"),
+    ] = None,
+    owner_url: Annotated[
+        str | None, typer.Option("--owner-url", help="Migrate as this (owner) role instead of --db's")
+    ] = None,
+) -> None:
+    """Create or upgrade the ledger schema (idempotent), as the database's owner role.
+
+    Commands never migrate a shared ledger: they check its revision and refuse until this ran.
+    """
+    from service.identity import record_first_admins
+
+    url, embedded = resolve_database_url(owner_url or context.GLOBALS.db)
+    if embedded:
+        prepare_embedded(url)
+    else:
+        migrate(url)
     console.print(f"migrated {'embedded ' if embedded else ''}database")
+    if admin:
+        ledger = context.open_ledger(owner_url) if owner_url else context.open_ledger()
+        recorded = record_first_admins(ledger, admin)
+        console.print(f"first admins: {', '.join(admin)}" if recorded else "the ledger has a policy already: unchanged")
 
 
 @app.command("url")

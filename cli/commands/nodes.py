@@ -22,7 +22,9 @@ def apply(file: FileOption) -> None:
     service = open_app()
     applied = service.apply(manifests, allowed=("Cluster",))
     if not emit_data([a.as_row() for a in applied], context.GLOBALS.output):
-        console.print(f"{len(applied)} node(s) registered")
+        registered = sum(a.action == "registered" for a in applied)
+        unchanged = len(applied) - registered
+        console.print(f"{registered} node(s) registered" + (f", {unchanged} unchanged" if unchanged else ""))
 
 
 @app.command("list")

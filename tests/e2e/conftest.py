@@ -30,6 +30,18 @@ class Result:
 CLI = Callable[..., Result]
 
 
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> Result:
+    """The real CLI in this process: its exit code and what it printed."""
+    capsys.readouterr()
+    try:
+        run(args)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return Result(code, captured.out, captured.err)
+
+
 @pytest.fixture
 def planner(database_url: str, request: pytest.FixtureRequest) -> Iterator[PlannerThread | None]:
     """The planner service for this test's database (a thread; simulated clock).
@@ -58,16 +70,10 @@ def jt(
     def invoke(*args: str, user: str | None = None) -> Result:
         if user is not None:
             monkeypatch.setenv("JOBTREE_USER", user)
-        capsys.readouterr()
         try:
-            run([*args, "--db", database_url])
-            code = 0
-        except SystemExit as exc:
-            code = int(exc.code or 0)
+            return run_cli([*args, "--db", database_url], capsys)
         finally:
             monkeypatch.setenv("JOBTREE_USER", "root-admin")
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
 
     return invoke
 

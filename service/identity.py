@@ -115,6 +115,19 @@ def resolve_caller(ledger: Ledger, auth: Authenticated, env: Mapping[str, str] |
     return Identity(acting, groups)
 
 
+def require_impersonator(ledger: Ledger, acting_as: str) -> None:
+    """A worker that acts for others (the Kubernetes intake) must be allowed to: its session role is listed
+    in the policy's ``impersonators`` or ``admins``, or could rewrite the log anyway."""
+    auth = authenticate(ledger, embedded=False)
+    policy = queries.current_policy(ledger.engine)
+    if not (auth.trusted or may_impersonate(auth.identity, policy)):
+        raise Forbidden(
+            "--db",
+            f"this worker acts as {acting_as}, but its database role {auth.identity.user} is not in the policy's "
+            "impersonators or admins (docs/identity.md)",
+        )
+
+
 def bootstrap_admins(auth: Authenticated, caller: Identity) -> list[str]:
     """Whom a ledger without a policy makes its first admins when this caller writes first.
 

@@ -30,7 +30,7 @@ from ledger.model import Manifest, PolicySpec, parse_duration
 from ledger.store import Ledger
 from service.app import JobtreeApp
 from service.errors import ServiceError
-from service.identity import Identity
+from service.identity import Identity, require_impersonator
 from service.inprocess import InProcess
 
 app = typer.Typer(help="Run the planner, intake and binder services (a cluster install).", no_args_is_help=True)
@@ -166,7 +166,9 @@ def intake(
         grace_period = parse_duration(grace)
     except ValueError as exc:
         raise BadInput("--grace", str(exc)) from None
-    worker = Intake(_connect(kubeconfig, kube_context), intake_service(open_ledger()), grace=grace_period)
+    ledger = open_ledger()
+    require_impersonator(ledger, INTAKE_ACTOR)  # it acts for the users the API server authenticated
+    worker = Intake(_connect(kubeconfig, kube_context), intake_service(ledger), grace=grace_period)
     worker.resync()
     console.print(f"intake: {sum(len(v) for v in worker.objects.values())} object(s) listed")
     if once:

@@ -193,6 +193,26 @@ def test_helm_values_flow_into_the_deployments() -> None:
     assert secret["stringData"]["url"] == "postgresql://x/y" and secret["metadata"]["namespace"] == "ops"
 
 
+def _secret_of(container: dict[str, Any]) -> str:
+    (env,) = [e for e in container["env"] if e["name"] == "JOBTREE_DATABASE_URL"]
+    return str(env["valueFrom"]["secretKeyRef"]["name"])
+
+
+def test_only_the_migrate_job_uses_the_owner_role() -> None:
+    values = {"database": {"url": "postgresql://rt@db/j", "ownerUrl": "postgresql://own@db/j", "runtimeRole": "rt"}}
+    docs = documents(render_chart(CHART, values, name="jt"))
+    secrets = {d["metadata"]["name"]: d["stringData"]["url"] for d in docs if d["kind"] == "Secret"}
+    assert secrets == {"jt-database": "postgresql://rt@db/j", "jt-database-owner": "postgresql://own@db/j"}
+    pods = {d["metadata"]["name"]: d["spec"]["template"]["spec"] for d in docs if d["kind"] in ("Deployment", "Job")}
+    used = {name: _secret_of(spec["containers"][0]) for name, spec in pods.items()}
+    assert used == {"jt-planner": "jt-database", "jt-intake": "jt-database", "jt-binder": "jt-database",
+                    "jt-migrate": "jt-database-owner"}  # fmt: skip
+    job = pods["jt-migrate"]["containers"][0]
+    assert job["args"] == ["db", "migrate", "--admin", "rt", "--admin", "jobtree-intake"]
+    hooks = {d["metadata"]["name"]: d["metadata"].get("annotations", {}).get("helm.sh/hook") for d in docs}
+    assert hooks["jt-migrate"] == hooks["jt-database-owner"] == "pre-install,pre-upgrade"
+
+
 def test_rbac_grants_only_what_the_workers_use() -> None:
     roles = {d["metadata"]["name"]: d for d in documents(render_chart(CHART)) if d["kind"] == "ClusterRole"}
     grants = {

@@ -189,3 +189,10 @@ def test_reapplying_unchanged_objects_writes_nothing_and_says_unchanged(
     edited.write_text((EXAMPLES / "budget-rai-sys.yaml").read_text().replace("[alice, group:rai]", "[alice]"))
     assert team("ops", "budgets", "apply", "-f", str(edited)).out.strip() == "budget/org:ai:rai:sys applied"
     assert count() == changed + 1
+
+
+def test_the_intake_starts_only_for_a_role_that_may_impersonate(team: Runner) -> None:
+    refused = team("mallory", "workers", "intake", "--once", "--kubeconfig", "/nonexistent/kubeconfig")
+    assert refused.code == 2 and "impersonators" in refused.err and "mallory" in refused.err
+    allowed = team("ops", "workers", "intake", "--once", "--kubeconfig", "/nonexistent/kubeconfig")
+    assert allowed.code == 2 and "--kubeconfig" in allowed.err, "ops passed the identity check"

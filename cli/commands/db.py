@@ -8,7 +8,14 @@ import typer
 
 from cli import context
 from cli.render import console
-from ledger.embedded import default_home, migrate, prepare_embedded, resolve_database_url, stop_embedded
+from ledger.embedded import (
+    default_home,
+    migrate,
+    prepare_embedded,
+    resolve_database_url,
+    runtime_url,
+    stop_embedded,
+)
 from service import daemon
 
 app = typer.Typer(help="The ledger's database.", no_args_is_help=True)
@@ -44,8 +51,11 @@ def migrate_command(
 
 @app.command("url")
 def url() -> None:
-    """Print the database URL in use (starting the embedded server if needed)."""
-    found, _ = resolve_database_url(context.GLOBALS.db)
+    """Print the database URL in use (starting the embedded server if needed; there, its runtime role's)."""
+    found, embedded = resolve_database_url(context.GLOBALS.db)
+    if embedded:
+        context.open_ledger()  # the runtime role exists once the embedded database is migrated
+        found = runtime_url(found)
     print(found)
 
 

@@ -98,6 +98,9 @@ def test_the_app_runs_end_to_end_as_a_jobtree_app_login_role(team: Runner, datab
     finally:
         ledger.dispose()
     assert actors == {"alice", "ops"}, "each event names the role that logged in"
+    for audit in (("audit", "verify"), ("audit", "replay")):
+        checked = team("alice", *audit)
+        assert checked.code == 0, checked.err
 
 
 def test_a_member_of_a_team_role_matches_group_submitters(team: Runner) -> None:

@@ -99,3 +99,4 @@ def test_commands_and_the_service_log_in_as_the_runtime_role(jt: Runner) -> None
         "SELECT DISTINCT usename FROM pg_stat_activity WHERE datname = 'jobtree' AND pid <> pg_backend_pid()"
     )
     assert sessions == [("jobtree_runtime",)], "the background planner service is not a superuser"
+    assert "://jobtree_runtime@/jobtree?" in jt("db", "url").out

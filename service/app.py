@@ -311,6 +311,8 @@ class JobtreeApp:
         spec = manifest.spec.dump()
         if not manifest.spec.admins:  # never lock every admin out by omission
             spec["admins"] = self.policy().admins
+        if "impersonators" not in manifest.spec.model_fields_set:  # nor the intake (an explicit [] clears them)
+            spec["impersonators"] = self.policy().impersonators
         return spec
 
     def _run_event(self, manifest: RunManifest, expected: dict[str, int], checks: _RunChecks) -> NewEvent:

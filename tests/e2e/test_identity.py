@@ -131,6 +131,10 @@ def test_an_impersonator_in_the_policy_may_act_for_a_user(team: Runner, tmp_path
     assert team("ops", "submit", "-f", str(policy)).code == 0
     acted = team("mallory", "submit", "-f", str(EXAMPLES / "resnet-small.yaml"), env={"JOBTREE_USER": "alice"})
     assert acted.code == 0, acted.err
+    policy.write_text(POLICY_HEAD + "spec: {spareChargeRate: 0.4}\n")  # omitted: admins and impersonators kept
+    assert team("ops", "submit", "-f", str(policy)).code == 0
+    again = team("mallory", "get", "runs", "-A", env={"JOBTREE_USER": "alice"})
+    assert again.code == 0, again.err
 
 
 def test_a_researcher_role_cannot_bootstrap_itself_into_an_admin(cli: Runner, count: Callable[[], int]) -> None:

@@ -300,7 +300,7 @@ class JobtreeApp:
             elif isinstance(manifest, PolicyManifest):
                 self._require_admin("policy")
                 spec = self._policy_with_admins(manifest)
-                changed = spec != queries.current_policy(self.engine)
+                changed = self._fresh or spec != self.policy().dump()  # normalised: older events lack new fields
                 events.extend([NewEvent(POLICY_STREAM, PolicyChanged(spec))] if changed else [])
                 applied.append(Applied("Policy", manifest.metadata.name, "changed" if changed else "unchanged"))
         if events:

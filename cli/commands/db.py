@@ -11,7 +11,6 @@ from cli.render import console
 from ledger.embedded import (
     default_home,
     migrate,
-    prepare_embedded,
     resolve_database_url,
     runtime_url,
     stop_embedded,
@@ -39,7 +38,7 @@ def migrate_command(
 
     url, embedded = resolve_database_url(owner_url or context.GLOBALS.db)
     if embedded:
-        prepare_embedded(url)
+        context.open_ledger()  # migrates as the embedded superuser; a new data dir records its creator
     else:
         migrate(url)
     console.print(f"migrated {'embedded ' if embedded else ''}database")

@@ -120,6 +120,7 @@ def test_a_spoofed_user_or_group_on_a_shared_ledger_gains_nothing(team: Runner, 
         assert result.code == 2, result.err
         assert field in result.err and "mallory" in result.err
         assert result.err.count("\n") == 1 and "Traceback" not in result.err
+    assert team("mallory", "get", "runs", "-A", env={"JOBTREE_USER": "mallory"}).code == 0, "naming yourself is fine"
     honest = team("mallory", "submit", "-f", str(EXAMPLES / "resnet-small.yaml"))
     assert honest.code == 2 and "mallory may not submit" in honest.err
     assert count() == before, "nothing was written"

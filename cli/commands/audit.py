@@ -78,12 +78,19 @@ def verify(
                ("RESULT", lambda r: r["message"])])  # fmt: skip
         if report.violations:
             first = report.violations[0]
-            where = f"event {first['position']} ({first['type']})" if first.get("position") else "the ledger"
-            console.print(f"first violation at {where}: {first['message']}", markup=False)
+            console.print(f"first violation at {_where(first)}: {first['message']}", markup=False)
     if not report.ok:
         raise AuditFailed(
             f"audit verify: {len(report.violations)} violation(s); first: {report.violations[0]['message']}"
         )
+
+
+def _where(violation: dict[str, Any]) -> str:
+    if not violation.get("position"):
+        return "the ledger"
+    if violation.get("type") is None:  # e.g. a position a truncation removed
+        return f"position {violation['position']}"
+    return f"event {violation['position']} ({violation['type']})"
 
 
 Checkpoints = list[tuple[str, dict[str, Any]]]

@@ -21,9 +21,7 @@ from tests.e2e.conftest import CLI, EXAMPLES
 
 pytestmark = pytest.mark.no_planner  # the history must hold still while it is tampered with
 
-HASH = (
-    "jobtree_event_hash(%s, position, stream, version, type, actor, idempotency_key, occurred_at, recorded_at, data)"
-)
+HASH = "jobtree_event_hash(%s, position, stream, version, type, actor, idempotency_key, occurred_at, recorded_at, data)"
 
 
 @pytest.fixture
@@ -83,7 +81,7 @@ def chain_ok(report: dict[str, Any]) -> bool:
 
 
 def test_a_clean_ledger_extends_its_checkpoint(fleet: CLI, signed: tuple[Path, Path, int]) -> None:
-    key, cp, head = signed
+    key, cp, _ = signed
     assert fleet("submit", "-f", str(EXAMPLES / "over-budget.yaml")).code == 0  # the log grows past the head
     later = fleet("audit", "checkpoint", "--key", str(key), "--out", str(cp.with_name("later.json")))
     assert later.code == 0, later.err
@@ -148,7 +146,7 @@ def test_a_truncated_history_is_found_after_its_new_end(
 def test_an_edited_and_rehashed_history_is_found_at_the_edit(
     fleet: CLI, signed: tuple[Path, Path, int], superuser: psycopg.Connection[Any]
 ) -> None:
-    _, cp, head = signed
+    cp = signed[1]
     at = superuser.execute("SELECT max(position) FROM events WHERE type = 'BudgetApplied'").fetchone()[0]
     superuser.execute("UPDATE events SET data = jsonb_set(data, '{spec,owner}', '\"org:mallory\"') WHERE position = %s",
                       (at,))  # fmt: skip

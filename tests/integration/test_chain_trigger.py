@@ -124,6 +124,8 @@ def test_the_runtime_role_cannot_insert_an_unknown_type(raw: psycopg.Connection[
     app_role(raw)
     line = refused(raw, (2, "node:x", "RunTeleported", None, None))
     assert "type 'RunTeleported' is not in the event catalog" in line
+    listed = INSERT.replace("'{}'::jsonb", "'[1, 2]'::jsonb")
+    assert "data must be a JSON object" in refused(raw, (2, "node:x", "NodeCordoned", None, None), listed)
     # a temporary table cannot stand in for the catalog or the log (the trigger's search_path)
     raw.execute("CREATE TEMP TABLE event_types (type text)")
     raw.execute("INSERT INTO event_types VALUES ('RunTeleported')")

@@ -29,8 +29,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from ledger.embedded import atomic_write, default_home
+from ledger.errors import translate
 from ledger.store import Ledger
 
 KIND = "jobtree-checkpoint"
@@ -145,11 +147,20 @@ def witness_positions(head: int) -> list[int]:
 
 
 def ledger_identity(ledger: Ledger) -> dict[str, Any]:
-    with ledger.engine.connect() as conn:
-        database = conn.execute(text("SELECT current_database()")).scalar_one()
-        system = conn.execute(text("SELECT system_identifier::text FROM pg_control_system()")).scalar_one()
+    """Which ledger: the database's name, the server's system identifier (None where the role
+    may not read it, e.g. some managed services) and the hash of event 1 (the chain's identity)."""
+    try:
+        with ledger.engine.connect() as conn:
+            database = conn.execute(text("SELECT current_database()")).scalar_one()
+            try:
+                with conn.begin_nested():
+                    system = conn.execute(text("SELECT system_identifier::text FROM pg_control_system()")).scalar()
+            except DBAPIError:
+                system = None
+    except DBAPIError as exc:
+        raise translate(exc) from exc
     first = ledger.hashes_at([1]).get(1)
-    return {"database": str(database), "systemIdentifier": str(system), "firstHash": first}
+    return {"database": str(database), "systemIdentifier": system, "firstHash": first}
 
 
 def _signed_bytes(body: dict[str, Any]) -> bytes:

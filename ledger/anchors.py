@@ -2,13 +2,13 @@
 
 A checkpoint is a small JSON file: the ledger's identity (database name, the server's
 system identifier, the hash of event 1), the head (position, hash), *witnesses* (the
-hashes of the 64 positions up to the head and of positions ``head - 2^k`` back to 1),
-the time, the signer's public key, and an Ed25519 signature over the canonical JSON of
-all of that. ``verify`` proves the log still extends a checkpoint: every witness must
-still carry its hash. An edit, deletion, insertion or truncation before the head, even
+hashes of the 64 positions up to the head, of 64 positions evenly spread before those,
+of ``head - 2^k`` and of 1), the time, the signer's public key, and an Ed25519 signature
+over the canonical JSON of all of that. ``verify`` proves the log still extends a
+checkpoint: every witness must still carry its hash. An edit, deletion, insertion or truncation before the head, even
 with every later hash recomputed (a superuser can), changes the hash at its position
 and at every later one; the witnesses bracket the first changed position — exactly
-within the 64 positions before the head, within a power-of-two window further back.
+within the 64 positions before the head, within about 1/65 of the log further back.
 
 This module is the only one that imports ``cryptography``.
 """
@@ -38,6 +38,7 @@ from ledger.store import Ledger
 KIND = "jobtree-checkpoint"
 VERSION = 1
 DENSE = 64
+SPREAD = 64
 _DOMAIN = b"jobtree-checkpoint/1\n"
 
 
@@ -134,10 +135,13 @@ def public_key_pem(key: Ed25519PrivateKey) -> str:
 
 
 def witness_positions(head: int) -> list[int]:
-    """The head, the ``DENSE - 1`` positions before it, then ``head - 2^k`` and 1 (ascending)."""
+    """The head and the ``DENSE - 1`` positions before it, ``SPREAD`` positions evenly spaced
+    before those, ``head - 2^k`` (k >= 6), and 1 (ascending)."""
     if head <= 0:
         return []
     found = set(range(max(1, head - DENSE + 1), head + 1))
+    older = head - DENSE
+    found.update(1 + (older * i) // (SPREAD + 1) for i in range(1, SPREAD + 1) if older > SPREAD)
     step = DENSE
     while head - step >= 1:
         found.add(head - step)

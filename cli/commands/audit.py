@@ -98,12 +98,17 @@ Checkpoints = list[tuple[str, dict[str, Any]]]
 
 def _read_checkpoints(files: list[Path], public_key: Path | None) -> tuple[Checkpoints, str | None]:
     """Every checkpoint file parsed (exit 2 naming the file on a bad one) and the pinned key, before any database."""
-    if not files and public_key is None:
+    if not files:
+        if public_key is not None:
+            raise BadInput("--public-key", "pins the key of checkpoints: give them with --checkpoint FILE")
         return [], None
     from ledger import anchors
 
     try:
         pinned = anchors.pinned_public_key(public_key) if public_key is not None else None
+    except anchors.AnchorError as exc:
+        raise BadInput("--public-key", str(exc)) from None
+    try:
         return [(str(f), anchors.read_checkpoint(f)) for f in files], pinned
     except anchors.AnchorError as exc:
         raise BadInput(exc.field, exc.rule) from None

@@ -191,6 +191,16 @@ def test_a_bad_checkpoint_file_is_bad_input(jt: CLI, tmp_path: Path, content: st
     assert "Traceback" not in result.out + result.err
 
 
+def test_a_bad_public_key_option_is_bad_input(jt: CLI, tmp_path: Path) -> None:
+    alone = jt("audit", "verify", "--public-key", str(tmp_path / "k.pem"))
+    assert alone.code == 2 and "--public-key" in alone.err and "--checkpoint" in alone.err
+    junk, cp = tmp_path / "junk.pem", tmp_path / "cp.json"
+    junk.write_text("not a key")
+    cp.write_text("{}")
+    result = jt("audit", "verify", "--checkpoint", str(cp), "--public-key", str(junk))
+    assert result.code == 2 and result.err.startswith("error: --public-key: ") and "not a PEM" in result.err
+
+
 def test_keys_are_never_overwritten_nor_read_when_others_may(jt: CLI, tmp_path: Path) -> None:
     key = tmp_path / "k.pem"
     assert jt("audit", "keygen", "--out", str(key)).code == 0

@@ -1,8 +1,10 @@
 """`jobtree audit verify` and `audit history`: is the ledger intact, and what happened to a run.
 
-``verify`` runs three checks and names the first violation:
+``verify`` runs three checks (four with checkpoints) and names the first violation:
 
 1. the hash chain (``Ledger.verify_chain``): an altered, removed or inserted event;
+   with checkpoints (``ledger.anchors``), that the log still extends each signed head —
+   which a superuser's consistent re-hash of the whole chain cannot fake;
 2. the invariants over the whole history (``ledger.invariants``);
 3. the projections against a replay: every event is re-applied, with the same
    projection code, into temporary copies of the read-model tables (they shadow the
@@ -15,7 +17,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -87,7 +89,8 @@ def violation_row(v: Violation) -> Row:
     }
 
 
-def verify(ledger: Ledger) -> VerifyReport:
+def verify(ledger: Ledger, checkpoints: Sequence[tuple[str, Row]] = (), pinned: str | None = None) -> VerifyReport:
+    """Every check; ``checkpoints`` are (source, parsed checkpoint) pairs, ``pinned`` a trusted public key."""
     report = VerifyReport(events=ledger.count())
     chain = ledger.verify_chain()
     if not chain.ok:
@@ -99,6 +102,8 @@ def verify(ledger: Ledger) -> VerifyReport:
         )  # fmt: skip
     else:
         report.checks.append(Check("hash chain", True, chain.message))
+    if checkpoints:
+        _verify_checkpoints(ledger, report, checkpoints, pinned)
     try:
         found = check_invariants(ledger.read())
     except UndecodableEvent:
@@ -113,6 +118,21 @@ def verify(ledger: Ledger) -> VerifyReport:
     )
     report.violations += diffs
     return report
+
+
+def _verify_checkpoints(ledger: Ledger, report: VerifyReport, checkpoints: Sequence[tuple[str, Row]],
+                        pinned: str | None) -> None:  # fmt: skip
+    from ledger import anchors  # the only user of the cryptography package
+
+    results = [anchors.verify_checkpoint(ledger, data, source, pinned) for source, data in checkpoints]
+    bad = [r for r in results if not r.ok]
+    summary = bad[0].message if bad else f"the ledger extends all {len(results)} checkpoint(s)"
+    report.checks.append(Check("checkpoints", not bad, summary))
+    for r in bad:
+        report.violations.append(
+            {"check": "checkpoint", "position": r.first_bad, "type": _event_type(ledger, r.first_bad), "at": None,
+             "message": r.message, "checkpoint": r.source, "lastPosition": r.last_bad}
+        )  # fmt: skip
 
 
 def undecodable_rows(ledger: Ledger, limit: int = 100, batch: int = 1000) -> list[UndecodableEvent]:

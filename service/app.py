@@ -55,7 +55,7 @@ from ledger.model import (
 from ledger.store import Ledger
 from service.errors import BadInput, Forbidden, NotFound
 from service.identity import Identity, may_impersonate
-from service.planning import PlannerWait, Planning
+from service.planning import PlannerWait, Planning, stopped_at_row
 
 Row = dict[str, Any]
 #: How far ahead of the wall clock anyone may write (clock skew between machines).
@@ -247,6 +247,7 @@ class JobtreeApp:
         """Where reads look: the ledger, or a what-if planned to a later ``--now`` (rolled back)."""
         if self._scratch is not None:
             return self._scratch.engine
+        stopped_at_row(self.ledger)
         latest = self.ledger.latest_time()
         if self.requested is None or latest is None or self.now <= latest:
             return self.engine

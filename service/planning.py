@@ -95,6 +95,19 @@ class PlannerWait:
             self._waiter = None
 
 
+def stopped_at_row(ledger: Ledger) -> None:
+    """A read refuses to show projections the planner stopped folding (an undecodable row): one line, exit 1.
+
+    SPEC §12: every command but ``audit verify`` fails clearly. Only a live planner's
+    status is consulted (one small SELECT): with no planner running, reads show the
+    projections as they are and ``audit verify`` is the way to find such a row.
+    """
+    stuck = _stuck(planner_status.read(ledger))
+    if stuck:
+        raise PlannerUnavailable(f"{stuck}; the planner stopped there, so nothing newer is shown "
+                                 "(`jobtree audit verify` lists every such row)")  # fmt: skip
+
+
 def _stuck(status: PlannerStatus | None) -> str | None:
     """What stops a live planner (an undecodable row), if anything."""
     if status is None or not status.alive():

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
@@ -62,21 +63,101 @@ def gpu_hours(
 
 
 @app.command("verify")
-def verify() -> None:
-    """Check the hash chain, the invariants over the whole history, and the projections."""
-    report = audit.verify(open_ledger())
+def verify(
+    checkpoint: Annotated[list[Path] | None, typer.Option("--checkpoint", help="A checkpoint file (`audit checkpoint`) "
+                          "the ledger must still extend; repeat for several")] = None,
+    public_key: Annotated[Path | None, typer.Option("--public-key", help="Trust only checkpoints signed by this key "
+                          "(a PEM public or private key file)")] = None,
+) -> None:
+    """Check the hash chain, the invariants over the whole history, and the projections (and checkpoints)."""
+    checkpoints, pinned = _read_checkpoints(checkpoint or [], public_key)
+    report = audit.verify(open_ledger(), checkpoints, pinned)
     if not emit_data(report.as_row(), context.GLOBALS.output):
         table([c.as_row() for c in report.checks],
               [("CHECK", lambda r: r["check"]), ("OK", lambda r: "yes" if r["ok"] else "NO"),
                ("RESULT", lambda r: r["message"])])  # fmt: skip
         if report.violations:
             first = report.violations[0]
-            where = f"event {first['position']} ({first['type']})" if first.get("position") else "the ledger"
-            console.print(f"first violation at {where}: {first['message']}")
+            console.print(f"first violation at {_where(first)}: {first['message']}", markup=False)
     if not report.ok:
         raise AuditFailed(
             f"audit verify: {len(report.violations)} violation(s); first: {report.violations[0]['message']}"
         )
+
+
+def _where(violation: dict[str, Any]) -> str:
+    if not violation.get("position"):
+        return "the ledger"
+    if violation.get("type") is None:  # e.g. a position a truncation removed
+        return f"position {violation['position']}"
+    return f"event {violation['position']} ({violation['type']})"
+
+
+Checkpoints = list[tuple[str, dict[str, Any]]]
+
+
+def _read_checkpoints(files: list[Path], public_key: Path | None) -> tuple[Checkpoints, str | None]:
+    """Every checkpoint file parsed (exit 2 naming the file on a bad one) and the pinned key, before any database."""
+    if not files:
+        if public_key is not None:
+            raise BadInput("--public-key", "pins the key of checkpoints: give them with --checkpoint FILE")
+        return [], None
+    from ledger import anchors
+
+    try:
+        pinned = anchors.pinned_public_key(public_key) if public_key is not None else None
+    except anchors.AnchorError as exc:
+        raise BadInput("--public-key", str(exc)) from None
+    try:
+        return [(str(f), anchors.read_checkpoint(f)) for f in files], pinned
+    except anchors.AnchorError as exc:
+        raise BadInput(exc.field, exc.rule) from None
+
+
+@app.command("checkpoint")
+def checkpoint(
+    key: Annotated[Path | None, typer.Option("--key", help="Ed25519 signing key (PEM); default "
+                   "$JOBTREE_HOME/audit/checkpoint.key, created on first use")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Checkpoint file to write; default "
+                   "$JOBTREE_HOME/checkpoints/checkpoint-<time>-<position>.json")] = None,
+) -> None:
+    """Sign the chain's head (position, hash) with a key kept outside the database; write it to a file."""
+    from ledger import anchors
+    from ledger.embedded import default_home
+
+    try:
+        signer, key_path, created = anchors.load_or_create_key(key)
+    except anchors.AnchorError as exc:
+        raise BadInput(f"--key {exc.field}" if key is None else "--key", exc.rule) from None
+    data = anchors.make_checkpoint(open_ledger(), signer)
+    path = out or anchors.default_checkpoint_path(default_home() / "checkpoints", data)
+    anchors.write_checkpoint(path, data)
+    row = {"file": str(path), "position": data["position"], "hash": data["hash"], "keyId": data["keyId"],
+           "key": str(key_path), "keyCreated": created}  # fmt: skip
+    if not emit_data(row, context.GLOBALS.output):
+        key_values([("checkpoint", row["file"]), ("position", row["position"]), ("hash", row["hash"]),
+                    ("key", f"{row['key']} (id {row['keyId']}{', created now' if created else ''})")])  # fmt: skip
+
+
+@app.command("keygen")
+def keygen(
+    out: Annotated[Path | None, typer.Option("--out", help="Where to write the new private key (mode 0600); default "
+                   "$JOBTREE_HOME/audit/checkpoint.key")] = None,
+) -> None:
+    """Create an Ed25519 signing key for `audit checkpoint` (never overwrites one); print its public key."""
+    from ledger import anchors
+
+    path = out or anchors.default_key_path()
+    try:
+        created = anchors.generate_key(path)
+    except anchors.AnchorError as exc:
+        raise BadInput("--out", exc.rule if exc.field == str(path) else str(exc)) from None
+    public = anchors.public_key_text(created.public_key())
+    row = {"key": str(path), "keyId": anchors.key_id(public), "publicKey": public,
+           "publicKeyPem": anchors.public_key_pem(created)}  # fmt: skip
+    if not emit_data(row, context.GLOBALS.output):
+        key_values([("key", row["key"]), ("key id", row["keyId"]), ("public key", row["publicKey"])])
+        console.print(row["publicKeyPem"], markup=False, end="")
 
 
 @app.command("replay")

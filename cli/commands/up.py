@@ -9,6 +9,11 @@ binder is ``sim``), publishes ``planner_status`` and sleeps until an append
 NOTIFYs (``ledger.listen``), its next due time comes, or a heartbeat is due.
 The others stand by and say who leads. Ctrl-C / SIGTERM stop between passes;
 ``--once`` runs one pass (tests, cron). See docs/workers.md.
+
+``--checkpoint-every DURATION`` makes the leader sign the chain's head (``jobtree audit
+checkpoint``, ``ledger.anchors``) after its first pass and then every DURATION, into
+``--checkpoint-dir`` (default ``$JOBTREE_HOME/checkpoints``) with ``--checkpoint-key``
+(default ``$JOBTREE_HOME/audit/checkpoint.key``, created on first use).
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -36,6 +42,9 @@ from ledger.status import HEARTBEAT
 from ledger.store import Ledger
 from planner.worker import CatchUp, PlannerService
 from service.app import JobtreeApp
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 Clock = Callable[[], datetime]
 PassFn = Callable[[Ledger, datetime], CatchUp]
@@ -146,6 +155,58 @@ class Up:
         return max(0.05, min(longest, (wake - wall).total_seconds()))
 
 
+@dataclass
+class Checkpoints:
+    """The leader's scheduled anchors: one after its first pass, then one every ``every`` seconds."""
+
+    every: float
+    directory: Path
+    key: Ed25519PrivateKey
+    last: float | None = None
+
+    def after(self, ledger: Ledger, done: Pass | None) -> Path | None:
+        """Write a checkpoint if this pass led and one is due; its file, else None."""
+        from ledger import anchors
+
+        if done is None or done.role != "leader":
+            return None
+        if self.last is not None and time.monotonic() - self.last < self.every:
+            return None
+        try:
+            data = anchors.make_checkpoint(ledger, self.key)
+            path = anchors.default_checkpoint_path(self.directory, data)
+            anchors.write_checkpoint(path, data)
+        except (LedgerError, OSError) as exc:
+            errors.print(f"up: checkpoint failed: {exc}; retrying after the next pass", markup=False)
+            return None
+        self.last = time.monotonic()
+        errors.print(f"checkpoint: {path} (position {data['position']}, key {data['keyId']})", markup=False)
+        return path
+
+
+def checkpoints(every: str | None, directory: Path | None, key: Path | None) -> Checkpoints | None:
+    """The ``--checkpoint-*`` options checked before the loop starts (exit 2 on a bad one)."""
+    if every is None:
+        if directory is not None or key is not None:
+            raise BadInput("--checkpoint-every", "is needed with --checkpoint-dir or --checkpoint-key")
+        return None
+    from ledger import anchors
+    from ledger.embedded import default_home
+    from ledger.model import parse_duration
+
+    try:
+        seconds = parse_duration(every).total_seconds()
+    except ValueError as exc:
+        raise BadInput("--checkpoint-every", str(exc)) from None
+    if seconds < 1:
+        raise BadInput("--checkpoint-every", f"must be at least 1s (got {every!r})")
+    try:
+        signer, _, _ = anchors.load_or_create_key(key)
+    except anchors.AnchorError as exc:
+        raise BadInput("--checkpoint-key", str(exc)) from None
+    return Checkpoints(seconds, directory or default_home() / "checkpoints", signer)
+
+
 class Stop:
     """Set by SIGINT/SIGTERM; the loop stops between passes."""
 
@@ -188,10 +249,17 @@ def up(
     clock: Annotated[
         str, typer.Option("--clock", help="wall: plan at the wall clock; simulated: time moves only by events")
     ] = "wall",
+    checkpoint_every: Annotated[str | None, typer.Option("--checkpoint-every", help="Sign the chain's head "
+                                "(audit checkpoint) after the first pass and then every DURATION")] = None,
+    checkpoint_dir: Annotated[Path | None, typer.Option("--checkpoint-dir", help="Where scheduled checkpoints go "
+                              "(default $JOBTREE_HOME/checkpoints)")] = None,
+    checkpoint_key: Annotated[Path | None, typer.Option("--checkpoint-key", help="Their signing key (default "
+                              "$JOBTREE_HOME/audit/checkpoint.key, created on first use)")] = None,
 ) -> None:
     """Run the planner service and the simulated-cluster binder until Ctrl-C (one leader per database)."""
     if clock not in ("wall", "simulated"):
         raise BadInput("--clock", f"must be wall or simulated (got {clock!r})")
+    anchoring = checkpoints(checkpoint_every, checkpoint_dir, checkpoint_key)
     ledger = context.open_ledger()
     service = Up(ledger, Leadership(ledger, name=name or default_name()), simulated=clock == "simulated")
     output = context.GLOBALS.output
@@ -200,11 +268,13 @@ def up(
             done = _guarded(service.step, once=True)
         if done is not None and not emit_data(done.row(), output):
             console.print(done.line(), markup=False)
+        if anchoring is not None:
+            anchoring.after(ledger, done)
         return
-    serve(service, interval)
+    serve(service, interval, anchoring)
 
 
-def serve(service: Up, interval: float) -> None:
+def serve(service: Up, interval: float, anchoring: Checkpoints | None = None) -> None:
     errors.print(f"jobtree up: {service.leadership.name}; Ctrl-C to stop", markup=False)
     previous: Pass | None = None
     with stop_on_signals() as stop, service.leadership, Listener(service.ledger) as listener:
@@ -214,6 +284,8 @@ def serve(service: Up, interval: float) -> None:
                 if news(previous, done):
                     console.print(done.line(), markup=False)
                 previous = done
+            if anchoring is not None:
+                anchoring.after(service.ledger, done)
             after = service.service.state.last_position if service.service else service.ledger.last_position()
             _wait(listener, after, service.wait_seconds(interval, wall_clock()), stop)
     errors.print("jobtree up: stopped", markup=False)

@@ -1,7 +1,7 @@
 """The runtime role ``jobtree_app`` gets exactly what the application needs (SPEC §10).
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 Create Date: 2026-12-02
 
 Before this, ``jobtree_app`` had ALL on the projections (TRUNCATE, TRIGGER and
@@ -31,7 +31,7 @@ import importlib
 from alembic import op
 
 revision = "0008"
-down_revision: str | None = "0006"
+down_revision: str | None = "0007"
 branch_labels: str | None = None
 depends_on: str | None = None
 

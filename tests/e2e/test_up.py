@@ -108,3 +108,32 @@ def test_up_wakes_on_new_events_and_stops_on_sigterm(fleet: CLI, database_url: s
             proc.wait()
     runs = fleet("get", "runs", "-n", "rai-sys", "-o", "json").json()
     assert [(r["name"], r["phase"]) for r in runs] == [("woken", "Running")]
+
+
+def test_up_checkpoints_the_head_on_a_schedule(fleet: CLI, database_url: str, tmp_path: Path) -> None:
+    from cli.commands.up import Checkpoints, Pass
+    from ledger import anchors
+
+    key, folder = tmp_path / "k.pem", tmp_path / "cps"
+    assert fleet("audit", "keygen", "--out", str(key)).code == 0
+    result = fleet("up", "--once", "-o", "json", "--checkpoint-every", "1h", "--checkpoint-dir", str(folder),
+                   "--checkpoint-key", str(key))  # fmt: skip
+    assert result.code == 0, result.err
+    assert result.json()["role"] == "leader" and "checkpoint: " in result.err
+    [written] = list(folder.glob("checkpoint-*.json"))
+    verified = fleet("audit", "verify", "--checkpoint", str(written), "--public-key", str(key))
+    assert verified.code == 0, verified.out + verified.err
+    # the schedule: nothing before it is due, nothing for a stand-by, one when it is due
+    ledger = Ledger.from_url(database_url)
+    try:
+        due = Checkpoints(3600, folder, anchors.load_key(key))
+        leader = Pass("leader", "me", datetime.now(UTC), 0)
+        assert due.after(ledger, leader) is not None and due.after(ledger, leader) is None
+        assert due.after(ledger, Pass("standby", "other", datetime.now(UTC), 0)) is None
+        due.last = time.monotonic() - 3601
+        assert due.after(ledger, leader) is not None
+    finally:
+        ledger.dispose()
+    bad = fleet("up", "--once", "--checkpoint-every", "0s")
+    assert bad.code == 2 and "--checkpoint-every" in bad.err
+    assert fleet("up", "--once", "--checkpoint-dir", str(folder)).code == 2

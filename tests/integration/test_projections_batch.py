@@ -157,11 +157,12 @@ def second_url(pg_server: Any) -> Iterator[str]:
 
 
 def contents(store: Ledger) -> dict[str, list[tuple[Any, ...]]]:
-    """Every projection table and the events (without the wall-clock recorded_at), row by row."""
+    """Every projection table and the events, row by row, without the wall-clock recorded_at and
+    so without the hash (the chain covers recorded_at since migration 0007; each chain is verified)."""
     out = projection_rows(store)
     with store.engine.connect() as conn:
         found = conn.execute(
-            text("SELECT position, stream, version, type, data, actor, occurred_at, hash FROM events ORDER BY 1")
+            text("SELECT position, stream, version, type, data, actor, occurred_at FROM events ORDER BY 1")
         ).all()
         out["events"] = [tuple(str(v) for v in row) for row in found]
     return out
@@ -177,7 +178,7 @@ def test_batched_projections_equal_one_event_at_a_time(ledger: Ledger, second_ur
         batched = contents(ledger)
         assert all(batched[table.name] for table in tables.PROJECTION_TABLES)
         assert batched == contents(one_by_one)
-        assert ledger.verify_chain().ok
+        assert ledger.verify_chain().ok and one_by_one.verify_chain().ok
     finally:
         one_by_one.dispose()
 

@@ -22,7 +22,7 @@ from ledger.embedded import (
     stop_embedded,
 )
 from ledger.errors import ConcurrencyError, ImmutableLedgerError, translate
-from ledger.store import GENESIS_HASH, Ledger, event_hash
+from ledger.store import GENESIS_HASH, Ledger, StoredRow, event_hash_v2
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 RUN_SPEC = {"owner": "org:a", "resources": {"gpuType": "H100-80GB", "totalGPUs": 8}}
@@ -225,16 +225,10 @@ def test_hash_chain_links_every_event(ledger: Ledger) -> None:
     with ledger.engine.connect() as conn:
         rows = conn.execute(text("SELECT * FROM events ORDER BY position")).mappings().all()
     assert rows[0]["prev_hash"] == GENESIS_HASH and rows[1]["prev_hash"] == rows[0]["hash"]
-    expected = event_hash(
-        GENESIS_HASH,
-        position=1,
-        stream="node:a-0",
-        version=1,
-        type_name="NodeRegistered",
-        data=rows[0]["data"],
-        actor="admin",
-        occurred_at=T0,
-    )
+    with ledger.engine.connect() as conn:
+        data_text = conn.execute(text("SELECT data::text FROM events WHERE position = 1")).scalar_one()
+    row = StoredRow(1, "node:a-0", 1, "NodeRegistered", data_text, "admin", None, T0, rows[0]["recorded_at"])
+    expected = event_hash_v2(GENESIS_HASH, row)
     assert rows[0]["hash"] == expected
 
 

@@ -1,8 +1,10 @@
 """A row no event class fits (inserted by a superuser) never bricks the ledger.
 
-``audit verify`` reports it with its position; every other command fails with one
-clear line naming the position, never a traceback. The forged rows carry a correctly
-recomputed hash, so it is the decoding check that finds them, not the chain.
+``audit verify`` reports it with its position; every other command (``get runs`` once the
+planner has stopped at the row, every write) fails with one clear line naming the
+position, never a traceback. The forged rows are inserted with triggers disabled (the
+chain trigger refuses an unknown type) and hashed as the trigger would have, so it is
+the decoding check that finds them, not the chain.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 import psycopg
 import pytest
@@ -20,7 +21,7 @@ from ledger import events as ev
 from ledger import status as planner_status
 from ledger.embedded import libpq_url
 from ledger.errors import UndecodableEvent
-from ledger.store import Ledger, event_hash
+from ledger.store import Ledger
 from tests.e2e.conftest import CLI, EXAMPLES, jt, planner  # noqa: F401 (jt and its planner are fixtures)
 
 Invoke = Callable[..., tuple[int, str, str]]
@@ -58,21 +59,21 @@ def cli(request: pytest.FixtureRequest) -> Invoke:
 
 
 def forge(database_url: str, type_name: str, data: object) -> int:
-    """Append a row behind the application's back, as a superuser, with a valid hash link."""
+    """Append a row behind the application's back, as a superuser with triggers disabled (the
+    chain trigger refuses unknown types), linked and hashed as the trigger would have."""
     with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
         tip = conn.execute("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1").fetchone()
         position, prev = (tip[0] + 1, tip[1]) if tip else (1, "0" * 64)
-        at = datetime.now(UTC)
         stream = f"forged:{position}"
-        digest = event_hash(
-            prev, position=position, stream=stream, version=1, type_name=type_name, data=data, actor="mallory",
-            occurred_at=at,
-        )  # fmt: skip
-        conn.execute(
-            "INSERT INTO events (position, stream, version, type, data, actor, occurred_at, prev_hash, hash) "
-            "VALUES (%s, %s, 1, %s, %s::jsonb, 'mallory', %s, %s, %s)",
-            (position, stream, type_name, json.dumps(data), at, prev, digest),
-        )
+        with conn.transaction():
+            conn.execute("SET LOCAL session_replication_role = replica")
+            conn.execute(
+                "INSERT INTO events (position, stream, version, type, data, actor, occurred_at, prev_hash, hash) "
+                "SELECT %(p)s, %(s)s, 1, %(t)s, d, 'mallory', now(), %(prev)s, "
+                "jobtree_event_hash(%(prev)s, %(p)s, %(s)s, 1, %(t)s, 'mallory', NULL, now(), now(), d) "
+                "FROM (SELECT %(d)s::jsonb AS d) AS payload",
+                {"p": position, "s": stream, "t": type_name, "d": json.dumps(data), "prev": prev},
+            )
     return position
 
 
@@ -94,12 +95,13 @@ def test_a_forged_row_is_reported_by_position_and_bricks_nothing(
     position = forge(database_url, type_name, data)
     before = ledger.count()
 
-    # reads only read the projections: a bad row in the log does not stop them
-    for args in (("get", "runs"), ("nodes", "list")):
-        code, out, err = cli(*args)
-        assert code == 0 and "Traceback" not in out + err, (args, out, err)
-    # the planner stops at the row and says so; a write then records nothing and says why, in one line
+    # the planner stops at the row and says so; every read and write then fails in one line naming it
     _await_stuck_planner(ledger, position)
+    for args in (("get", "runs"), ("get", "runs", "-A", "-o", "json")):
+        code, out, err = cli(*args)
+        assert code == 1 and "Traceback" not in out + err, (args, out, err)
+        assert err.startswith("error: ") and err.count("\n") == 1, f"one clear line, got {err!r}"
+        assert f"event {position}" in err and reason in err and out == "", err
     code, out, err = cli("submit", "-f", str(EXAMPLES / "resnet-small.yaml"))
     assert code == 1, (out, err)
     assert "Traceback" not in out + err

@@ -166,13 +166,13 @@ def test_the_runtime_role_cannot_rewrite_bypass_or_change_the_schema(team: Runne
 def test_a_behind_schema_is_refused_with_what_to_do_and_never_migrated(cli: Runner, database_url: str) -> None:
     with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
         head = conn.execute("SELECT version_num FROM alembic_version").fetchone()[0]  # type: ignore[index]
-        conn.execute("UPDATE alembic_version SET version_num = '0006'")
+        conn.execute("UPDATE alembic_version SET version_num = '0007'")  # 0008 (grants) re-runs cleanly
     result = cli("ops", "get", "runs")
     assert result.code == 1 and result.err.count("\n") == 1
-    assert "revision 0006" in result.err and f"needs revision {head}" in result.err
+    assert "revision 0007" in result.err and f"needs revision {head}" in result.err
     assert "jobtree db migrate" in result.err
     with psycopg.connect(libpq_url(database_url)) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0006",)
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0007",)
     refused = cli("ops", "db", "migrate")
     assert refused.code == 1 and "permission denied" in refused.err, "the runtime role cannot migrate"
     assert cli("ops", "db", "migrate", "--owner-url", database_url).code == 0

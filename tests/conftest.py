@@ -31,6 +31,7 @@ from ledger.embedded import (
 )
 from ledger.store import Ledger
 from service import daemon
+from tests.envguard import environment_writes_serialised
 
 # By default every run replays the same examples, so a red suite means a change broke
 # something; HYPOTHESIS_PROFILE=explore draws new examples each run to hunt for bugs.
@@ -65,6 +66,13 @@ class PgServer:
     def drop(self, name: str) -> None:
         with psycopg.connect(libpq_url(self.url), autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _serialised_environment() -> Iterator[None]:
+    """See ``tests/envguard.py``: no test's ``setenv`` races a planner thread's connect."""
+    with environment_writes_serialised():
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -4,10 +4,11 @@
 - notice: no non-opportunistic run loses a lease to an activation without a
   ConflictWarningIssued from that reservation at least ``reservationNotice`` before,
   issued after the run's latest admission;
-- announced cuts: an activation cuts only what its last published reservation announced:
-  runs of its conflict set, with the published seed, ended runs had a kill probability
-  above 0, shrinks never above the announced amount (exactly it unless an earlier
-  activation at the same instant already made part of the same cut);
+- announced cuts: an activation (activated or not) cuts at the published earliestStart with
+  the published seed, only runs of its conflict set, ends only runs with a kill probability
+  above 0 and shrinks or drops spares never above the announced amounts; exactly those (every
+  kill probability 1 ends; without a lottery, the announced shrinks and spares) when no lease
+  started or ended between the publication and the activation;
 - ETAs: with budgets that fund everything, every pending run has a reservation unless
   it can never fit;
 - least cut: the published placement of a blocked grouped run costs no more (expected
@@ -55,19 +56,21 @@ def play(steps: list[tuple[str, Any]], concurrency: int = 24) -> Sim:
 
 
 def cuts_by_reservation(sim: Sim) -> dict[str, list[tuple[ev.Recorded, ev.LeaseStarted]]]:
-    """Leases each activation ended (by the seed it published on them), with the lease's start."""
+    """Leases each activation ended (by the seed it cut with, activated or not), with the lease's start."""
     started: dict[str, ev.LeaseStarted] = {}
-    by_seed: dict[str, list[tuple[ev.Recorded, ev.LeaseStarted]]] = {}
-    rid_of: dict[str, str] = {}
+    reservations: list[str] = []
+    out: dict[str, list[tuple[ev.Recorded, ev.LeaseStarted]]] = {}
     for record in sim.ledger.records:
         e = record.event
         if isinstance(e, ev.LeaseStarted):
             started[e.lease_id] = e
+        elif isinstance(e, ev.ReservationCreated):
+            reservations.append(e.reservation)
         elif isinstance(e, ev.LeaseEnded) and e.seed is not None and e.lease_id in started:
-            by_seed.setdefault(e.seed, []).append((record, started[e.lease_id]))
-        elif isinstance(e, ev.ReservationActivated):
-            rid_of[e.seed] = e.reservation
-    return {rid_of[s]: cuts for s, cuts in by_seed.items() if s in rid_of}
+            by = [r for r in reservations if seed_for(r, record.occurred_at) == e.seed]
+            if by:  # else a reclaim at admission (seeded by the admitted run): no reservation
+                out.setdefault(by[0], []).append((record, started[e.lease_id]))
+    return out
 
 
 def opportunistic(sim: Sim, run: str) -> bool:
@@ -165,7 +168,9 @@ def test_activation_cuts_are_exactly_the_announced_ones(steps: list[tuple[str, A
     """Same runs, same amounts, the same seed as the last published reservation; never more.
 
     Exactly those when nothing moved in between (no lease started or ended since it was
-    published); otherwise (another activation or a start at the same instant) a subset.
+    published): every run announced with kill probability 1 ends, and without a lottery the
+    shrinks and dropped spares are the announced amounts (a draw may end the run a later step
+    counted on). Otherwise (another activation or a start at the same instant) a subset.
     """
     sim = play(steps)
     for seed, act in activations(sim).items():
@@ -179,14 +184,16 @@ def test_activation_cuts_are_exactly_the_announced_ones(steps: list[tuple[str, A
         assert all(n <= published.shrink.get(r, 0) for r, n in shrunk.items()), (rid, shrunk, published.shrink)
         spares = next((r["gpus"] for r in published.remedies if r["action"] == "DropSpare"), 0)
         assert act.dropped <= spares, (rid, act.dropped, published.remedies)
-        if act.quiet:
-            announced = {r: n for r, n in published.shrink.items() if r not in act.gone | act.ended}
+        if not act.quiet:
+            event("leases moved since published")
+            continue
+        sure = {r for r, p in published.kill_probability.items() if p >= 1.0}
+        assert sure - act.gone <= act.ended, (rid, act.ended, published.kill_probability)
+        if published.confidence != "lottery":  # no draw can end a run whose spare or group was counted
+            announced = {r: n for r, n in published.shrink.items() if r not in act.gone}
             assert shrunk == announced, (rid, shrunk, published.shrink)
             assert act.dropped == spares, (rid, act.dropped, published.remedies)
-            sure = {r for r, p in published.kill_probability.items() if p >= 1.0}
-            assert sure - act.gone <= act.ended, (rid, act.ended, published.kill_probability)
-        event("activation with cuts" if act.cut else "activation without cuts")
-        event("quiet since published" if act.quiet else "leases moved since published")
+        event(f"quiet since published, {published.confidence}, {'with' if act.cut else 'without'} cuts")
 
 
 @SETTINGS

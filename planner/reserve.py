@@ -20,7 +20,10 @@ When a pending run cannot start now (taken in FIFO order by ``planner.plan``):
   ``window-aligned``; the seed is the one an activation at earliestStart would use.
 - On create and on every change, each run in the conflict set gets ConflictWarningIssued.
 - Released (``ReservationReleased``) when the run starts without cuts before its time;
-  activated at earliestStart (``planner.resolve.Cutter``); cancelled with the run.
+  activated at earliestStart (``planner.resolve.Cutter``); cancelled with the run. A due
+  reservation whose announced cuts cannot start the run is released and the run reserved
+  afresh (a new id, a fresh ETA and warnings), never left waiting with a past earliestStart.
+- A run whose only placements are held by other reservations is reserved behind them.
 """
 
 from __future__ import annotations

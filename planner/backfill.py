@@ -76,12 +76,6 @@ class Holds:
             yield
 
     @contextmanager
-    def everyone(self) -> Iterator[None]:
-        """No holds at all (a run planning behind the reservations that hold what it needs)."""
-        with self._lift(list(self.held)):
-            yield
-
-    @contextmanager
     def own(self, run: RunState) -> Iterator[None]:
         """Every hold but the run's own (a published reservation's firm hold is lifted for its run only)."""
         with self._lift([h for h in self.held if h.run == run.key]):

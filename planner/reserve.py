@@ -23,7 +23,6 @@ When a pending run cannot start now (taken in FIFO order by ``planner.plan``):
   activated at earliestStart (``planner.resolve.Cutter``); cancelled with the run. A due
   reservation whose announced cuts cannot start the run is released and the run reserved
   afresh (a new id, a fresh ETA and warnings), never left waiting with a past earliestStart.
-- A run whose only placements are held by other reservations is reserved behind them.
 """
 
 from __future__ import annotations
@@ -205,16 +204,12 @@ class Reserver:
 
     def prehold(self) -> None:
         """Firm holds for every published reservation still ahead of its earliestStart (SPEC §5.3)."""
-        for res in sorted(self.state.reservations.values(), key=self._fifo):
+        for res in sorted(self.state.reservations.values(), key=lambda r: r.reservation_id):
             run = self.state.runs.get(res.run)
             if run is None or run.key in self.state.finishing or res.earliest_start <= self.now:
                 continue
             slots = {n: tuple(s) for n, s in (res.event.slots or {}).items() if n in self.state.nodes}
             self.holds.add(run, res.earliest_start, held_slots(self.view, self._counted(res, slots)), firm=True)
-
-    def _fifo(self, res: ReservationState) -> tuple[int, str]:
-        run = self.state.runs.get(res.run)
-        return (run.submitted_position if run is not None else 0, res.reservation_id)
 
     def _counted(self, res: ReservationState, slots: dict[str, tuple[int, ...]]) -> Target:
         """The published placement, needing per domain the free GPUs it counted on (need - deficit).
@@ -294,13 +289,7 @@ class Reserver:
     def _analyse(self, run: RunState, res: ReservationState | None) -> tuple[Scope, Target] | str:
         """The run's scope and intended placement, or why it gets no reservation ("" when it just waits)."""
         scope = Scope(self.batch, run.spec.resources.gpu_type, run.key, self.allowed(res))
-        kept = res.event.slots if res is not None else None
-        target = findtarget_of(self.view, scope, run, kept)
-        if target is None and self.holds.held:
-            # the capacity it could use is held by other reservations: it is reserved behind them
-            # (its ETA comes after theirs, SPEC §5.2), planning on their GPUs as they are now
-            with self.holds.everyone():
-                target = findtarget_of(self.view, scope, run, kept)
+        target = findtarget_of(self.view, scope, run, res.event.slots if res is not None else None)
         if target is None:
             return "no placement exists even with cuts"
         if res is None and target.deficit and not self._fundable(run, target):

@@ -20,7 +20,9 @@ When a pending run cannot start now (taken in FIFO order by ``planner.plan``):
   ``window-aligned``; the seed is the one an activation at earliestStart would use.
 - On create and on every change, each run in the conflict set gets ConflictWarningIssued.
 - Released (``ReservationReleased``) when the run starts without cuts before its time;
-  activated at earliestStart (``planner.resolve.Cutter``); cancelled with the run.
+  activated at earliestStart (``planner.resolve.Cutter``); cancelled with the run. A due
+  reservation whose announced cuts cannot start the run is released and the run reserved
+  afresh (a new id, a fresh ETA and warnings), never left waiting with a past earliestStart.
 """
 
 from __future__ import annotations
@@ -207,7 +209,18 @@ class Reserver:
             if run is None or run.key in self.state.finishing or res.earliest_start <= self.now:
                 continue
             slots = {n: tuple(s) for n, s in (res.event.slots or {}).items() if n in self.state.nodes}
-            self.holds.add(run, res.earliest_start, slots, firm=True)
+            self.holds.add(run, res.earliest_start, held_slots(self.view, self._counted(res, slots)), firm=True)
+
+    def _counted(self, res: ReservationState, slots: dict[str, tuple[int, ...]]) -> Target:
+        """The published placement, needing per domain the free GPUs it counted on (need - deficit).
+
+        The walk holds the same for it (``blocked``), so a run described before and after the
+        walk sees the same holds and planning again decides nothing new (fixpoint).
+        """
+        target = target_of(self.view, res.event.width, slots)
+        short = res.event.deficit
+        counted = {d: n - short.get(self.view.domain(d).name, 0) for d, n in target.need.items()}
+        return Target(target.width, target.slots, {d: n for d, n in counted.items() if n > 0}, target.deficit)
 
     def allowed(self, res: ReservationState | None) -> set[str] | None:
         """Runs a reservation may still cut with full notice (None: any run, it warns them now).
@@ -326,11 +339,12 @@ class Reserver:
     def _late(self) -> list[Blocked]:
         """Runs that got no reservation in pass 1 but would now (later activations freed capacity)."""
         out: list[Blocked] = []
-        for run in self.skipped:
+        for run in sorted(self.skipped, key=lambda r: r.submitted_position):  # FIFO: a requeued run keeps its place
             requeued = run.key in self.batch.requeued
             if (run.key in self.batch.done and not requeued) or run.key in self.state.finishing:
                 continue
-            found = self._analyse(run, None)  # after every hold: it comes last, and keeps what it finds
+            with self.holds.before(run):  # the holds of runs ahead of it (and firm ones), as in the walk
+                found = self._analyse(run, None)
             if not isinstance(found, str) and not self._started(run):
                 out.append(Blocked(run, None, found[1]))
                 self.holds.add(run, self.now + self.notice, held_slots(self.view, found[1]))
@@ -349,7 +363,11 @@ class Reserver:
             if self._started(item.run) or (item.res is not None and item.res.reservation_id in self.closed):
                 continue
             if item.res is not None and self.now >= item.res.earliest_start:
-                continue  # due, but the activation could not start it: it keeps its plan
+                released, renewed = self._renew(item)
+                out += released
+                if renewed is None:
+                    continue
+                item = renewed
             rid = item.res.reservation_id if item.res is not None else reservation_id(seq)
             seq += 0 if item.res is not None else 1
             item = self._final(item)
@@ -357,6 +375,25 @@ class Reserver:
             scopes.append((set(item.target.deficit) or set(item.target.need), eta))
             out += events
         return out
+
+    def _renew(self, item: Blocked) -> tuple[list[Event], Blocked | None]:
+        """A due reservation whose activation could not start the run: released, and reserved afresh.
+
+        Its announced cuts no longer free enough (victims finished, an earlier activation took
+        them) or it could not be paid for: rather than wait with a past earliestStart, the run
+        gets a new reservation with a fresh ETA and fresh warnings (or none, when it would get
+        none as a new run: it waits without cuts).
+        """
+        run, res = item.run, item.res
+        assert res is not None
+        self.closed.add(res.reservation_id)
+        why = "due, but its announced cuts could not start the run: it is reserved afresh"
+        released: list[Event] = [ReservationReleased(res.reservation_id, run.key, why)]
+        with self.holds.before(run):
+            found = self._analyse(run, None)
+        if isinstance(found, str):
+            return released, None
+        return released, Blocked(run, None, found[1])
 
     def _eta(
         self, item: Blocked, scope: Scope, drawn: bool, scopes: list[tuple[set[DomainKey], datetime]]

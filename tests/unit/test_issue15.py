@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from elastic_fakes import World, of_type, spec_run
 from planner_fakes import at, budget, envelope, fleet
+from test_reservation_properties import OWNERS, Sim, apply
 
 from ledger import events as ev
 from ledger.model import run_from_spec
@@ -171,8 +174,6 @@ def test_interacting_activations_reach_the_fixpoint_in_one_call() -> None:
 
     Sim.decide asserts plan(fold(plan(s))) == [] after every call.
     """
-    from test_reservation_properties import OWNERS, Sim, apply
-
     sim = Sim(*fleet({"A": 3, "B": 2}), *(budget(o, envelope("west", 24)) for o in OWNERS))
     for kw in (
         {"total": 12, "owner": "org:c"},
@@ -188,3 +189,80 @@ def test_interacting_activations_reach_the_fixpoint_in_one_call() -> None:
     events = [r.event for r in sim.ledger.records]
     assert of_type(events, ev.ReservationActivated), "the activations happened"
     assert sim.state.runs["ns/r4"].phase != "Failed", "r4 is not cut without notice"
+
+
+# ---------------------------------------------------------------- follow-up: histories the explore profile found
+
+
+def _play(history: list[tuple[str, Any]], concurrency: int) -> Sim:
+    sim = Sim(*fleet({"A": 3, "B": 2}), *(budget(o, envelope("west", concurrency)) for o in OWNERS))
+    for op in history:
+        apply(sim, op)
+    sim.advance(60)
+    return sim
+
+
+def test_a_published_reservation_holds_what_the_walk_holds_so_messages_agree() -> None:
+    """Old: r3's RunDeferred said 0 free after r5 was admitted and 4 free on the next call (no fixpoint):
+    r4's published hold covered only its placement's slots, the walk's hold also the free GPUs it counted on.
+    """
+    spread = {"group": None, "spares": 0, "checkpoint": None}
+    history = [
+        ("submit", {"total": 12, "owner": "org:c", "group": 4, "spares": 0, "checkpoint": None}),
+        ("advance", 2),
+        ("submit", {"total": 8, "owner": "org:a", **spread}),
+        ("submit", {"total": 4, "owner": "org:a", "group": 4, "spares": 1, "checkpoint": None}),
+        ("submit", {"total": 12, "owner": "org:a", **spread}),
+        ("submit", {"total": 8, "owner": "org:c", "group": 8, "spares": 0, "checkpoint": None}),
+        ("submit", {"total": 4, "owner": "org:a", **spread}),
+    ]
+    sim = _play(history, 24)  # Sim.decide asserts the fixpoint after every call
+    activated = [r.event.run for r in sim.ledger.records if isinstance(r.event, ev.ReservationActivated)]
+    assert "ns/r4" in activated
+
+
+def test_a_requeued_victim_is_reserved_ahead_of_later_runs() -> None:
+    """Old: r2, cut at 01:12, was analysed after later r5's new hold and had no placement, so no ETA.
+    Now late reservations go in FIFO order: r2 gets its own; r5, behind r2's held capacity, waits."""
+    history = [
+        ("advance", 12),
+        ("submit", {"total": 12, "owner": "org:a", "group": None, "spares": 0, "malleable": (4, 12, 4)}),
+        ("submit", {"total": 12, "owner": "org:a", "checkpoint": "10m", "malleable": (4, 12, 4)}),
+        ("submit", {"total": 16, "owner": "org:a", "group": 8, "spares": 1, "checkpoint": "10m"}),
+        ("submit", {"total": 16, "owner": "org:a", "group": 8, "spares": 1, "malleable": (8, 16, 8)}),
+        ("submit", {"total": 4, "owner": "org:a", "group": 4, "spares": 1, "malleable": (4, 4, 4)}),
+        ("submit", {"total": 24, "owner": "org:a", "group": 8, "spares": 0}),
+    ]
+    sim = _play(history, 1000)
+    assert sim.state.runs["ns/r2"].phase == "Pending" and sim.state.runs["ns/r2"].reservation is not None
+
+
+def test_a_due_reservation_whose_announced_cut_was_taken_is_reserved_afresh() -> None:
+    """Old: r3's and r5's reservations both announced dropping r2's spare; r3's activation took it at
+    00:30 and r5's waited with its past earliestStart. Now it is released and r5 is reserved anew
+    (fresh ETA, fresh warnings) in the same call."""
+    fixed = {"group": None, "spares": 0, "checkpoint": "10m"}
+    history = [
+        ("submit", {"total": 8, "owner": "org:b", "group": None, "spares": 0, "malleable": (4, 8, 4)}),
+        ("submit", {"total": 12, "owner": "org:c", **fixed}),
+        (
+            "submit",
+            {"total": 24, "owner": "org:c", "group": 8, "spares": 1, "checkpoint": "10m", "malleable": (8, 24, 8)},
+        ),
+        ("complete", 9),
+        ("submit", {"total": 8, "owner": "org:c", **fixed}),
+        ("submit", {"total": 24, "owner": "org:b", "group": 8, "spares": 0}),
+        ("submit", {"total": 8, "owner": "org:a", "group": 4, "spares": 0}),
+    ]
+    sim = _play(history, 24)
+    records = sim.ledger.records
+    released = [r for r in records if isinstance(r.event, ev.ReservationReleased) and "afresh" in r.event.reason]
+    assert released, "a due reservation that could not activate as announced is released"
+    first = released[0]
+    again = [
+        r.event
+        for r in records
+        if isinstance(r.event, ev.ReservationCreated) and r.event.run == first.event.run and r.position > first.position
+    ]
+    assert again and again[0].earliest_start == "2026-01-01T00:45:00Z", "reserved anew: now + the notice"
+    assert again[0].reservation != first.event.reservation

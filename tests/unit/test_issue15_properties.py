@@ -4,10 +4,11 @@
 - notice: no non-opportunistic run loses a lease to an activation without a
   ConflictWarningIssued from that reservation at least ``reservationNotice`` before,
   issued after the run's latest admission;
-- announced cuts: an activation cuts only what its last published reservation announced:
-  runs of its conflict set, with the published seed, ended runs had a kill probability
-  above 0, shrinks never above the announced amount (exactly it unless an earlier
-  activation at the same instant already made part of the same cut);
+- announced cuts: an activation (activated or not) cuts at the published earliestStart with
+  the published seed, only runs of its conflict set, ends only runs with a kill probability
+  above 0 and shrinks or drops spares never above the announced amounts; exactly those (every
+  kill probability 1 ends; without a lottery, the announced shrinks and spares) when no lease
+  started or ended between the publication and the activation;
 - ETAs: with budgets that fund everything, every pending run has a reservation unless
   it can never fit;
 - least cut: the published placement of a blocked grouped run costs no more (expected
@@ -20,7 +21,8 @@ CI replays a few derandomized examples; ``HYPOTHESIS_PROFILE=explore`` draws 2,0
 from __future__ import annotations
 
 import itertools
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from hypothesis import HealthCheck, event, given, settings
@@ -54,19 +56,21 @@ def play(steps: list[tuple[str, Any]], concurrency: int = 24) -> Sim:
 
 
 def cuts_by_reservation(sim: Sim) -> dict[str, list[tuple[ev.Recorded, ev.LeaseStarted]]]:
-    """Leases each activation ended (by the seed it published on them), with the lease's start."""
+    """Leases each activation ended (by the seed it cut with, activated or not), with the lease's start."""
     started: dict[str, ev.LeaseStarted] = {}
-    by_seed: dict[str, list[tuple[ev.Recorded, ev.LeaseStarted]]] = {}
-    rid_of: dict[str, str] = {}
+    reservations: list[str] = []
+    out: dict[str, list[tuple[ev.Recorded, ev.LeaseStarted]]] = {}
     for record in sim.ledger.records:
         e = record.event
         if isinstance(e, ev.LeaseStarted):
             started[e.lease_id] = e
+        elif isinstance(e, ev.ReservationCreated):
+            reservations.append(e.reservation)
         elif isinstance(e, ev.LeaseEnded) and e.seed is not None and e.lease_id in started:
-            by_seed.setdefault(e.seed, []).append((record, started[e.lease_id]))
-        elif isinstance(e, ev.ReservationActivated):
-            rid_of[e.seed] = e.reservation
-    return {rid_of[s]: cuts for s, cuts in by_seed.items() if s in rid_of}
+            by = [r for r in reservations if seed_for(r, record.occurred_at) == e.seed]
+            if by:  # else a reclaim at admission (seeded by the admitted run): no reservation
+                out.setdefault(by[0], []).append((record, started[e.lease_id]))
+    return out
 
 
 def opportunistic(sim: Sim, run: str) -> bool:
@@ -98,37 +102,98 @@ def test_no_run_is_cut_without_the_full_notice(steps: list[tuple[str, Any]]) -> 
             assert times, f"{lease.run} cut by {rid} at {record.occurred_at} without {NOTICE} of warning"
 
 
-@SETTINGS
-@given(history)
-def test_activation_cuts_are_the_announced_ones(steps: list[tuple[str, Any]]) -> None:
-    sim = play(steps)
+@dataclass
+class Activation:
+    """What one activation (a reservation at one instant) cut, read back from the ledger."""
+
+    at: datetime
+    position: int  # its first record
+    published: ev.ReservationCreated | ev.ReservationChanged
+    ended: set[str] = field(default_factory=set)  # runs it ended whole
+    shrunk: dict[str, int] = field(default_factory=dict)  # GPUs of Shrink cuts per run
+    dropped: int = 0  # GPUs of DropSpare cuts
+    cut: set[str] = field(default_factory=set)  # every run that lost a lease to it
+    gone: set[str] = field(default_factory=set)  # runs that ended otherwise by then (finished, cut by another)
+    quiet: bool = True  # no lease started or ended between the publication and the activation
+
+
+def activations(sim: Sim) -> dict[str, Activation]:
+    """Every seed an activation cut with, attributed to its reservation (activated or not)."""
     announced: dict[str, ev.ReservationCreated | ev.ReservationChanged] = {}
-    last: dict[str, ev.ReservationCreated | ev.ReservationChanged] = {}
+    published_at: dict[str, int] = {}
+    started: dict[str, ev.LeaseStarted] = {}
+    lease_moves: list[int] = []
+    out: dict[str, Activation] = {}
+    gone: dict[str, list[int]] = {}
     for record in sim.ledger.records:
         e = record.event
+        if isinstance(e, ev.LeaseStarted | ev.LeaseEnded) and getattr(e, "seed", None) is None:
+            lease_moves.append(record.position)
         if isinstance(e, ev.ReservationCreated | ev.ReservationChanged):
             announced[e.reservation] = e
-        elif isinstance(e, ev.ReservationActivated):
-            last[e.reservation] = announced[e.reservation]
-    ended = {e.run for r in sim.ledger.records if isinstance(e := r.event, ev.RunFinished | ev.RunRequeued)}
-    for rid, cuts in cuts_by_reservation(sim).items():
-        published = last[rid]
-        shrunk: dict[str, int] = {}
-        for record, lease in cuts:
-            e = record.event
-            assert isinstance(e, ev.LeaseEnded)
-            # the published seed when it activates at earliestStart, else the seed of its actual time
-            assert e.seed == seed_for(rid, record.occurred_at)
-            if iso(record.occurred_at) == published.earliest_start:
-                assert e.seed == published.seed
-            assert lease.run in published.conflict_set or opportunistic(sim, lease.run)
+            published_at[e.reservation] = record.position
+        elif isinstance(e, ev.LeaseStarted):
+            started[e.lease_id] = e
+        elif isinstance(e, ev.LeaseEnded) and e.seed is not None:
+            found = out.get(e.seed)
+            if found is None:
+                by = [r for r in announced if seed_for(r, record.occurred_at) == e.seed]
+                if not by:
+                    continue  # a reclaim at admission (seeded by the admitted run): no reservation
+                found = out[e.seed] = Activation(record.occurred_at, record.position, announced[by[0]])
+            lease = started[e.lease_id]
+            found.cut.add(lease.run)
             if e.reason == "Shrink":
-                shrunk[lease.run] = shrunk.get(lease.run, 0) + len(lease.slots)
-            if e.reason in ("RandomPreempt", "ReclaimUnfunded") and lease.run in ended:
-                assert published.kill_probability.get(lease.run, 0.0) > 0 or opportunistic(sim, lease.run)
-        # never more than announced; less when an earlier activation at the same instant already
-        # made part of the same cut (reservations are counted one by one, docs/reservations.md)
-        assert all(n <= published.shrink.get(r, 0) for r, n in shrunk.items()), (shrunk, published.shrink)
+                found.shrunk[lease.run] = found.shrunk.get(lease.run, 0) + len(lease.slots)
+            elif e.reason == "DropSpare":
+                found.dropped += len(lease.slots)
+        elif isinstance(e, ev.ReservationActivated) and e.seed not in out:
+            out[e.seed] = Activation(record.occurred_at, record.position, announced[e.reservation])  # no cuts
+        elif isinstance(e, ev.RunRequeued | ev.RunFinished):
+            seed = e.reason.rsplit("seed ", 1)[1].rstrip(")") if "seed " in e.reason else None
+            if seed in out:
+                out[seed].ended.add(e.run)
+            else:
+                gone.setdefault(e.run, []).append(record.position)  # ended by something else
+    for act in out.values():
+        act.gone = {r for r, at in gone.items() if any(p < act.position for p in at)}
+        since = published_at[act.published.reservation]
+        act.quiet = not any(since < p < act.position for p in lease_moves)
+    return out
+
+
+@SETTINGS
+@given(history)
+def test_activation_cuts_are_exactly_the_announced_ones(steps: list[tuple[str, Any]]) -> None:
+    """Same runs, same amounts, the same seed as the last published reservation; never more.
+
+    Exactly those when nothing moved in between (no lease started or ended since it was
+    published): every run announced with kill probability 1 ends, and without a lottery the
+    shrinks and dropped spares are the announced amounts (a draw may end the run a later step
+    counted on). Otherwise (another activation or a start at the same instant) a subset.
+    """
+    sim = play(steps)
+    for seed, act in activations(sim).items():
+        published = act.published
+        rid = published.reservation
+        assert iso(act.at) == published.earliest_start and seed == published.seed, (rid, iso(act.at))
+        assert act.cut <= set(published.conflict_set), (rid, act.cut, published.conflict_set)
+        possible = {r for r, p in published.kill_probability.items() if p > 0.0}
+        assert act.ended <= possible, (rid, act.ended, published.kill_probability)
+        shrunk = {r: n for r, n in act.shrunk.items() if r not in act.ended}
+        assert all(n <= published.shrink.get(r, 0) for r, n in shrunk.items()), (rid, shrunk, published.shrink)
+        spares = next((r["gpus"] for r in published.remedies if r["action"] == "DropSpare"), 0)
+        assert act.dropped <= spares, (rid, act.dropped, published.remedies)
+        if not act.quiet:
+            event("leases moved since published")
+            continue
+        sure = {r for r, p in published.kill_probability.items() if p >= 1.0}
+        assert sure - act.gone <= act.ended, (rid, act.ended, published.kill_probability)
+        if published.confidence != "lottery":  # no draw can end a run whose spare or group was counted
+            announced = {r: n for r, n in published.shrink.items() if r not in act.gone}
+            assert shrunk == announced, (rid, shrunk, published.shrink)
+            assert act.dropped == spares, (rid, act.dropped, published.remedies)
+        event(f"quiet since published, {published.confidence}, {'with' if act.cut else 'without'} cuts")
 
 
 @SETTINGS

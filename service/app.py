@@ -344,10 +344,42 @@ class JobtreeApp:
     # ------------------------------------------------------------ runs
 
     def runs(self, namespace: str | None, owner: str | None = None) -> list[Row]:
-        return queries.list_runs(self._reader(), namespace=namespace, owner=owner)
+        """Runs with their place in the queue: ``queuePosition``, ``eta``, ``reservation`` (None: not waiting)."""
+        engine = self._reader()
+        return _with_queue(queries.list_runs(engine, namespace=namespace, owner=owner), queries.waiting_queue(engine))
 
     def run(self, namespace: str, name: str) -> Row:
-        return self._find_run(self._reader(), namespace, name)
+        engine = self._reader()
+        return _with_queue([self._find_run(engine, namespace, name)], queries.waiting_queue(engine))[0]
+
+    def queue(self, namespace: str | None) -> list[Row]:
+        """Every waiting run in FIFO order (requeued runs in their old place), with ETA and what is short."""
+        engine = self._reader()
+        places = queries.waiting_queue(engine)
+        rows = queries.runs_by_key(engine, list(places))
+        out = [rows[k] | {"run": k} | places[k] for k in places if k in rows]
+        return [r for r in out if namespace is None or r["namespace"] == namespace]
+
+    def resolve(self, ref: str, namespace: str | None, explicit: bool) -> tuple[str, str]:
+        """SPEC §8: ``NAMESPACE/NAME``; ``NAME`` in an explicit ``-n``; else in ``namespace`` (the
+        environment's or kubeconfig's) when it is there; else the one run of that name anywhere.
+        An ambiguous name lists its candidates (exit 2)."""
+        ref = ref.removeprefix("runs/").removeprefix("run/")
+        if "/" in ref:
+            ns, _, name = ref.partition("/")
+            return ns, name
+        if explicit and namespace is not None:
+            return namespace, ref
+        engine = self._reader()
+        found = queries.namespaces_of(engine, ref)
+        if namespace is not None and (namespace in found or not found):
+            return namespace, ref
+        if len(found) == 1:
+            return found[0], ref
+        if not found:
+            raise NotFound(f"run {ref} not found in any namespace (see `get runs -A`)")
+        candidates = ", ".join(f"{ns}/{ref}" for ns in found)
+        raise BadInput("RUN", f"{ref!r} names runs in several namespaces: {candidates}; name one as NAMESPACE/NAME")
 
     def runs_named(self, keys: list[str]) -> dict[str, Row]:
         """Several runs in one query (``submit``'s output rows)."""
@@ -378,21 +410,42 @@ class JobtreeApp:
     def reservations(self, run: str | None = None, state: str | None = None) -> list[Row]:
         return queries.list_reservations(self._reader(), run=run, state=state)
 
-    def _act_on_run(self, namespace: str, name: str, what: str, event: Event) -> Row:
+    def _may_act(self, namespace: str, name: str, what: str) -> Row:
         found = self._find_run(self.engine, namespace, name)
         if found["phase"] in queries.FINISHED_PHASES:
             raise BadInput("RUN", f"run {namespace}/{name} is already {found['phase']}")
         allowed = {found["submitter"]} | set(queries.budget_submitters(self.engine, found["owner"]) or [])
         if not (self.identity.listed_in(sorted(allowed)) or self._is_admin()):
             raise Forbidden("RUN", f"{self.identity.user} may not {what} {namespace}/{name}")
+        return found
+
+    def _act_on_run(self, namespace: str, name: str, what: str, event: Event) -> Row:
+        self._may_act(namespace, name, what)
         self._append([NewEvent(run_stream(run_key(namespace, name)), event)])
         return self._find_run(self.engine, namespace, name)
 
     def cancel(self, namespace: str, name: str) -> Row:
-        return self._act_on_run(namespace, name, "cancel", RunCancelRequested(run_key(namespace, name)))
+        return self.end_runs("cancel", [(namespace, name)])[0]
 
     def complete(self, namespace: str, name: str) -> Row:
-        return self._act_on_run(namespace, name, "complete", RunCompleted(run_key(namespace, name)))
+        return self.end_runs("complete", [(namespace, name)])[0]
+
+    def end_runs(self, what: str, targets: Sequence[tuple[str, str]]) -> list[Row]:
+        """Cancel or complete every run named, in one append: all are checked first, all or nothing."""
+        kind = {"cancel": RunCancelRequested, "complete": RunCompleted}[what]
+        unique = list(dict.fromkeys(targets))
+        for namespace, name in unique:
+            self._may_act(namespace, name, what)
+        events = [NewEvent(run_stream(run_key(ns, n)), kind(run_key(ns, n))) for ns, n in unique]
+        if events:
+            self._append(events)
+        found = queries.runs_by_key(self.engine, [run_key(ns, n) for ns, n in unique])
+        return [found[run_key(ns, n)] for ns, n in unique]
+
+    def active_runs(self, namespace: str | None, owner: str | None) -> list[tuple[str, str]]:
+        """The unfinished runs in ``namespace`` (None: every namespace), of ``owner`` if given (``--all``, ``-l``)."""
+        rows = queries.list_runs(self.engine, namespace=namespace, owner=owner)
+        return [(r["namespace"], r["name"]) for r in rows if r["phase"] not in queries.FINISHED_PHASES]
 
     def shrink(self, namespace: str, name: str, by: int) -> Row:
         """Give ``by`` GPUs back now (SPEC §7); refused, naming why, when it would free nothing."""
@@ -439,6 +492,11 @@ class JobtreeApp:
 
     def event_count(self) -> int:
         return self.ledger.count()
+
+
+def _with_queue(rows: list[Row], places: dict[str, Row]) -> list[Row]:
+    idle: Row = {"queuePosition": None, "eta": None, "reservation": None}
+    return [r | places.get(run_key(r["namespace"], r["name"]), idle) for r in rows]
 
 
 @dataclass(frozen=True, slots=True)

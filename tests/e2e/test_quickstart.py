@@ -6,7 +6,10 @@ from pathlib import Path
 
 from tests.e2e.conftest import CLI, EXAMPLES
 
-RUN_KEYS = {"namespace", "name", "owner", "phase", "gpuType", "width", "funding", "message"}
+RUN_KEYS = {
+    "namespace", "name", "owner", "phase", "gpuType", "width", "funding", "message", "submitter", "submittedAt",
+    "queuePosition", "eta", "reservation",
+}  # fmt: skip
 STABLE_USAGE_KEYS = (
     "envelope",
     "owner",

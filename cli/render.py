@@ -37,6 +37,7 @@ class Col:
     get: Getter
     priority: int = 0
     wide: bool = False
+    free_text: bool = False  # a last column of prose: it may run past the edge (wrap) rather than drop others
 
 
 Column = Col | tuple[str, Getter]
@@ -151,7 +152,8 @@ def format_table(rows: Sequence[Row], columns: Sequence[Column], limit: int | No
     cols = _columns(columns, wide)
     headers = [c.header for c in cols]
     cells = [[_cell(c.get(row)) for c in cols] for row in rows]
-    keep = fit(headers, cells, [c.priority for c in cols], None if wide else limit)
+    measured = [[cell if not c.free_text else "" for c, cell in zip(cols, row, strict=True)] for row in cells]
+    keep = fit(headers, measured, [c.priority for c in cols], None if wide else limit)
     widths = {i: max(len(headers[i]), *(len(r[i]) for r in cells)) for i in keep}
     lines = []
     for line in [headers, *cells]:
@@ -235,7 +237,7 @@ RUN_COLUMNS: list[Column] = [
     Col("SHARED", lambda r: r["funding"]["shared"], wide=True),
     Col("BORROWED", lambda r: r["funding"]["borrowed"], wide=True),
     Col("UNFUNDED", lambda r: r["funding"]["unfunded"], wide=True),
-    Col("MESSAGE", lambda r: r["message"], wide=True),
+    Col("MESSAGE", lambda r: r["message"], wide=True, free_text=True),
 ]
 
 LEASE_COLUMNS: list[Column] = [

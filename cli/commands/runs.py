@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -420,6 +421,11 @@ def cancel(
     _end("complete" if ctx.info_name == "complete" else "cancel", runs, selector, every, all_namespaces)
 
 
+def _short(message: str) -> str:
+    """What is short, without the reservation's own words (its ETA has a column)."""
+    return re.sub(r"(; )?reserved res-[0-9]+: earliest start \S+$", "", message)
+
+
 def queue(all_namespaces: AllNamespaces = False) -> None:
     """Every waiting run in FIFO order: position, phase, ETA, confidence and what is short (`squeue --start`)."""
     kubeswitch.refuse("queue")
@@ -435,6 +441,6 @@ def queue(all_namespaces: AllNamespaces = False) -> None:
         Col("GPUS", lambda r: r["width"]["desired"], priority=2),
         Col("ETA", lambda r: r["eta"] or "unknown"),
         Col("CONFIDENCE", lambda r: (r["reservation"] or {}).get("confidence"), priority=1),
-        Col("SHORT", lambda r: r["message"]),
+        Col("SHORT", lambda r: _short(r["message"]), free_text=True),
     ]
     table(_aged(rows), columns, empty=_no_runs(all_namespaces).replace("No runs", "No waiting runs"))

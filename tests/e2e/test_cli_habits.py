@@ -144,3 +144,159 @@ def test_csv_is_flat_one_column_per_scalar(busy: CLI) -> None:
     } <= set(rows[0])  # fmt: skip
     assert not any(str(v).startswith(("{", "[")) for row in rows for v in row.values())
     assert rows[0]["funding.owned"] == "8"
+
+
+# ---------------------------------------------------------------- naming a run (SPEC §8)
+
+
+@pytest.fixture
+def plain(jt: CLI, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CLI:
+    """No namespace configured anywhere: no $JOBTREE_NAMESPACE, a kubeconfig that does not exist."""
+    monkeypatch.delenv("JOBTREE_NAMESPACE", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
+    return jt
+
+
+def test_the_guides_commands_run_as_written(plain: CLI) -> None:
+    jt = plain
+    assert jt("nodes", "apply", "-f", str(EXAMPLES / "elastic/cluster-5x5.yaml")).code == 0
+    assert jt("budgets", "apply", "-f", str(EXAMPLES / "elastic/budgets.yaml")).code == 0
+    # §2
+    assert jt("submit", "-f", str(EXAMPLES / "resnet-small.yaml")).code == 0
+    watched = jt("watch", "resnet-small")
+    assert watched.code == 0 and "rai-sys/resnet-small: Running, 8/8" in watched.out, watched.err
+    leases = jt("leases", "resnet-small")
+    assert leases.code == 0 and "org:ai:rai:sys/" in leases.out and "owned" in leases.out
+    assert jt("complete", "resnet-small").code == 0
+    # §3: two islands busy, so trainer-128 starts at 96 and is not settled (desired 160)
+    assert jt("submit", "-f", str(EXAMPLES / "elastic/islands-ab.yaml")).code == 0
+    assert jt("submit", "-f", str(EXAMPLES / "trainer-128.yaml")).code == 0
+    unsettled = jt("watch", "trainer-128", "--timeout", "3", "--interval", "0.5")
+    assert unsettled.code == 1 and "did not settle within 3s" in unsettled.err
+    assert "rai-sys/trainer-128: Running, 96/160" in unsettled.out
+    assert jt("complete", "island-a").code == 0
+    grown = jt("get", "runs", "trainer-128", "-o", "json").json()
+    assert grown["width"]["allocated"] == 128
+    shrunk = jt("shrink", "trainer-128", "--by", "32")
+    assert shrunk.code == 0 and "Running, 96/128" in shrunk.out, shrunk.err  # desired 160 - 32
+    # §4, §5
+    planned = jt("plan", "trainer-128")
+    assert planned.code == 0 and "rai-sys/trainer-128" in planned.out
+    assert jt("budgets", "usage").code == 0
+    assert jt("describe", "trainer-128").out == jt("explain", "trainer-128").out
+
+
+def second_resnet(tmp_path: Path, namespace: str) -> Path:
+    text = (EXAMPLES / "resnet-small.yaml").read_text().replace("namespace: rai-sys", f"namespace: {namespace}")
+    path = tmp_path / f"resnet-{namespace}.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_an_ambiguous_name_lists_its_candidates(plain: CLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    jt = plain
+    assert jt("nodes", "apply", "-f", str(EXAMPLES / "cluster.yaml")).code == 0
+    assert jt("budgets", "apply", "-f", str(EXAMPLES / "budget-rai-sys.yaml")).code == 0
+    assert jt("submit", "-f", str(EXAMPLES / "resnet-small.yaml")).code == 0
+    assert jt("submit", "-f", str(second_resnet(tmp_path, "lab"))).code == 0
+    ambiguous = jt("leases", "resnet-small")
+    assert ambiguous.code == 2
+    assert "lab/resnet-small" in ambiguous.err and "rai-sys/resnet-small" in ambiguous.err
+    assert jt("leases", "resnet-small", "-n", "lab").code == 0
+    assert jt("get", "runs", "run/lab/resnet-small", "-o", "json").json()["namespace"] == "lab"
+    missing = jt("watch", "nosuch")
+    assert missing.code == 1 and "not found" in missing.err
+    monkeypatch.setenv("JOBTREE_NAMESPACE", "lab")
+    assert jt("get", "runs", "resnet-small", "-o", "json").json()["namespace"] == "lab"
+    monkeypatch.delenv("JOBTREE_NAMESPACE")
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\ncontexts:\n- name: c\n  context: {namespace: rai-sys}\n"
+    )
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    assert jt("get", "runs", "resnet-small", "-o", "json").json()["namespace"] == "rai-sys"
+    # the configured namespace lacks the run: the one run of that name elsewhere is it
+    assert jt("submit", "-f", str(EXAMPLES / "wide-64.yaml")).code == 0
+    monkeypatch.setenv("JOBTREE_NAMESPACE", "elsewhere")
+    assert jt("get", "runs", "wide-64", "-o", "json").json()["namespace"] == "rai-sys"
+    assert jt("get", "runs", "resnet-small").code == 2  # two candidates, neither in the configured namespace
+
+
+# ---------------------------------------------------------------- kubectl and Slurm habits
+
+
+def test_cancel_several_runs_by_name_label_or_all_in_one_append(fleet: CLI, tmp_path: Path, database_url: str) -> None:
+    from ledger.store import Ledger
+
+    for namespace in ("rai-sys", "lab", "lab2"):
+        assert fleet("submit", "-f", str(second_resnet(tmp_path, namespace))).code == 0
+    both = fleet("cancel", "rai-sys/resnet-small", "lab/resnet-small", "-o", "json")
+    assert both.code == 0 and [r["phase"] for r in both.json()] == ["Cancelled", "Cancelled"]
+    ledger = Ledger.from_url(database_url)
+    try:
+        with ledger.engine.connect() as conn:
+            from sqlalchemy import text
+
+            positions = [
+                int(p) for (p,) in conn.execute(text("SELECT position FROM events WHERE type = 'RunCancelRequested'"))
+            ]
+    finally:
+        ledger.engine.dispose()
+    assert len(positions) == 2 and positions[1] == positions[0] + 1  # one append
+    assert fleet("delete", "--all", "-n", "lab").out.strip() == "No unfinished runs selected."
+    selected = fleet("delete", "-l", "owner=org:ai:rai:sys", "-A", "-o", "name")
+    assert selected.code == 0 and selected.out.split() == ["run/lab2/resnet-small"]
+    refused = fleet("cancel", "lab2/resnet-small")
+    assert refused.code == 2 and "already Cancelled" in refused.err
+    assert fleet("cancel").code == 2
+
+
+def test_queue_lists_every_waiting_run_in_fifo_order_with_its_eta(busy: CLI) -> None:
+    queue = busy("queue", "-A", "-o", "json").json()
+    assert [(r["name"], r["queuePosition"]) for r in queue] == [("trainer-128", 1), ("wide-64", 2)]
+    trainer = queue[0]
+    reservation = trainer["reservation"]
+    assert set(reservation) == {"id", "earliestStart", "confidence", "deficit"}
+    assert trainer["eta"] == reservation["earliestStart"] and reservation["confidence"] == "firm"
+    assert queue[1]["eta"] is None and queue[1]["reservation"] is None
+    table = busy("queue", "-A").out
+    header, shown = cells(table)
+    assert header[:4] == ["POS", "NAMESPACE", "NAME", "PHASE"] and shown[0][0] == "1"
+    assert reservation["earliestStart"] in table and "unknown" in table
+    runs = {r["name"]: r for r in busy("get", "runs", "-A", "-o", "json").json()}
+    assert runs["trainer-128"]["reservation"] == reservation and runs["trainer-128"]["queuePosition"] == 1
+    assert runs["resnet-small"]["queuePosition"] is None and runs["resnet-small"]["eta"] is None
+    described = busy("describe", "trainer-128", "-o", "json").json()["run"]
+    assert described["reservation"] == reservation and described["eta"] == trainer["eta"]
+    assert "position 1, ETA" in busy("describe", "trainer-128").out
+
+
+def test_version_and_global_options_in_every_help(jt: CLI) -> None:
+    version = jt("--version")
+    assert version.code == 0 and version.out.startswith("jobtree ")
+    for args in ((), ("get",), ("budgets", "usage"), ("queue",), ("delete",)):
+        shown = jt(*args, "--help")
+        assert shown.code == 0
+        flat = " ".join(shown.out.split())
+        for option in ("-n, --namespace", "-o, --output", "--now", "--db", "--as", "wide"):
+            assert option in flat, (args, option)
+
+
+def test_hints_name_the_command_as_invoked() -> None:
+    code = (
+        "import sys; sys.argv[0] = 'kubectl-runs'; from cli.main import as_invoked; "
+        "print(as_invoked('error: node zz-9 not found (see `jobtree nodes list`)', 'kubectl runs'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert out.strip() == "error: node zz-9 not found (see `kubectl runs nodes list`)"
+
+
+def test_kubectl_runs_prints_its_own_name_in_hints(jt: CLI, database_url: str) -> None:
+    jt("nodes", "list")  # the ledger exists
+    script = "import sys; sys.argv[0] = '/usr/bin/kubectl-runs'; from cli.main import run; run()"
+    env = os.environ | {"PYTHONPATH": str(ROOT), "JOBTREE_USER": "root-admin"}
+    done = subprocess.run(
+        [sys.executable, "-c", script, "nodes", "fail", "zz-9", "--db", database_url],
+        capture_output=True, text=True, env=env, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 1 and "`kubectl runs nodes list`" in done.stderr, done.stderr

@@ -184,6 +184,12 @@ def list_leases(
         return [lease_row(r) for r in conn.execute(text(sql), params)]
 
 
+def node_gpu_types(engine: Engine) -> set[str]:
+    """Every GPU type some registered node has."""
+    with engine.connect() as conn:
+        return {r.gpu_type for r in conn.execute(text("SELECT DISTINCT gpu_type FROM nodes"))}
+
+
 def list_nodes(engine: Engine) -> list[Row]:
     sql = """
         SELECT n.name, n.gpu_type, n.gpus, n.region, n.cluster, n.fabric_domain, n.cordoned, n.failed,

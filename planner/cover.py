@@ -156,9 +156,23 @@ def _shortfall(
         return text
 
     if len(cands) == 1:
-        return f"not funded: envelope {free(cands[0])}, needs {needs} (no other eligible envelope){tail}"
+        in_all = _in_all(placement, needs)
+        return f"not funded: envelope {free(cands[0])}, needs {in_all} (no other eligible envelope){tail}"
     listed = "; ".join(f"envelope {free(c)}" for c in cands)
     return f"not funded: needs {needs} {gpu_type} GPUs in {where.name}; {listed}{tail}"
+
+
+def _in_all(placement: Sequence[GroupPlacement], here: int) -> str:
+    """What the run needs in total, so the numbers add up: ``120 (3 groups x (32 + 8 spare))``."""
+    total = sum(len(a.slots) for g in placement for a in g.allocs)
+    if total == here:
+        return str(total)
+    shapes = {(g.gpus, sum(len(a.slots) for a in g.allocs if a.role == "Spare")) for g in placement}
+    if len(shapes) != 1:
+        return f"{total} in all"
+    size, spare = shapes.pop()
+    groups = "1 group" if len(placement) == 1 else f"{len(placement)} groups"
+    return f"{total} ({groups} x ({size} + {spare} spare))" if spare else f"{total} ({groups} of {size})"
 
 
 def _borrow_notes(funding: _Funding, cands: list[Candidate]) -> list[str]:

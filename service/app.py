@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -49,6 +49,7 @@ from ledger.model import (
     PolicyManifest,
     PolicySpec,
     RunManifest,
+    RunSpec,
     parse_manifests,
     run_from_spec,
 )
@@ -298,15 +299,13 @@ class JobtreeApp:
     def _run_event(self, manifest: RunManifest, expected: dict[str, int], checks: _RunChecks) -> NewEvent:
         spec = manifest.spec
         key = run_key(manifest.metadata.namespace, manifest.metadata.name)
-        submitters = checks.submitters(spec.owner)
-        if not self._is_admin():
-            if submitters is None:
-                raise Forbidden("spec.owner", f"no Budget exists for owner {spec.owner!r}; ask an admin to apply one")
-            if not self.identity.listed_in(submitters):
-                raise Forbidden(
-                    "spec.owner",
-                    f"{self.identity.user} may not submit runs for {spec.owner} (not in the Budget's submitters)",
-                )
+        checks.refuse_unknown(spec)
+        submitters = checks.submitters(spec.owner) or []
+        if not self._is_admin() and not self.identity.listed_in(submitters):
+            raise Forbidden(
+                "spec.owner",
+                f"{self.identity.user} may not submit runs for {spec.owner} (not in the Budget's submitters)",
+            )
         if key in checks.active or run_stream(key) in expected:
             raise BadInput(
                 "metadata.name", f"a run named {key} is already active in namespace {manifest.metadata.namespace}"
@@ -501,11 +500,15 @@ def _with_queue(rows: list[Row], places: dict[str, Row]) -> list[Row]:
 
 @dataclass(frozen=True, slots=True)
 class _RunChecks:
-    """What validating N run manifests needs from the read models, in O(1) queries."""
+    """What validating N run manifests needs from the read models, in O(1) queries.
+
+    ``budgets`` and ``gpu_types`` include what the same apply registers (its Budget and
+    Cluster documents): a file may bring a team's budget and its first run together."""
 
     active: set[str]
     versions: dict[str, int]
     budgets: dict[str, list[str]]
+    gpu_types: set[str] = field(default_factory=set)
 
     @classmethod
     def load(cls, engine: Engine, manifests: list[Manifest], budgets: list[Row]) -> _RunChecks:
@@ -513,8 +516,43 @@ class _RunChecks:
         if not keys:
             return cls(set(), {}, {})
         submitters = {b["owner"]: list(b["spec"].get("submitters", [])) for b in budgets}
+        types = {e["gpuType"] for b in budgets for e in b["spec"].get("envelopes", [])}
+        types |= queries.node_gpu_types(engine)
+        for m in manifests:
+            if isinstance(m, BudgetManifest):
+                submitters[m.spec.owner] = list(m.spec.submitters)
+                types |= {e.gpu_type for e in m.spec.envelopes}
+            elif isinstance(m, ClusterManifest):
+                types |= {n.gpu_type for n in m.spec.nodes}
         versions = queries.stream_versions(engine, [run_stream(k) for k in keys])
-        return cls(queries.active_runs(engine, keys), versions, submitters)
+        return cls(queries.active_runs(engine, keys), versions, submitters, types)
 
     def submitters(self, owner: str) -> list[str] | None:
         return self.budgets.get(owner)
+
+    def refuse_unknown(self, spec: RunSpec) -> None:
+        """SPEC §10: an owner with no Budget is refused for everyone (a typo never runs); so is a
+        gpuType no node and no envelope has (it could never be placed nor paid for)."""
+        if spec.owner not in self.budgets:
+            raise BadInput(
+                "spec.owner",
+                f"no Budget exists for owner {spec.owner!r}{did_you_mean(spec.owner, self.budgets)}; "
+                "ask an admin to apply one",
+            )
+        gpu_type = spec.resources.gpu_type
+        if gpu_type not in self.gpu_types:
+            raise BadInput(
+                "spec.resources.gpuType",
+                f"no node and no envelope has GPU type {gpu_type!r}{did_you_mean(gpu_type, self.gpu_types)}",
+            )
+
+
+def did_you_mean(word: str, known: Iterable[str]) -> str:
+    """`` (did you mean X?)`` from what is registered, or ``` (known: A, B)``, or nothing."""
+    import difflib
+
+    names = sorted(known)
+    close = difflib.get_close_matches(word, names, n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {close[0]}?)"
+    return f" (known: {', '.join(names[:8])})" if names else ""

@@ -14,6 +14,7 @@ import struct
 import subprocess
 import sys
 import termios
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -300,3 +301,45 @@ def test_kubectl_runs_prints_its_own_name_in_hints(jt: CLI, database_url: str) -
         capture_output=True, text=True, env=env, cwd=ROOT,
     )  # fmt: skip
     assert done.returncode == 1 and "`kubectl runs nodes list`" in done.stderr, done.stderr
+
+
+# ---------------------------------------------------------------- typos are refused, not written
+
+
+def typo(tmp_path: Path, old: str, new: str) -> str:
+    path = tmp_path / "typo.yaml"
+    path.write_text((EXAMPLES / "resnet-small.yaml").read_text().replace(old, new))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("H100-80GB", "H100-80G", "spec.resources.gpuType: no node and no envelope has GPU type 'H100-80G' "
+         "(did you mean H100-80GB?)"),
+        ("org:ai:rai:sys", "org:ai:rai:sy", "spec.owner: no Budget exists for owner 'org:ai:rai:sy' "
+         "(did you mean org:ai:rai:sys?)"),
+        ("totalGPUs: 8", "totalGPU: 8", "spec.resources.totalGPU: unknown field (did you mean totalGPUs?)"),
+    ],
+)  # fmt: skip
+def test_a_typo_is_refused_with_what_was_meant_even_for_an_admin(
+    fleet: CLI, events: Callable[[], int], tmp_path: Path, old: str, new: str, expected: str
+) -> None:
+    before = events()
+    refused = fleet("submit", "-f", typo(tmp_path, old, new))  # root-admin: admins are refused too
+    assert refused.code == 2 and expected in refused.err, refused.err
+    assert events() == before
+
+
+def test_a_file_may_bring_the_budget_and_nodes_with_its_first_run(jt: CLI, tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle.yaml"
+    parts = ("cluster.yaml", "budget-rai-sys.yaml", "resnet-small.yaml")
+    bundle.write_text("\n---\n".join((EXAMPLES / p).read_text() for p in parts))
+    submitted = jt("submit", "-f", str(bundle))
+    assert submitted.code == 0 and "Running" in submitted.out, submitted.err
+
+
+def test_a_waiting_message_adds_up(busy: CLI) -> None:
+    trainer = busy("get", "runs", "trainer-128", "-o", "json").json()
+    # 3 groups x (32 + 8 spare) at its minimum width: the envelope has 56 free of 64
+    assert "has 56 of 64 GPUs free, needs 120 (3 groups x (32 + 8 spare))" in trainer["message"]

@@ -343,3 +343,43 @@ def test_a_waiting_message_adds_up(busy: CLI) -> None:
     trainer = busy("get", "runs", "trainer-128", "-o", "json").json()
     # 3 groups x (32 + 8 spare) at its minimum width: the envelope has 56 free of 64
     assert "has 56 of 64 GPUs free, needs 120 (3 groups x (32 + 8 spare))" in trainer["message"]
+
+
+# ---------------------------------------------------------------- accounting output
+
+
+@pytest.fixture
+def spares(jt: CLI) -> CLI:
+    """Guide §6: trainer-32 with a spare node, sweep-2 filling it unfunded."""
+    for kind, name in (("nodes", "cluster-spares"), ("budgets", "budgets")):
+        assert jt(kind, "apply", "-f", str(EXAMPLES / f"elastic/{name}.yaml")).code == 0
+    for name in ("trainer-32", "opportunistic-2"):
+        assert jt("submit", "-f", str(EXAMPLES / f"elastic/{name}.yaml")).code == 0
+    assert jt("clock", "advance", "+1h").code == 0
+    return jt
+
+
+def test_accounting_names_unfunded_use_and_every_envelope(spares: CLI) -> None:
+    import csv
+    import io
+
+    by_owner = list(csv.DictReader(io.StringIO(spares("audit", "gpu-hours", "--by", "owner", "-o", "csv").out)))
+    assert "(unfunded)" in {r["owner"] for r in by_owner} and all(r["owner"] for r in by_owner)
+    period = spares("budgets", "usage", "--period", "2h", "-o", "json").json()
+    named = [r for r in period if r["envelope"] is not None]
+    budgets = spares("budgets", "list", "-o", "json").json()
+    envelopes = {f"{b['owner']}/{e['name']}" for b in budgets for e in b["spec"]["envelopes"]}
+    assert {r["envelope"] for r in named} == envelopes  # idle envelopes too, by name
+    assert [r["envelope"] for r in period].count(None) == 1 and period[-1]["unfundedGPUHours"] > 0
+    table = spares("budgets", "usage", "--period", "2h").out
+    assert "(unfunded) nobody pays" in table and "(nobody" not in table
+    assert all(re.fullmatch(r"\d+\.\d\d", v) for v in re.findall(r"\b\d+\.\d+\b", table)), table
+
+
+def test_gpu_hours_by_submitter(spares: CLI) -> None:
+    rows = spares("audit", "gpu-hours", "--by", "submitter", "-o", "json").json()
+    assert {r["submitter"] for r in rows} == {"root-admin"}
+    total = spares("audit", "gpu-hours", "--by", "class", "-o", "json").json()
+    assert rows[0]["gpuSeconds"] == sum(r["gpuSeconds"] for r in total)
+    table = spares("audit", "gpu-hours", "--by", "submitter").out
+    assert "SUBMITTER" in table and "root-admin" in table

@@ -148,6 +148,7 @@ def lease_row(row: Any) -> Row:
         "end": iso_utc(row.end_at),
         "reason": row.reason,
         "endReason": row.end_reason,
+        "seed": row.seed,  # the lottery seed a reservation's activation published when it ended this lease (§5.4)
     }
 
 

@@ -383,3 +383,29 @@ def test_gpu_hours_by_submitter(spares: CLI) -> None:
     assert rows[0]["gpuSeconds"] == sum(r["gpuSeconds"] for r in total)
     table = spares("audit", "gpu-hours", "--by", "submitter").out
     assert "SUBMITTER" in table and "root-admin" in table
+
+
+def test_the_map_shows_spares_and_fills_and_no_run_symbol_is_a_letter(spares: CLI) -> None:
+    data = spares("nodes", "list", "--map", "-o", "json").json()
+    legend = data["legend"]
+    assert not any(symbol.isalpha() for symbol in legend)
+    runs = {run: symbol for symbol, run in legend.items()}
+    nodes = [n for d in data["domains"] for n in d["nodes"]]
+    filled = [n for n in nodes if "~" in n["slots"]]
+    assert filled and filled[0]["filledBy"] == [runs["scratch/sweep-2"]]
+    assert filled[0]["sparesOf"] == [runs["rai-sys/trainer-32"]]
+    out = spares("nodes", "list", "--map").out
+    assert f"filled by {runs['scratch/sweep-2']}" in out and "~ spare filled by opportunistic work" in out
+
+
+def test_leases_ended_by_an_activation_carry_its_seed(jt: CLI) -> None:
+    """Guide §4: the activation's cuts publish the lottery seed (SPEC §5.4) on every lease they end."""
+    for kind, name in (("nodes", "cluster-b"), ("budgets", "budgets")):
+        assert jt(kind, "apply", "-f", str(EXAMPLES / f"reservations/{name}.yaml")).code == 0
+    assert jt("submit", "-f", str(EXAMPLES / "reservations/busy.yaml")).code == 0
+    assert jt("submit", "-f", str(EXAMPLES / "reservations/trainer.yaml"), "--now", "+10m").code == 0
+    seed = jt("plan", "trainer", "-o", "json").json()["seed"]
+    assert jt("clock", "advance", "+20m").code == 0
+    cut = [lease for lease in jt("leases", "mm1", "-o", "json").json() if lease["endReason"] in ("Shrink", "DropSpare")]
+    assert cut and all(lease["seed"] == seed and re.fullmatch(r"[0-9a-f]{64}", seed) for lease in cut)
+    assert seed in jt("leases", "mm1", "-o", "wide").out

@@ -409,3 +409,12 @@ def test_leases_ended_by_an_activation_carry_its_seed(jt: CLI) -> None:
     cut = [lease for lease in jt("leases", "mm1", "-o", "json").json() if lease["endReason"] in ("Shrink", "DropSpare")]
     assert cut and all(lease["seed"] == seed and re.fullmatch(r"[0-9a-f]{64}", seed) for lease in cut)
     assert seed in jt("leases", "mm1", "-o", "wide").out
+
+
+def test_explain_paid_by_adds_up_to_its_funding(spares: CLI) -> None:
+    explained = spares("explain", "trainer-32", "-o", "json").json()
+    funding, payers = explained["run"]["funding"], explained["payers"]
+    for payer_class, gpus in funding.items():
+        assert sum(p["gpus"] for p in payers if p["class"] == payer_class) == gpus, (payer_class, payers)
+    spare = sum(p["spareGPUs"] for p in payers)
+    assert spare > 0 and f"(+{spare} spare)" in spares("explain", "trainer-32").out

@@ -418,3 +418,18 @@ def test_explain_paid_by_adds_up_to_its_funding(spares: CLI) -> None:
         assert sum(p["gpus"] for p in payers if p["class"] == payer_class) == gpus, (payer_class, payers)
     spare = sum(p["spareGPUs"] for p in payers)
     assert spare > 0 and f"(+{spare} spare)" in spares("explain", "trainer-32").out
+
+
+def test_get_runs_w_prints_each_run_that_changes(fleet: CLI, database_url: str) -> None:
+    assert fleet("submit", "-f", str(EXAMPLES / "resnet-small.yaml")).code == 0
+    env = os.environ | {"PYTHONPATH": str(ROOT), "JOBTREE_USER": "root-admin", "COLUMNS": "200"}
+    args = ["get", "runs", "-A", "-w", "--timeout", "8", "--db", database_url]
+    with subprocess.Popen([sys.executable, "-m", "cli.main", *args], stdout=subprocess.PIPE, text=True, env=env) as p:
+        assert p.stdout is not None
+        listed = [p.stdout.readline(), p.stdout.readline()]  # the list is out: the follow loop runs
+        assert "Running" in listed[1]
+        assert fleet("cancel", "resnet-small").code == 0
+        out, _ = p.communicate(timeout=30)
+    assert p.returncode == 0
+    changed = out.splitlines()
+    assert len(changed) == 1 and changed[0].startswith("rai-sys ") and "Cancelled" in changed[0]

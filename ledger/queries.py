@@ -72,7 +72,14 @@ def list_runs(
         params["phase"] = phase
     sql += " ORDER BY submitted_at, namespace, name"
     with engine.connect() as conn:
-        return [run_row(r) for r in conn.execute(text(sql), params)]
+        rows = [run_row(r) for r in conn.execute(text(sql), params)]
+    return with_queue(rows, waiting_queue(engine))
+
+
+def with_queue(rows: list[Row], places: dict[str, Row]) -> list[Row]:
+    """Run rows with their place in the queue (``waiting_queue``); nulls for runs not waiting."""
+    idle: Row = {"queuePosition": None, "eta": None, "reservation": None}
+    return [r | places.get(f"{r['namespace']}/{r['name']}", idle) for r in rows]
 
 
 def get_run(engine: Engine, run: str) -> Row | None:
@@ -80,7 +87,7 @@ def get_run(engine: Engine, run: str) -> Row | None:
         row = conn.execute(text(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run = :run"), {"run": run}).first()
     if row is None:
         return None
-    out = run_row(row)
+    out = with_queue([run_row(row)], waiting_queue(engine))[0]
     out["admittedAt"] = iso_utc(row.admitted_at)
     out["finishedAt"] = iso_utc(row.finished_at)
     return out

@@ -344,12 +344,10 @@ class JobtreeApp:
 
     def runs(self, namespace: str | None, owner: str | None = None) -> list[Row]:
         """Runs with their place in the queue: ``queuePosition``, ``eta``, ``reservation`` (None: not waiting)."""
-        engine = self._reader()
-        return _with_queue(queries.list_runs(engine, namespace=namespace, owner=owner), queries.waiting_queue(engine))
+        return queries.list_runs(self._reader(), namespace=namespace, owner=owner)
 
     def run(self, namespace: str, name: str) -> Row:
-        engine = self._reader()
-        return _with_queue([self._find_run(engine, namespace, name)], queries.waiting_queue(engine))[0]
+        return self._find_run(self._reader(), namespace, name)
 
     def queue(self, namespace: str | None) -> list[Row]:
         """Every waiting run in FIFO order (requeued runs in their old place), with ETA and what is short."""
@@ -491,11 +489,6 @@ class JobtreeApp:
 
     def event_count(self) -> int:
         return self.ledger.count()
-
-
-def _with_queue(rows: list[Row], places: dict[str, Row]) -> list[Row]:
-    idle: Row = {"queuePosition": None, "eta": None, "reservation": None}
-    return [r | places.get(run_key(r["namespace"], r["name"]), idle) for r in rows]
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,12 +6,10 @@ from pathlib import Path
 
 from tests.e2e.conftest import CLI, EXAMPLES
 
-#: A run row as the ledger's read model gives it (``sim run`` prints these) ...
-LEDGER_RUN_KEYS = {
+RUN_KEYS = {
     "namespace", "name", "owner", "phase", "gpuType", "width", "funding", "message", "submitter", "submittedAt",
+    "queuePosition", "eta", "reservation",  # its place in the queue (issue 14)
 }  # fmt: skip
-#: ... and as `get runs` prints it: with its place in the queue (issue 14)
-RUN_KEYS = LEDGER_RUN_KEYS | {"queuePosition", "eta", "reservation"}
 STABLE_USAGE_KEYS = (
     "envelope",
     "owner",

@@ -16,7 +16,7 @@ from ledger.databases import drop_database
 from ledger.embedded import libpq_url
 from tests.conftest import PgServer
 from tests.e2e.conftest import CLI, EXAMPLES, Result
-from tests.e2e.test_quickstart import LEASE_KEYS, LEDGER_RUN_KEYS
+from tests.e2e.test_quickstart import LEASE_KEYS, RUN_KEYS
 
 SCENARIOS = sorted((EXAMPLES / "scenarios").glob("*.yaml"))
 TIMELINE_KEYS = {"position", "at", "type", "stream", "data"}
@@ -50,7 +50,7 @@ def test_every_bundled_scenario_runs_twice_with_identical_json(jt: CLI, pg_serve
 
     data = first.json()
     assert set(data) == {"runs", "leases", "reservations", "timeline"}
-    assert all(set(r) == LEDGER_RUN_KEYS for r in data["runs"])
+    assert all(set(r) == RUN_KEYS for r in data["runs"])
     assert all(set(lease) == LEASE_KEYS for lease in data["leases"])
     assert all(set(e) == TIMELINE_KEYS for e in data["timeline"])
     positions = [e["position"] for e in data["timeline"]]

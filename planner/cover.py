@@ -53,6 +53,21 @@ def payers(view: PlanView, spec: RunSpec, location: dict[str, str], now: datetim
     return search_order(view.state.budgets, funding_book(view, now).limits.family, spec, location, now)
 
 
+def funding_gap(view: PlanView, spec: RunSpec, gpus: int, now: datetime, run: str | None = None) -> str | None:
+    """When packing already fails: is funding short too? Room over every eligible envelope of the
+    run's GPU type (no placement; loans it may recall count as room), against ``gpus``. It errs
+    towards silence: room is counted generously, so a gap it names is real."""
+    book = funding_book(view, now)
+    found = {c.key: c for d in view.domains_of(spec.resources.gpu_type) for c in book.limits.candidates(spec, d)}
+    room = 0
+    for cand in found.values():
+        recall = book.recallable(cand.key) if cand.payer_class == "owned" else 0
+        room += max(0, book.limits.room(cand, spec, run) + recall)
+    if room >= gpus:
+        return None
+    return f"not funded either: the eligible envelopes have {room} GPUs free, it needs at least {gpus}"
+
+
 class _Funding:
     """Room per candidate during one cover call (view + this call's tentative claims)."""
 

@@ -140,10 +140,11 @@ def test_csv_is_flat_one_column_per_scalar(busy: CLI) -> None:
     import io
 
     rows = list(csv.DictReader(io.StringIO(busy("get", "runs", "-A", "-o", "csv").out)))
-    assert {"width.min", "width.allocated", "funding.owned", "reservation"} <= set(rows[0]) or {
-        "width.min", "funding.owned"
-    } <= set(rows[0])  # fmt: skip
+    flat = {"width.min", "width.allocated", "funding.owned", "queuePosition", "reservation.earliestStart"}
+    assert flat <= set(rows[0])
     assert not any(str(v).startswith(("{", "[")) for row in rows for v in row.values())
+    trainer = next(r for r in rows if r["name"] == "trainer-128")
+    assert trainer["reservation.confidence"] == "firm" and trainer["queuePosition"] == "1"
     assert rows[0]["funding.owned"] == "8"
 
 

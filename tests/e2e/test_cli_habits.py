@@ -434,3 +434,10 @@ def test_get_runs_w_prints_each_run_that_changes(fleet: CLI, database_url: str) 
     assert p.returncode == 0
     changed = out.splitlines()
     assert len(changed) == 1 and changed[0].startswith("rai-sys ") and "Cancelled" in changed[0]
+
+
+def test_one_time_format_everywhere(busy: CLI) -> None:
+    shown = busy("explain", "trainer-128").out + busy("leases", "resnet-small", "-o", "wide").out
+    shown += busy("queue", "-A").out
+    assert re.findall(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", shown)  # RFC 3339, UTC
+    assert not re.search(r"\d{4}-\d\d-\d\d \d\d:", shown)  # never the space-separated form

@@ -83,6 +83,9 @@ def run_status(engine: Engine, row: Obj, generation: int) -> Obj:
         "funding": dict(row["funding"]),
         "eta": reservation["earliestStart"] if reservation else None,
         "reservation": reservation,
+        "submitter": row.get("submitter") or "",
+        "submittedAt": row.get("submittedAt"),
+        "queuePosition": row.get("queuePosition"),
         "conflictWarnings": _warnings(engine, run),
         "conditions": [_condition("Accepted", True, "Submitted", "recorded in the ledger", generation)],
     }

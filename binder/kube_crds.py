@@ -112,6 +112,9 @@ RUN_STATUS: Obj = {
         },
         "eta": {"type": "string", "format": "date-time", "nullable": True},
         "reservation": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+        "submitter": {"type": "string", "description": "who submitted the run (as the ledger recorded it)"},
+        "submittedAt": {"type": "string", "format": "date-time", "nullable": True},
+        "queuePosition": {"type": "integer", "nullable": True, "description": "place in the FIFO while waiting"},
         "conflictWarnings": {
             "type": "array",
             "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},

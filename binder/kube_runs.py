@@ -132,4 +132,20 @@ def run_row(obj: Obj) -> Obj:
         "width": dict(status.get("width") or width),
         "funding": funding,
         "message": str(status.get("message") if status else WAITING),
+        "submitter": str(status.get("submitter") or ""),
+        "submittedAt": status.get("submittedAt"),
+        **_queue_place(status),
     }
+
+
+def _queue_place(status: Obj) -> Obj:
+    """``queuePosition``, ``eta`` and ``reservation {id, earliestStart, confidence, deficit}`` while
+    the run waits (the ledger mode's keys); None when it does not."""
+    position = status.get("queuePosition")
+    full = status.get("reservation") if position is not None else None
+    reservation = None
+    if isinstance(full, dict) and full.get("state", "Open") == "Open":
+        reservation = {k: full.get(k) for k in ("id", "earliestStart", "confidence")}
+        reservation["deficit"] = dict(full.get("deficit") or {})
+    eta = reservation["earliestStart"] if reservation else None
+    return {"queuePosition": position, "eta": eta, "reservation": reservation}

@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # imported when a command opens the ledger, not to print --he
     from ledger.store import Ledger
     from service.app import JobtreeApp
 
-FORMATS = ("table", "json", "yaml", "csv")  # cli.render renders them
+FORMATS = ("table", "wide", "name", "json", "yaml", "csv")  # cli.render renders them
 
 _VALUED = {
     "--db": "db",
@@ -45,7 +45,35 @@ class Globals:
 
     @property
     def ns(self) -> str:
-        return self.namespace or os.environ.get("JOBTREE_NAMESPACE") or "default"
+        """The namespace of lists and new runs: -n, else the configured one, else ``default``."""
+        return self.namespace or self.configured_ns or "default"
+
+    @property
+    def configured_ns(self) -> str | None:
+        """``$JOBTREE_NAMESPACE``, else the namespace the current kubeconfig context sets, else None."""
+        return os.environ.get("JOBTREE_NAMESPACE") or kubeconfig_namespace(self.kubeconfig, self.kube_context)
+
+
+def kubeconfig_namespace(path: str | None, chosen: str | None) -> str | None:
+    """The namespace the kubeconfig's current (or ``--context``) context sets explicitly, if any.
+
+    Read with YAML, not the Kubernetes client: naming a run must stay light."""
+    import yaml
+
+    files = (path or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")).split(os.pathsep)
+    try:
+        with open(files[0], encoding="utf-8") as handle:
+            config = yaml.safe_load(handle.read(1 << 20))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    name = chosen or config.get("current-context")
+    for entry in config.get("contexts") or []:
+        if isinstance(entry, dict) and entry.get("name") == name:
+            namespace = (entry.get("context") or {}).get("namespace")
+            return str(namespace) if namespace else None
+    return None
 
 
 GLOBALS = Globals()

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 from service.errors import BadInput, Forbidden, NotFound, PlannerUnavailable, ServiceError
 
-__all__ = ["BadInput", "CommandError", "Forbidden", "NotFound", "PlannerUnavailable", "exit_code"]
+__all__ = ["BadInput", "CommandError", "Forbidden", "NotFound", "NotSettled", "PlannerUnavailable", "exit_code"]
 
 
 class CommandError(ServiceError):
     """A failure of the CLI itself (exit 1 unless a subclass says otherwise)."""
 
     exit_code = 1
+
+
+class NotSettled(CommandError):
+    """`watch --timeout`: the run was still moving when the time was up (exit 1)."""
 
 
 def exit_code(exc: ServiceError) -> int:

@@ -17,7 +17,7 @@ import importlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
@@ -47,15 +47,23 @@ COMMANDS: dict[str, Entry] = {
         "Submit Run manifests (Budget, Cluster and Policy documents are applied too, admins only).",
     ),
     "get": _cmd("runs", "get", "List runs (`get runs`)."),
+    "queue": _cmd(
+        "runs", "queue",
+        "Every waiting run in FIFO order: position, phase, ETA, confidence and what is short (`squeue --start`).",
+    ),
     "watch": _cmd(
         "runs", "watch",
         "Follow a run until it settles (Running at its desired width, or finished) or Ctrl-C.",
     ),
     "explain": _cmd("runs", "explain", "Why the run is where it is: width, funding split, leases and its history."),
+    "describe": _cmd("runs", "explain", "Why the run is where it is (the same as `explain`, for kubectl hands)."),
     "leases": _cmd("runs", "leases", "Who paid for each lease of a run (or of every run of an owner)."),
     "shrink": _cmd("runs", "shrink", "Lower a malleable run's desired width and end its highest groups now."),
-    "cancel": _cmd("runs", "cancel", "Cancel a run: every lease ends (Cancelled)."),
-    "complete": _cmd("runs", "complete", "Mark a run's workload finished: every lease ends (Completed)."),
+    "cancel": _cmd("runs", "cancel", "Cancel runs: every lease ends (Cancelled)."),
+    "delete": _cmd(
+        "runs", "cancel", "Cancel runs (the same as `cancel`, for kubectl hands): every lease ends (Cancelled).",
+    ),
+    "complete": _cmd("runs", "cancel", "Mark runs' workloads finished: every lease ends (Completed)."),
     "plan": _cmd(
         "plan", "plan",
         "The run's reservation: earliestStart, deficit, conflict set, remedies and kill odds.",
@@ -84,15 +92,27 @@ COMMANDS: dict[str, Entry] = {
 }  # fmt: skip
 
 
+#: Commands that are another command under a new name: their help is the table's.
+ALIASES = ("down", "describe", "delete", "complete")
+
+
 def load(name: str) -> Any:
     """The click command for ``name`` (importing its module now)."""
     entry = COMMANDS[name]
     target = getattr(importlib.import_module(entry.module), entry.attr)
     if entry.group:
-        return typer.main.get_command(target)
+        return _with_globals(typer.main.get_command(target))
     single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    single.command(name, help=entry.help if name == "down" else None)(target)
-    return typer.main.get_command(single)
+    single.command(name, help=entry.help if name in ALIASES else None)(target)
+    return _with_globals(typer.main.get_command(single))
+
+
+def _with_globals(command: Any) -> Any:
+    """Every command's --help ends with the global options (and so does every subcommand's)."""
+    command.epilog = GLOBAL_HELP
+    for sub in getattr(command, "commands", {}).values():
+        _with_globals(sub)
+    return command
 
 
 class LazyGroup(TyperGroup):
@@ -114,6 +134,15 @@ class LazyGroup(TyperGroup):
             formatter.write_dl(rows)
 
 
+#: Shown in `jobtree --help` and in every command's help (``_with_globals``).
+GLOBAL_HELP = (
+    "Global options, anywhere on the line: -n, --namespace NAMESPACE; "
+    "-o, --output table|wide|name|json|yaml|csv; --db URL (default: the embedded ledger); --as USER (admins, "
+    "and the intake); --now TIME|+DURATION (on a write: moves the ledger's clock; on a read: a what-if that writes "
+    "nothing); --kubeconfig FILE, --context NAME (talk to a cluster); --db-timeout SECONDS. "
+    "A bare RUN name resolves in -n, else $JOBTREE_NAMESPACE or the kubeconfig context's namespace, else to the "
+    "one run of that name in any namespace."
+)
 
 app = typer.Typer(
     name="jobtree",
@@ -123,15 +152,32 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
-    epilog=(
-        "Global options, anywhere on the line: -n NAMESPACE, -o table|json|yaml|csv, --db URL, --as USER, "
-        "--now TIME|+DURATION (on a write: moves the ledger's clock; on a read: a what-if that writes nothing)."
-    ),
+    epilog=GLOBAL_HELP,
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        print(f"jobtree {version()}")
+        raise typer.Exit()
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("jobtree")
+    except PackageNotFoundError:
+        return "0.1.0 (not installed)"
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    _show_version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
     """Jobtree: GPU runs, budgets, leases and reservations on a shared fleet."""
 
 
@@ -157,7 +203,7 @@ def run(argv: list[str] | None = None) -> None:
     except ServiceError as exc:
         from cli.render import errors
 
-        errors.print(f"error: {exc}", markup=False)
+        errors.print(as_invoked(f"error: {exc}", prog), markup=False)
         sys.exit(exit_code(exc))
     except Exception as exc:
         _database_error(exc)
@@ -167,8 +213,13 @@ def run(argv: list[str] | None = None) -> None:
             from cli.render import errors
 
             for notice in notices:
-                errors.print(f"note: {notice}", markup=False)
+                errors.print(as_invoked(f"note: {notice}", prog), markup=False)
         context.close()
+
+
+def as_invoked(message: str, prog: str) -> str:
+    """Hints name the command as the user typed it: `kubectl runs nodes list` when run as kubectl-runs."""
+    return message.replace("`jobtree ", f"`{prog} ")
 
 
 def _database_error(exc: Exception) -> None:

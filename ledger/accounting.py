@@ -20,7 +20,7 @@ from ledger.queries import iso_utc
 
 Row = dict[str, Any]
 
-GROUPINGS = ("envelope", "owner", "class", "run")
+GROUPINGS = ("envelope", "owner", "submitter", "class", "run")
 
 _SUM_KEYS = {
     "gpu_seconds": "gpuSeconds",
@@ -36,6 +36,7 @@ _SUM_KEYS = {
 _GROUP_KEYS = {
     "envelope": {"envelope": "envelope", "owner": "owner"},
     "owner": {"owner": "owner"},
+    "submitter": {"submitter": "submitter"},
     "class": {"payer_class": "class"},
     "run": {"run": "run", "run_owner": "owner"},
 }
@@ -127,11 +128,37 @@ def _convert(row: Any, keys: dict[str, str]) -> Row:
     return out
 
 
+#: GPU-hours by the user who submitted each run (its submission before the lease started),
+#: summed as the ``gpu_hours_by_*`` functions of migration 0002 sum (unfunded: metered).
+_BY_SUBMITTER = """
+    SELECT s.submitter,
+           sum(g.gpu_seconds) AS gpu_seconds, sum(g.charged_gpu_seconds) AS charged_gpu_seconds,
+           round(sum(g.gpu_seconds) / 3600, 6) AS gpu_hours,
+           round(sum(g.charged_gpu_seconds) / 3600, 6) AS charged_gpu_hours,
+           round(COALESCE(sum(g.charged_gpu_seconds) FILTER (WHERE g.payer_class = 'owned'), 0) / 3600, 6)
+               AS owned_gpu_hours,
+           round(COALESCE(sum(g.charged_gpu_seconds) FILTER (WHERE g.payer_class = 'shared'), 0) / 3600, 6)
+               AS shared_gpu_hours,
+           round(COALESCE(sum(g.charged_gpu_seconds) FILTER (WHERE g.payer_class = 'borrowed'), 0) / 3600, 6)
+               AS borrowed_gpu_hours,
+           round(COALESCE(sum(g.gpu_seconds) FILTER (WHERE g.payer_class = 'unfunded'), 0) / 3600, 6)
+               AS unfunded_gpu_hours,
+           round(COALESCE(sum(g.gpu_seconds) FILTER (WHERE g.role = 'Spare'), 0) / 3600, 6) AS spare_gpu_hours
+    FROM gpu_hours(:f, :t, :n) g
+    LEFT JOIN LATERAL (
+        SELECT e.data->>'submitter' AS submitter FROM events e
+         WHERE e.stream = 'run:' || g.run AND e.type = 'RunSubmitted' AND e.occurred_at <= g.start_at
+         ORDER BY e.position DESC LIMIT 1
+    ) s ON true
+    GROUP BY s.submitter ORDER BY s.submitter
+"""
+
+
 def gpu_hours(engine: Engine, by: str, period: Period, now: datetime | None = None) -> list[Row]:
     """GPU-hours grouped ``by`` envelope | owner (the payer) | class | run, inside ``period``."""
     if by not in GROUPINGS:
         raise ValueError(f"--by must be one of {', '.join(GROUPINGS)} (got {by!r})")
-    sql = f"SELECT * FROM gpu_hours_by_{by}(:f, :t, :n)"
+    sql = _BY_SUBMITTER if by == "submitter" else f"SELECT * FROM gpu_hours_by_{by}(:f, :t, :n)"
     with engine.connect() as conn:
         rows = conn.execute(text(sql), _params(period, now)).all()
     return [_convert(r, _GROUP_KEYS[by]) for r in rows]
@@ -174,8 +201,8 @@ def envelope_period_usage(engine: Engine, period: Period, now: datetime, owner: 
     borrowed (charged, spares at the spare rate), plus one ``envelope: null`` row with the
     unfunded hours metered for nobody (only the owner's runs when ``owner`` is given)."""
     sql = """
-        SELECT COALESCE(e.owner || '/' || e.name, g.envelope) AS envelope,
-               COALESCE(e.owner, g.owner) AS owner, e.gpu_type, e.concurrency, e.max_gpu_hours,
+        SELECT COALESCE(e.owner || '/' || e.name, g.envelope) AS envelope_name,
+               COALESCE(e.owner, g.owner) AS envelope_owner, e.gpu_type, e.concurrency, e.max_gpu_hours,
                g.*
         FROM envelopes e
         FULL JOIN gpu_hours_by_envelope(:f, :t, :n) g ON g.envelope = e.owner || '/' || e.name
@@ -192,9 +219,10 @@ def envelope_period_usage(engine: Engine, period: Period, now: datetime, owner: 
         ).scalar_one()
     out: list[Row] = []
     for r in rows:
-        if owner is not None and r.owner != owner:
+        if owner is not None and r.envelope_owner != owner:  # (g.envelope and g.owner are NULL without leases)
             continue
-        row = {"envelope": r.envelope, "owner": r.owner, "gpuType": r.gpu_type, "concurrency": r.concurrency}
+        row = {"envelope": r.envelope_name, "owner": r.envelope_owner}
+        row |= {"gpuType": r.gpu_type, "concurrency": r.concurrency}
         row["maxGPUHours"] = r.max_gpu_hours
         row.update({new: number(r._mapping[old]) for old, new in _SUM_KEYS.items()})
         out.append(row | period.as_row())

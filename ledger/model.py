@@ -486,9 +486,43 @@ def validate_document(doc: Any, source: str = "") -> Manifest:
     try:
         return model.model_validate(doc)  # type: ignore[return-value]
     except ValidationError as exc:
-        first = exc.errors()[0]
+        # a missing field last: a misspelt `totalGPU` (unknown) is the cause of the missing `totalGPUs`
+        errors = sorted(exc.errors(), key=lambda e: e["type"] == "missing")
+        first = errors[0]
         loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        raise ManifestError(_field_path(loc), _rule(first), source) from None
+        rule = _rule(first)
+        if first["type"] == "extra_forbidden":
+            rule += _nearest_field(model, loc)
+        raise ManifestError(_field_path(loc), rule, source) from None
+
+
+def _nearest_field(model: type[BaseModel], loc: tuple[int | str, ...]) -> str:
+    """`` (did you mean totalGPUs?)`` for an unknown field at ``loc``, from the fields known there."""
+    import difflib
+    import typing
+
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        fields = {f.alias or name: f for name, f in current.model_fields.items()} if _is_model(current) else {}
+        if part not in fields:
+            return ""
+        current = fields[part].annotation
+        for _ in range(3):  # unwrap Optional[...] and list[...] down to the model
+            if _is_model(current):
+                break
+            args = [a for a in typing.get_args(current) if a is not type(None)]
+            current = next((a for a in args if _is_model(a) or typing.get_args(a)), args[0] if args else None)
+    if not _is_model(current):
+        return ""
+    known = [f.alias or name for name, f in current.model_fields.items()]
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else f" (known fields: {', '.join(known)})"
+
+
+def _is_model(value: Any) -> bool:
+    return isinstance(value, type) and issubclass(value, BaseModel)
 
 
 def load_documents(text: str, source: str = "") -> list[Any]:

@@ -44,6 +44,8 @@ def run_row(row: Any) -> Row:
             "unfunded": row.unfunded,
         },
         "message": row.message or "",
+        "submitter": row.submitter,
+        "submittedAt": iso_utc(row.submitted_at),
     }
 
 
@@ -70,7 +72,14 @@ def list_runs(
         params["phase"] = phase
     sql += " ORDER BY submitted_at, namespace, name"
     with engine.connect() as conn:
-        return [run_row(r) for r in conn.execute(text(sql), params)]
+        rows = [run_row(r) for r in conn.execute(text(sql), params)]
+    return with_queue(rows, waiting_queue(engine))
+
+
+def with_queue(rows: list[Row], places: dict[str, Row]) -> list[Row]:
+    """Run rows with their place in the queue (``waiting_queue``); nulls for runs not waiting."""
+    idle: Row = {"queuePosition": None, "eta": None, "reservation": None}
+    return [r | places.get(f"{r['namespace']}/{r['name']}", idle) for r in rows]
 
 
 def get_run(engine: Engine, run: str) -> Row | None:
@@ -78,9 +87,7 @@ def get_run(engine: Engine, run: str) -> Row | None:
         row = conn.execute(text(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run = :run"), {"run": run}).first()
     if row is None:
         return None
-    out = run_row(row)
-    out["submitter"] = row.submitter
-    out["submittedAt"] = iso_utc(row.submitted_at)
+    out = with_queue([run_row(row)], waiting_queue(engine))[0]
     out["admittedAt"] = iso_utc(row.admitted_at)
     out["finishedAt"] = iso_utc(row.finished_at)
     return out
@@ -93,6 +100,13 @@ def runs_by_key(engine: Engine, runs: list[str]) -> dict[str, Row]:
     sql = f"SELECT {_RUN_COLUMNS} FROM runs WHERE run = ANY(:runs)"
     with engine.connect() as conn:
         return {r.run: run_row(r) for r in conn.execute(text(sql), {"runs": list(runs)})}
+
+
+def namespaces_of(engine: Engine, name: str) -> list[str]:
+    """Every namespace holding a run called ``name`` (SPEC §8: a bare name's candidates)."""
+    with engine.connect() as conn:
+        sql = "SELECT namespace FROM runs WHERE name = :name ORDER BY namespace"
+        return [r.namespace for r in conn.execute(text(sql), {"name": name})]
 
 
 def active_runs(engine: Engine, runs: list[str]) -> set[str]:
@@ -141,6 +155,7 @@ def lease_row(row: Any) -> Row:
         "end": iso_utc(row.end_at),
         "reason": row.reason,
         "endReason": row.end_reason,
+        "seed": row.seed,  # the lottery seed a reservation's activation published when it ended this lease (§5.4)
     }
 
 
@@ -175,6 +190,12 @@ def list_leases(
     sql += " ORDER BY start_at, lease_id"
     with engine.connect() as conn:
         return [lease_row(r) for r in conn.execute(text(sql), params)]
+
+
+def node_gpu_types(engine: Engine) -> set[str]:
+    """Every GPU type some registered node has."""
+    with engine.connect() as conn:
+        return {r.gpu_type for r in conn.execute(text("SELECT DISTINCT gpu_type FROM nodes"))}
 
 
 def list_nodes(engine: Engine) -> list[Row]:
@@ -299,6 +320,41 @@ def latest_submission_position(engine: Engine, run: str) -> int:
 
 # ---------------------------------------------------------------- reservations and the event log
 
+WAITING_PHASES = ("Pending", "Reserved")
+
+_QUEUE = """
+    SELECT r.run, x.id, x.earliest_start, x.data
+    FROM runs r
+    LEFT JOIN LATERAL (SELECT id, earliest_start, data FROM reservations
+                       WHERE run = r.run AND state = 'Open' ORDER BY earliest_start DESC LIMIT 1) x ON true
+    WHERE r.phase IN ('Pending', 'Reserved')
+    ORDER BY (SELECT max(position) FROM events e WHERE e.stream = 'run:' || r.run AND e.type = 'RunSubmitted'),
+             r.run
+"""
+
+
+def waiting_queue(engine: Engine) -> dict[str, Row]:
+    """Every waiting run (Pending or Reserved, requeued ones included) in FIFO order (its latest
+    submission's position, the planner's order): run key -> ``{queuePosition, eta, reservation}``,
+    ``reservation`` being ``{id, earliestStart, confidence, deficit}`` of its open reservation or None."""
+    with engine.connect() as conn:
+        rows = conn.execute(text(_QUEUE)).all()
+    out: dict[str, Row] = {}
+    for index, r in enumerate(rows, start=1):
+        data = dict(r.data or {})
+        reservation = None
+        if r.id is not None:
+            reservation = {
+                "id": r.id,
+                "earliestStart": iso_utc(r.earliest_start),
+                "confidence": data.get("confidence"),
+                "deficit": dict(data.get("deficit") or {}),
+            }
+        eta = reservation["earliestStart"] if reservation else None
+        out[r.run] = {"queuePosition": index, "eta": eta, "reservation": reservation}
+    return out
+
+
 #: The reservation keys kept in the ``reservations.data`` jsonb column, with their defaults.
 #: The columns ``id``, ``run``, ``state`` and ``earliest_start`` hold the rest; any further
 #: keys in ``data`` (e.g. placement, payers) are passed through after these.
@@ -413,9 +469,7 @@ def funding_usage(engine: Engine, now: datetime, spare_rate: float = 0.5) -> lis
         hours = {r.envelope: r for r in conn.execute(text(_CHARGED_HOURS), params)}
         extra = {
             (r.owner, r.name): r
-            for r in conn.execute(
-                text("SELECT owner, name, window_start, window_end, sharing, lending FROM envelopes")
-            )
+            for r in conn.execute(text("SELECT owner, name, window_start, window_end, sharing, lending FROM envelopes"))
         }
     for row in rows:
         key = (row["owner"], row["envelope"].rsplit("/", 1)[1])
@@ -437,6 +491,10 @@ def funding_usage(engine: Engine, now: datetime, spare_rate: float = 0.5) -> lis
             "borrowedFrom": _others(relations, row, "borrowed", lender=False),
             "sharedFrom": _others(relations, row, "shared", lender=False),
         }
+        # ``lent``: this envelope's GPUs held by other owners' runs; ``borrowed``: what the owner's runs
+        # borrow from other envelopes (each row states its own side of a loan, SPEC §9)
+        row["lent"] = row["borrowed"]
+        row["borrowed"] = sum(r["gpus"] for r in row["borrowedFrom"])
     return rows
 
 

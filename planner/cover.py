@@ -53,6 +53,21 @@ def payers(view: PlanView, spec: RunSpec, location: dict[str, str], now: datetim
     return search_order(view.state.budgets, funding_book(view, now).limits.family, spec, location, now)
 
 
+def funding_gap(view: PlanView, spec: RunSpec, gpus: int, now: datetime, run: str | None = None) -> str | None:
+    """When packing already fails: is funding short too? Room over every eligible envelope of the
+    run's GPU type (no placement; loans it may recall count as room), against ``gpus``. It errs
+    towards silence: room is counted generously, so a gap it names is real."""
+    book = funding_book(view, now)
+    found = {c.key: c for d in view.domains_of(spec.resources.gpu_type) for c in book.limits.candidates(spec, d)}
+    room = 0
+    for cand in found.values():
+        recall = book.recallable(cand.key) if cand.payer_class == "owned" else 0
+        room += max(0, book.limits.room(cand, spec, run) + recall)
+    if room >= gpus:
+        return None
+    return f"not funded either: the eligible envelopes have {room} GPUs free, it needs at least {gpus}"
+
+
 class _Funding:
     """Room per candidate during one cover call (view + this call's tentative claims)."""
 
@@ -156,9 +171,23 @@ def _shortfall(
         return text
 
     if len(cands) == 1:
-        return f"not funded: envelope {free(cands[0])}, needs {needs} (no other eligible envelope){tail}"
+        in_all = _in_all(placement, needs)
+        return f"not funded: envelope {free(cands[0])}, needs {in_all} (no other eligible envelope){tail}"
     listed = "; ".join(f"envelope {free(c)}" for c in cands)
     return f"not funded: needs {needs} {gpu_type} GPUs in {where.name}; {listed}{tail}"
+
+
+def _in_all(placement: Sequence[GroupPlacement], here: int) -> str:
+    """What the run needs in total, so the numbers add up: ``120 (3 groups x (32 + 8 spare))``."""
+    total = sum(len(a.slots) for g in placement for a in g.allocs)
+    if total == here:
+        return str(total)
+    shapes = {(g.gpus, sum(len(a.slots) for a in g.allocs if a.role == "Spare")) for g in placement}
+    if len(shapes) != 1:
+        return f"{total} in all"
+    size, spare = shapes.pop()
+    groups = "1 group" if len(placement) == 1 else f"{len(placement)} groups"
+    return f"{total} ({groups} x ({size} + {spare} spare))" if spare else f"{total} ({groups} of {size})"
 
 
 def _borrow_notes(funding: _Funding, cands: list[Candidate]) -> list[str]:

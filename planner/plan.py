@@ -37,7 +37,7 @@ from ledger.events import (
     RunRequeued,
     plan_stream,
 )
-from planner.cover import LeasePlan, cover
+from planner.cover import LeasePlan, cover, funding_gap
 from planner.elastic import apply_shrinks, grow
 from planner.failures import handle_failures
 from planner.fit import never_fits
@@ -128,7 +128,8 @@ def attempt(view: PlanView, run: RunState, now: datetime, unfunded_ok: bool = Fa
     if filled is not None:
         return Admission(*filled)
     failure, packed = "", False
-    for width in admission_widths(spec, run.desired):
+    widths = admission_widths(spec, run.desired)
+    for width in widths:
         placement = pack(view, spec.resources.gpu_type, lower(spec, width), spec.spares)
         if isinstance(placement, PackFailure):
             failure = placement.message
@@ -140,7 +141,8 @@ def attempt(view: PlanView, run: RunState, now: datetime, unfunded_ok: bool = Fa
             continue
         return Admission(width, funded.leases, funded.recalls)
     if not packed:
-        return never_fits(view, spec) or failure
+        gap = None if spec.funding.opportunistic or unfunded_ok else funding_gap(view, spec, widths[-1], now, run.key)
+        return never_fits(view, spec) or (f"{failure}; {gap}" if gap else failure)  # every constraint short
     return failure
 
 

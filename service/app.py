@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -49,6 +49,7 @@ from ledger.model import (
     PolicyManifest,
     PolicySpec,
     RunManifest,
+    RunSpec,
     parse_manifests,
     run_from_spec,
 )
@@ -319,15 +320,13 @@ class JobtreeApp:
     def _run_event(self, manifest: RunManifest, expected: dict[str, int], checks: _RunChecks) -> NewEvent:
         spec = manifest.spec
         key = run_key(manifest.metadata.namespace, manifest.metadata.name)
-        submitters = checks.submitters(spec.owner)
-        if not self._is_admin():
-            if submitters is None:
-                raise Forbidden("spec.owner", f"no Budget exists for owner {spec.owner!r}; ask an admin to apply one")
-            if not self.identity.listed_in(submitters):
-                raise Forbidden(
-                    "spec.owner",
-                    f"{self.identity.user} may not submit runs for {spec.owner} (not in the Budget's submitters)",
-                )
+        checks.refuse_unknown(spec)
+        submitters = checks.submitters(spec.owner) or []
+        if not self._is_admin() and not self.identity.listed_in(submitters):
+            raise Forbidden(
+                "spec.owner",
+                f"{self.identity.user} may not submit runs for {spec.owner} (not in the Budget's submitters)",
+            )
         if key in checks.active or run_stream(key) in expected:
             raise BadInput(
                 "metadata.name", f"a run named {key} is already active in namespace {manifest.metadata.namespace}"
@@ -370,10 +369,40 @@ class JobtreeApp:
     # ------------------------------------------------------------ runs
 
     def runs(self, namespace: str | None, owner: str | None = None) -> list[Row]:
+        """Runs with their place in the queue: ``queuePosition``, ``eta``, ``reservation`` (None: not waiting)."""
         return queries.list_runs(self._reader(), namespace=namespace, owner=owner)
 
     def run(self, namespace: str, name: str) -> Row:
         return self._find_run(self._reader(), namespace, name)
+
+    def queue(self, namespace: str | None) -> list[Row]:
+        """Every waiting run in FIFO order (requeued runs in their old place), with ETA and what is short."""
+        engine = self._reader()
+        places = queries.waiting_queue(engine)
+        rows = queries.runs_by_key(engine, list(places))
+        out = [rows[k] | {"run": k} | places[k] for k in places if k in rows]
+        return [r for r in out if namespace is None or r["namespace"] == namespace]
+
+    def resolve(self, ref: str, namespace: str | None, explicit: bool) -> tuple[str, str]:
+        """SPEC §8: ``NAMESPACE/NAME``; ``NAME`` in an explicit ``-n``; else in ``namespace`` (the
+        environment's or kubeconfig's) when it is there; else the one run of that name anywhere.
+        An ambiguous name lists its candidates (exit 2)."""
+        ref = ref.removeprefix("runs/").removeprefix("run/")
+        if "/" in ref:
+            ns, _, name = ref.partition("/")
+            return ns, name
+        if explicit and namespace is not None:
+            return namespace, ref
+        engine = self._reader()
+        found = queries.namespaces_of(engine, ref)
+        if namespace is not None and (namespace in found or not found):
+            return namespace, ref
+        if len(found) == 1:
+            return found[0], ref
+        if not found:
+            raise NotFound(f"run {ref} not found in any namespace (see `get runs -A`)")
+        candidates = ", ".join(f"{ns}/{ref}" for ns in found)
+        raise BadInput("RUN", f"{ref!r} names runs in several namespaces: {candidates}; name one as NAMESPACE/NAME")
 
     def runs_named(self, keys: list[str]) -> dict[str, Row]:
         """Several runs in one query (``submit``'s output rows)."""
@@ -404,21 +433,42 @@ class JobtreeApp:
     def reservations(self, run: str | None = None, state: str | None = None) -> list[Row]:
         return queries.list_reservations(self._reader(), run=run, state=state)
 
-    def _act_on_run(self, namespace: str, name: str, what: str, event: Event) -> Row:
+    def _may_act(self, namespace: str, name: str, what: str) -> Row:
         found = self._find_run(self.engine, namespace, name)
         if found["phase"] in queries.FINISHED_PHASES:
             raise BadInput("RUN", f"run {namespace}/{name} is already {found['phase']}")
         allowed = {found["submitter"]} | set(queries.budget_submitters(self.engine, found["owner"]) or [])
         if not (self.identity.listed_in(sorted(allowed)) or self._is_admin()):
             raise Forbidden("RUN", f"{self.identity.user} may not {what} {namespace}/{name}")
+        return found
+
+    def _act_on_run(self, namespace: str, name: str, what: str, event: Event) -> Row:
+        self._may_act(namespace, name, what)
         self._append([NewEvent(run_stream(run_key(namespace, name)), event)])
         return self._find_run(self.engine, namespace, name)
 
     def cancel(self, namespace: str, name: str) -> Row:
-        return self._act_on_run(namespace, name, "cancel", RunCancelRequested(run_key(namespace, name)))
+        return self.end_runs("cancel", [(namespace, name)])[0]
 
     def complete(self, namespace: str, name: str) -> Row:
-        return self._act_on_run(namespace, name, "complete", RunCompleted(run_key(namespace, name)))
+        return self.end_runs("complete", [(namespace, name)])[0]
+
+    def end_runs(self, what: str, targets: Sequence[tuple[str, str]]) -> list[Row]:
+        """Cancel or complete every run named, in one append: all are checked first, all or nothing."""
+        kind = {"cancel": RunCancelRequested, "complete": RunCompleted}[what]
+        unique = list(dict.fromkeys(targets))
+        for namespace, name in unique:
+            self._may_act(namespace, name, what)
+        events = [NewEvent(run_stream(run_key(ns, n)), kind(run_key(ns, n))) for ns, n in unique]
+        if events:
+            self._append(events)
+        found = queries.runs_by_key(self.engine, [run_key(ns, n) for ns, n in unique])
+        return [found[run_key(ns, n)] for ns, n in unique]
+
+    def active_runs(self, namespace: str | None, owner: str | None) -> list[tuple[str, str]]:
+        """The unfinished runs in ``namespace`` (None: every namespace), of ``owner`` if given (``--all``, ``-l``)."""
+        rows = queries.list_runs(self.engine, namespace=namespace, owner=owner)
+        return [(r["namespace"], r["name"]) for r in rows if r["phase"] not in queries.FINISHED_PHASES]
 
     def shrink(self, namespace: str, name: str, by: int) -> Row:
         """Give ``by`` GPUs back now (SPEC §7); refused, naming why, when it would free nothing."""
@@ -474,11 +524,15 @@ def _budget_changed(current: Row | None, applied: BudgetApplied) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class _RunChecks:
-    """What validating N run manifests needs from the read models, in O(1) queries."""
+    """What validating N run manifests needs from the read models, in O(1) queries.
+
+    ``budgets`` and ``gpu_types`` include what the same apply registers (its Budget and
+    Cluster documents): a file may bring a team's budget and its first run together."""
 
     active: set[str]
     versions: dict[str, int]
     budgets: dict[str, list[str]]
+    gpu_types: set[str] = field(default_factory=set)
 
     @classmethod
     def load(cls, engine: Engine, manifests: list[Manifest], budgets: list[Row]) -> _RunChecks:
@@ -486,8 +540,43 @@ class _RunChecks:
         if not keys:
             return cls(set(), {}, {})
         submitters = {b["owner"]: list(b["spec"].get("submitters", [])) for b in budgets}
+        types = {e["gpuType"] for b in budgets for e in b["spec"].get("envelopes", [])}
+        types |= queries.node_gpu_types(engine)
+        for m in manifests:
+            if isinstance(m, BudgetManifest):
+                submitters[m.spec.owner] = list(m.spec.submitters)
+                types |= {e.gpu_type for e in m.spec.envelopes}
+            elif isinstance(m, ClusterManifest):
+                types |= {n.gpu_type for n in m.spec.nodes}
         versions = queries.stream_versions(engine, [run_stream(k) for k in keys])
-        return cls(queries.active_runs(engine, keys), versions, submitters)
+        return cls(queries.active_runs(engine, keys), versions, submitters, types)
 
     def submitters(self, owner: str) -> list[str] | None:
         return self.budgets.get(owner)
+
+    def refuse_unknown(self, spec: RunSpec) -> None:
+        """SPEC §10: an owner with no Budget is refused for everyone (a typo never runs); so is a
+        gpuType no node and no envelope has (it could never be placed nor paid for)."""
+        if spec.owner not in self.budgets:
+            raise BadInput(
+                "spec.owner",
+                f"no Budget exists for owner {spec.owner!r}{did_you_mean(spec.owner, self.budgets)}; "
+                "ask an admin to apply one",
+            )
+        gpu_type = spec.resources.gpu_type
+        if gpu_type not in self.gpu_types:
+            raise BadInput(
+                "spec.resources.gpuType",
+                f"no node and no envelope has GPU type {gpu_type!r}{did_you_mean(gpu_type, self.gpu_types)}",
+            )
+
+
+def did_you_mean(word: str, known: Iterable[str]) -> str:
+    """`` (did you mean X?)`` from what is registered, or ``` (known: A, B)``, or nothing."""
+    import difflib
+
+    names = sorted(known)
+    close = difflib.get_close_matches(word, names, n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {close[0]}?)"
+    return f" (known: {', '.join(names[:8])})" if names else ""

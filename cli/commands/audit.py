@@ -11,7 +11,7 @@ from cli import context
 from cli.commands.runs import RunArg, split_run
 from cli.context import open_app, open_ledger
 from cli.errors import BadInput, CommandError, NotFound
-from cli.render import Column, console, emit_data, key_values, table
+from cli.render import Col, Column, console, emit_data, hours, key_values, table
 from ledger import accounting, audit
 from ledger.events import run_key
 from planner.replay import replay
@@ -24,18 +24,22 @@ class AuditFailed(CommandError):
     """The audit found a violation or a difference (exit 1, after printing the report)."""
 
 
+#: What a table or CSV names unfunded use by (JSON keeps null: nobody pays).
+UNFUNDED = "(unfunded)"
+
 _SUM_COLUMNS: list[Column] = [
-    ("GPU-HOURS", lambda r: r["gpuHours"]),
-    ("CHARGED", lambda r: r["chargedGPUHours"]),
-    ("OWNED", lambda r: r["ownedGPUHours"]),
-    ("SHARED", lambda r: r["sharedGPUHours"]),
-    ("BORROWED", lambda r: r["borrowedGPUHours"]),
-    ("UNFUNDED", lambda r: r["unfundedGPUHours"]),
-    ("SPARE", lambda r: r["spareGPUHours"]),
+    Col("GPU-HOURS", lambda r: hours(r["gpuHours"])),
+    Col("CHARGED", lambda r: hours(r["chargedGPUHours"])),
+    Col("OWNED", lambda r: hours(r["ownedGPUHours"]), priority=1),
+    Col("SHARED", lambda r: hours(r["sharedGPUHours"]), priority=2),
+    Col("BORROWED", lambda r: hours(r["borrowedGPUHours"]), priority=1),
+    Col("UNFUNDED", lambda r: hours(r["unfundedGPUHours"]), priority=1),
+    Col("SPARE", lambda r: hours(r["spareGPUHours"]), priority=3),
 ]
 _GROUP_COLUMNS: dict[str, list[Column]] = {
     "envelope": [("ENVELOPE", lambda r: r["envelope"]), ("PAYER", lambda r: r["owner"])],
-    "owner": [("PAYER", lambda r: r["owner"] or "nobody")],
+    "owner": [("PAYER", lambda r: r["owner"] or UNFUNDED)],
+    "submitter": [("SUBMITTER", lambda r: r["submitter"])],
     "class": [("CLASS", lambda r: r["class"])],
     "run": [("RUN", lambda r: r["run"]), ("OWNER", lambda r: r["owner"])],
 }
@@ -43,7 +47,9 @@ _GROUP_COLUMNS: dict[str, list[Column]] = {
 
 @app.command("gpu-hours")
 def gpu_hours(
-    by: Annotated[str, typer.Option("--by", help="envelope | owner (the payer) | class | run")] = "envelope",
+    by: Annotated[
+        str, typer.Option("--by", help="envelope | owner (the payer) | submitter (who submitted the run) | class | run")
+    ] = "envelope",
     start: Annotated[str | None, typer.Option("--from", help="Period start, RFC 3339 (inclusive)")] = None,
     end: Annotated[str | None, typer.Option("--to", help="Period end, RFC 3339 (exclusive)")] = None,
 ) -> None:
@@ -58,6 +64,8 @@ def gpu_hours(
     service = open_app()
     service.sync()
     rows = [r | period.as_row() for r in accounting.gpu_hours(service.engine, by, period, service.now)]
+    if context.GLOBALS.output == "csv":  # a flat file names unfunded use instead of leaving a blank
+        rows = [r | {k: UNFUNDED for k in ("owner", "envelope") if k in r and r[k] is None} for r in rows]
     if not emit_data(rows, context.GLOBALS.output):
         table(rows, [*_GROUP_COLUMNS[by], *_SUM_COLUMNS], empty="No leases in the period.")
 
@@ -197,16 +205,16 @@ def history(run: RunArg) -> None:
 
 
 _PERIOD_COLUMNS: list[Column] = [
-    ("ENVELOPE", lambda r: r["envelope"] or "(nobody: unfunded)"),
-    ("GPU", lambda r: r["gpuType"]),
-    ("CAP", lambda r: r["concurrency"]),
-    ("MAX GPU-H", lambda r: r["maxGPUHours"]),
-    ("OWNED", lambda r: r["ownedGPUHours"]),
-    ("SHARED", lambda r: r["sharedGPUHours"]),
-    ("BORROWED", lambda r: r["borrowedGPUHours"]),
-    ("UNFUNDED", lambda r: r["unfundedGPUHours"]),
-    ("SPARE", lambda r: r["spareGPUHours"]),
-    ("CHARGED", lambda r: r["chargedGPUHours"]),
+    Col("ENVELOPE", lambda r: r["envelope"] or f"{UNFUNDED} nobody pays"),
+    Col("GPU", lambda r: r["gpuType"], priority=4),
+    Col("CAP", lambda r: r["concurrency"], priority=3),
+    Col("MAX GPU-H", lambda r: hours(r["maxGPUHours"]), priority=2),
+    Col("OWNED", lambda r: hours(r["ownedGPUHours"])),
+    Col("SHARED", lambda r: hours(r["sharedGPUHours"]), priority=1),
+    Col("BORROWED", lambda r: hours(r["borrowedGPUHours"]), priority=1),
+    Col("UNFUNDED", lambda r: hours(r["unfundedGPUHours"])),
+    Col("SPARE", lambda r: hours(r["spareGPUHours"]), priority=2),
+    Col("CHARGED", lambda r: hours(r["chargedGPUHours"])),
 ]
 
 
@@ -220,6 +228,8 @@ def budget_period_usage(owner: str | None, period: str) -> None:
     except ValueError as exc:
         raise BadInput("--period", str(exc)) from None
     rows = accounting.envelope_period_usage(service.engine, parsed, service.now, owner)
+    if context.GLOBALS.output == "csv":
+        rows = [r | {"envelope": r["envelope"] or UNFUNDED} for r in rows]
     if not emit_data(rows, context.GLOBALS.output):
         span = f"{parsed.as_row()['from'] or 'the beginning'} .. {parsed.as_row()['to'] or 'now'}"
         table(rows, _PERIOD_COLUMNS, title=f"GPU-hours {span}")

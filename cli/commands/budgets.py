@@ -10,12 +10,12 @@ from cli import context
 from cli.commands import audit
 from cli.commands.runs import FileOption, read_manifests
 from cli.context import open_app
-from cli.render import Column, Row, console, emit_data, table
+from cli.render import Col, Column, Row, console, emit_data, hours, table
 
 
 def _hours(row: Row) -> str:
-    used = f"{row['gpuHoursUsed']:g}"
-    return f"{used}/{row['maxGPUHours']:g}" if row.get("maxGPUHours") is not None else used
+    used = hours(row["gpuHoursUsed"])
+    return f"{used}/{hours(row['maxGPUHours'])}" if row.get("maxGPUHours") is not None else used
 
 
 def _relations(row: Row) -> str:
@@ -29,16 +29,17 @@ def _relations(row: Row) -> str:
 
 
 FUNDING_USAGE_COLUMNS: list[Column] = [
-    ("ENVELOPE", lambda r: r["envelope"]),
-    ("GPU", lambda r: r["gpuType"]),
-    ("CAP", lambda r: r["concurrency"]),
-    ("OWNED", lambda r: r["owned"]),
-    ("SHARED", lambda r: r["shared"]),
-    ("BORROWED", lambda r: r["borrowed"]),
-    ("UNFUNDED", lambda r: r["unfunded"]),
-    ("HEADROOM", lambda r: r["headroom"]),
-    ("GPU-HOURS", _hours),
-    ("LENDING / BORROWING", _relations),
+    Col("ENVELOPE", lambda r: r["envelope"]),
+    Col("GPU", lambda r: r["gpuType"], priority=4),
+    Col("CAP", lambda r: r["concurrency"]),
+    Col("OWNED", lambda r: r["owned"]),
+    Col("SHARED", lambda r: r["shared"], priority=2),
+    Col("LENT", lambda r: r["lent"], priority=1),
+    Col("BORROWED", lambda r: r["borrowed"], priority=1),
+    Col("UNFUNDED", lambda r: r["unfunded"], priority=2),
+    Col("HEADROOM", lambda r: r["headroom"]),
+    Col("GPU-HOURS", _hours, priority=3),
+    Col("LENDING / BORROWING", _relations, wide=True),
 ]
 
 app = typer.Typer(help="Team budgets: envelopes of GPU concurrency and GPU-hours.", no_args_is_help=True)

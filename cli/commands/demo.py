@@ -23,6 +23,7 @@ from rich.rule import Rule
 
 from cli import context
 from cli.background import planner_running
+from cli.errors import NotSettled
 from cli.render import console
 from ledger.databases import drop_database, fresh_database
 from ledger.embedded import migrate, resolve_database_url
@@ -57,10 +58,16 @@ class Demo:
         context.GLOBALS = context.split_globals(args)
         try:
             typer.main.get_command(app).main(args=context.GLOBALS.rest, prog_name="jobtree", standalone_mode=False)
+        except NotSettled as exc:  # `watch --timeout`: a malleable run below its maximum keeps growing
+            console.print(f"(still changing: {exc})", markup=False)
         except ServiceError as exc:
             console.print(f"error: {exc}", markup=False)
         finally:
             context.close()
+
+    def why(self, text_value: str) -> None:
+        """One line on why the next step happens (or what it shows)."""
+        console.print(f"[dim]# {text_value}[/dim]")
 
     def promise(self, text_value: str, holds: bool) -> None:
         mark = "[green]✓[/green]" if holds else "[red]✗[/red]"
@@ -86,11 +93,13 @@ def chapter_quick_start(demo: Demo) -> None:
     console.print(Rule("Guide §2 — Quick start (8-GPU experiment)"))
     demo.show(f"nodes apply -f {ex('cluster.yaml')}")
     demo.show(f"budgets apply -f {ex('budget-rai-sys.yaml')}")
+    demo.why("8 GPUs fit one NVLink island and the team's envelope has 64 free: it starts at once")
     demo.show(f"submit -f {ex('resnet-small.yaml')}")
-    demo.show("watch resnet-small -n rai-sys --timeout 5")
-    demo.show("leases resnet-small -n rai-sys")
+    demo.why("no -n: the manifest's namespace is rai-sys, and resnet-small is the only run of that name")
+    demo.show("watch resnet-small --timeout 5")
+    demo.show("leases resnet-small")
     run = demo.runs("rai-sys").get("rai-sys/resnet-small", {})
-    leases = demo.data("leases resnet-small -n rai-sys")
+    leases = demo.data("leases resnet-small")
     nodes = {n["name"]: n for n in demo.data("nodes list")}
     domains = {
         (nodes[lease["node"]]["labels"]["cluster"], nodes[lease["node"]]["labels"]["fabricDomain"]) for lease in leases
@@ -106,9 +115,12 @@ def chapter_quick_start(demo: Demo) -> None:
     demo.promise("no reservation: nothing waits", run.get("message", "") == "")
 
     console.print(Rule("When a run does not fit now"))
+    demo.why("64 GPUs in one group need one 64-GPU island; the largest has 48, so it can never start as asked")
     demo.show(f"submit -f {ex('wide-64.yaml')}")
+    demo.why("64 more GPUs exceed the envelope's 64 while resnet-small holds 8: it waits for funding")
     demo.show(f"submit -f {ex('over-budget.yaml')}")
-    demo.show("get runs -n rai-sys")
+    demo.show("get runs -n rai-sys -o wide")
+    demo.show("queue -A")
     runs = demo.runs("rai-sys")
     usage = demo.data("budgets usage --owner org:ai:rai:sys")
     demo.promise(
@@ -123,7 +135,8 @@ def chapter_quick_start(demo: Demo) -> None:
         "nothing is over-allocated: the envelope holds 8 of 64",
         usage[0]["owned"] == 8 and usage[0]["headroom"] == 56,
     )
-    demo.show("complete resnet-small -n rai-sys")
+    demo.why("finishing resnet-small returns its 8 GPUs to the envelope, so the waiting run is funded")
+    demo.show("complete resnet-small")
     demo.show("get runs -n rai-sys")
     runs = demo.runs("rai-sys")
     demo.promise(
@@ -137,20 +150,23 @@ def chapter_scaling_up(demo: Demo) -> None:
     demo.show(f"nodes apply -f {ex('elastic/cluster-5x5.yaml')}")
     demo.show(f"budgets apply -f {ex('elastic/budgets.yaml')}")
     demo.show(f"submit -f {ex('elastic/islands-ab.yaml')}")
+    demo.why("two islands are busy: 3 groups of 32 (+1 spare node each) fit now, so it starts at its minimum 96")
     demo.show(f"submit -f {ex('trainer-128.yaml')}")
-    demo.show("watch trainer-128 -n rai-sys --timeout 0")
+    demo.show("watch trainer-128 --timeout 0")
     started = demo.runs()["rai-sys/trainer-128"]["width"]["allocated"]
     demo.promise("with two islands busy, trainer-128 starts at 96 (its minimum)", started == 96)
-    spares = [lease for lease in demo.data("leases trainer-128 -n rai-sys") if lease["role"] == "Spare"]
+    spares = [lease for lease in demo.data("leases trainer-128") if lease["role"] == "Spare"]
     demo.promise("each of its 3 groups holds one spare node", len(spares) == 3)
+    demo.why("when an island frees, a malleable run grows one step (32 GPUs) at a time")
     demo.show("complete vision/island-a --now +30m")
     grown = demo.runs()["rai-sys/trainer-128"]["width"]["allocated"]
     demo.promise("when an island frees, it grows by one step to 128 (Grow)", grown == 128)
     demo.show("complete vision/island-b --now +30m")
-    demo.show("watch trainer-128 -n rai-sys --timeout 0")
+    demo.show("watch trainer-128 --timeout 0")
     full = demo.runs()["rai-sys/trainer-128"]["width"]["allocated"]
     demo.promise("and then to its desired 160", full == 160)
-    demo.show("shrink trainer-128 --by 32 -n rai-sys")
+    demo.why("a voluntary shrink gives a group back now, for someone else to use")
+    demo.show("shrink trainer-128 --by 32")
     after = demo.runs()["rai-sys/trainer-128"]["width"]
     demo.promise(
         "a voluntary shrink ends the highest group at once: 128 of desired 128",
@@ -163,9 +179,10 @@ def chapter_reservations(demo: Demo) -> None:
     demo.show(f"nodes apply -f {ex('reservations/cluster-b.yaml')}")
     demo.show(f"budgets apply -f {ex('reservations/budgets.yaml')}")
     demo.show(f"submit -f {ex('reservations/busy.yaml')}")
+    demo.why("the cluster is full: the trainer gets a reservation 15 minutes out (the notice running runs get)")
     demo.show(f"submit -f {ex('reservations/trainer.yaml')} --now +10m")
-    demo.show("plan trainer -n rai-sys")
-    reservation = demo.data("plan trainer -n rai-sys")
+    demo.show("plan trainer")
+    reservation = demo.data("plan trainer")
     actions = [r["action"] for r in reservation["remedies"]]
     demo.promise(
         "the trainer gets a reservation: deficit 32 GPUs in c1/B, drop spares then shrink, no lottery",
@@ -180,6 +197,7 @@ def chapter_reservations(demo: Demo) -> None:
     demo.show("get runs -A")
     warned = demo.runs()["mm/mm1"]["message"]
     demo.promise("mm1 is warned in advance, with its shrink amount", "conflict set" in warned and "16" in warned)
+    demo.why("at earliestStart the listed remedies free the deficit: drop spares, then shrink")
     demo.show("clock advance +20m")
     demo.show("get runs -A")
     runs = demo.runs()
@@ -188,8 +206,8 @@ def chapter_reservations(demo: Demo) -> None:
         "exactly the listed cuts happened: mm1 shrank to 16, research-demo kept running",
         runs["mm/mm1"]["width"]["allocated"] == 16 and runs["rai-demo/research-demo"]["phase"] == "Running",
     )
-    demo.show("leases mm1 -n mm")
-    cut = [lease for lease in demo.data("leases mm1 -n mm") if lease["endReason"] in ("Shrink", "DropSpare")]
+    demo.show("leases mm1")
+    cut = [lease for lease in demo.data("leases mm1") if lease["endReason"] in ("Shrink", "DropSpare")]
     demo.promise("every lease the activation ended says why (DropSpare, Shrink)", len(cut) >= 2)
 
 
@@ -197,6 +215,7 @@ def chapter_borrowing(demo: Demo) -> None:
     console.print(Rule("Guide §5 — Borrowing GPUs to finish early"))
     demo.show(f"nodes apply -f {ex('cluster.yaml')}")
     demo.show(f"budgets apply -f {ex('funding/budgets-borrow.yaml')}")
+    demo.why("the team's envelope covers 96 of 128; vision lends the rest, as the run's sponsors allow")
     demo.show(f"submit -f {ex('funding/trainer-borrow.yaml')}")
     demo.show("budgets usage")
     run = demo.runs()["rai-sys/trainer-borrow"]
@@ -205,8 +224,9 @@ def chapter_borrowing(demo: Demo) -> None:
         run["phase"] == "Running" and run["funding"]["owned"] == 96 and run["funding"]["borrowed"] == 32,
     )
     lender = {u["envelope"]: u for u in demo.data("budgets usage")}.get("org:ai:mm:vision/west-h100", {})
-    demo.promise("the lender's envelope shows the 32 GPUs it lent", lender.get("borrowed") == 32)
-    demo.show("cancel trainer-borrow -n rai-sys")
+    demo.promise("the lender's envelope shows the 32 GPUs it lent", lender.get("lent") == 32)
+    demo.show("cancel trainer-borrow")
+    demo.why("maxBorrowGPUs 8 caps the loan below the 32 it needs: it waits, and says so")
     demo.show(f"submit -f {ex('funding/trainer-borrow-8.yaml')}")
     capped = demo.runs()["rai-sys/trainer-borrow-8"]
     demo.promise(
@@ -220,16 +240,18 @@ def chapter_spares(demo: Demo) -> None:
     demo.show(f"nodes apply -f {ex('elastic/cluster-spares.yaml')}")
     demo.show(f"budgets apply -f {ex('elastic/budgets.yaml')}")
     demo.show(f"submit -f {ex('elastic/trainer-32.yaml')}")
+    demo.why("the spare node's GPUs are idle until a failure: short unfunded work may fill them")
     demo.show(f"submit -f {ex('elastic/opportunistic-2.yaml')}")
     demo.show("leases --owner org:ai:scratch")
     fill = [lease for lease in demo.data("leases --owner org:ai:scratch") if lease["end"] is None]
     demo.promise("sweep-2 runs unfunded on the spare node's GPUs (Fill)", [f["role"] for f in fill] == ["Fill"])
-    leases = demo.data("leases trainer-32 -n rai-sys")
+    leases = demo.data("leases trainer-32")
     victim = next(lease for lease in leases if lease["role"] == "Active" and lease["end"] is None)
     spare = next(lease for lease in leases if lease["role"] == "Spare" and lease["end"] is None)
+    demo.why("a node fails: its ranks move onto the group's spare, and the fill there gives way")
     demo.show(f"nodes fail {victim['node']} --now +1h")
-    demo.show("leases trainer-32 -n rai-sys")
-    after = demo.data("leases trainer-32 -n rai-sys")
+    demo.show("leases trainer-32")
+    after = demo.data("leases trainer-32")
     swapped = [lease for lease in after if lease["reason"] == "Swap" and lease["end"] is None]
     demo.promise(
         f"the failed node's ranks resume on the spare {spare['node']}: same group, same payer",

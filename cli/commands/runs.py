@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -11,14 +13,19 @@ import typer
 
 from cli import context, kubeswitch
 from cli.context import open_app
-from cli.errors import BadInput
+from cli.errors import BadInput, NotSettled
 from cli.render import (
     LEASE_COLUMNS,
     RUN_COLUMNS,
+    Col,
+    Column,
     Row,
+    age,
     console,
     emit_data,
+    format_table,
     key_values,
+    output_width,
     run_settled,
     run_summary,
     short_time,
@@ -30,14 +37,34 @@ from ledger.errors import ManifestError
 from ledger.model import Manifest, parse_manifests
 
 FileOption = Annotated[Path, typer.Option("-f", "--filename", help="Manifest file (YAML or JSON; '-' for stdin)")]
-RunArg = Annotated[str, typer.Argument(help="Run name, or NAMESPACE/NAME", metavar="RUN")]
+RunArg = Annotated[
+    str, typer.Argument(help="Run: NAMESPACE/NAME, or NAME (-n, the configured namespace, else the one run so named)",
+                        metavar="RUN"),
+]  # fmt: skip
+RunsArg = Annotated[list[str] | None, typer.Argument(help="Runs: NAMESPACE/NAME or NAME", metavar="RUN")]
+SelectorOption = Annotated[str | None, typer.Option("-l", "--selector", help="owner=OWNER")]
+AllNamespaces = Annotated[bool, typer.Option("-A", "--all-namespaces", help="Every namespace")]
 
 
 def split_run(ref: str) -> tuple[str, str]:
+    """(namespace, name) of a RUN argument, resolved as SPEC §8 says (``cli.context``, ``JobtreeApp.resolve``)."""
+    ref = ref.removeprefix("runs/").removeprefix("run/")
     if "/" in ref:
         namespace, _, name = ref.partition("/")
         return namespace, name
-    return context.GLOBALS.ns, ref
+    g = context.GLOBALS
+    if g.namespace is not None:
+        return g.namespace, ref
+    return open_app().resolve(ref, g.configured_ns, explicit=False)
+
+
+def owner_selector(selector: str | None) -> str | None:
+    if not selector:
+        return None
+    key, _, value = selector.partition("=")
+    if key != "owner" or not value:
+        raise BadInput("-l", "the only selector is owner=OWNER")
+    return value
 
 
 def read_manifest_text(path: Path) -> tuple[str, str]:
@@ -98,49 +125,110 @@ def _run_state(found: Row | None) -> Row:
 
 def get(
     what: Annotated[str, typer.Argument(help="What to list: runs")],
-    all_namespaces: Annotated[bool, typer.Option("-A", "--all-namespaces")] = False,
-    selector: Annotated[str | None, typer.Option("-l", "--selector", help="owner=OWNER")] = None,
+    names: RunsArg = None,
+    all_namespaces: AllNamespaces = False,
+    selector: SelectorOption = None,
+    follow: Annotated[bool, typer.Option("-w", "--watch", help="After the list, print each run that changes")] = False,
+    timeout: Annotated[float | None, typer.Option(help="With -w: stop after this many seconds")] = None,
 ) -> None:
     """List runs (`get runs`)."""
     if what not in ("runs", "run"):
         raise BadInput("WHAT", f"can list 'runs' (got {what!r})")
-    owner = None
-    if selector:
-        key, _, value = selector.partition("=")
-        if key != "owner" or not value:
-            raise BadInput("-l", "the only selector is owner=OWNER")
-        owner = value
+    owner = owner_selector(selector)
     if kubeswitch.active():
         from cli import kubemode
 
         kubemode.get(all_namespaces, owner)
         return
-    rows = open_app().runs(None if all_namespaces else context.GLOBALS.ns, owner)
-    if not emit_data(rows, context.GLOBALS.output):
-        table(rows, RUN_COLUMNS, empty="No runs.")
+    listed = _lister(list(names or []), all_namespaces, owner)
+    rows = listed()
+    columns = run_columns(all_namespaces or bool(names and any("/" in n for n in names)))
+    data = rows[0] if names and len(names) == 1 else rows  # kubectl: one name, one object
+    if not emit_data(data, context.GLOBALS.output, kind="run"):
+        table(_aged(rows), columns, empty=_no_runs(all_namespaces))
+    if follow:
+        _follow(listed, columns, timeout)
 
 
-def _watch(namespace: str, name: str, timeout: float | None, interval: float = 2.0) -> None:
+def _lister(names: list[str], all_namespaces: bool, owner: str | None) -> Callable[[], list[Row]]:
+    """What `get runs` lists, as a function: -w calls it again on each refresh (one app, one engine)."""
+    app = open_app()
+    if names:
+        refs = [split_run(n) for n in names]
+        return lambda: [app.run(ns, name) for ns, name in refs]
+    namespace = None if all_namespaces else context.GLOBALS.ns
+    return lambda: app.runs(namespace, owner)
+
+
+def _no_runs(all_namespaces: bool) -> str:
+    if all_namespaces:
+        return "No runs."
+    return f"No runs in namespace {context.GLOBALS.ns} (every namespace: `get runs -A`)."
+
+
+def run_columns(with_namespace: bool) -> list[Column]:
+    return [c for c in RUN_COLUMNS if with_namespace or not (isinstance(c, Col) and c.header == "NAMESPACE")]
+
+
+def _aged(rows: list[Row]) -> list[Row]:
+    """Rows with their AGE (from submission to the ledger's now), for tables only."""
+    now = open_app().now
+    return [r | {"age": age(r.get("submittedAt"), now)} for r in rows]
+
+
+def _follow(listed: Callable[[], list[Row]], columns: list[Column], timeout: float | None) -> None:
+    """kubectl get -w: one line (or one document) per run whose row changed, until Ctrl-C or --timeout."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    seen = {row_key(r): _fingerprint(r) for r in listed()}
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(2.0)
+            rows = listed()
+            changed = [r for r in rows if seen.get(row_key(r)) != _fingerprint(r)]
+            seen |= {row_key(r): _fingerprint(r) for r in changed}
+            if changed and not emit_data(changed, context.GLOBALS.output, kind="run"):
+                for line in format_table(_aged(changed), columns, output_width(), context.GLOBALS.output == "wide")[1:]:
+                    print(line, flush=True)
+    except KeyboardInterrupt:
+        return
+
+
+def row_key(row: Row) -> str:
+    return f"{row['namespace']}/{row['name']}"
+
+
+def _fingerprint(row: Row) -> str:
+    return run_summary(row)
+
+
+def _watch(namespace: str, name: str, timeout: float | None, interval: float = 2.0) -> bool:
+    """Print each change of the run until it settles (True) or ``timeout`` passes (False).
+
+    One application (one engine, one connection pool) for every refresh."""
     deadline = None if timeout is None else time.monotonic() + timeout
     last = ""
+    app = open_app()
     while True:
-        app = open_app()
         run = app.run(namespace, name)
         line = run_summary(run)
         if line != last:
-            if context.GLOBALS.output == "table":
-                console.print(line)
+            if context.GLOBALS.output in ("table", "wide"):
+                console.print(line, markup=False)
             else:
-                emit_data(run, context.GLOBALS.output)
+                emit_data(run, context.GLOBALS.output, kind="run")
             last = line
-        if run_settled(run) or (deadline is not None and time.monotonic() >= deadline):
-            return
-        time.sleep(interval)
+        if run_settled(run):
+            return True
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        time.sleep(interval if deadline is None else max(0.0, min(interval, deadline - time.monotonic())))
 
 
 def watch(
     run: RunArg,
-    timeout: Annotated[float | None, typer.Option(help="Stop after this many seconds")] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds; exit 1 if the run has not settled by then")
+    ] = None,
     interval: Annotated[float, typer.Option(help="Seconds between refreshes")] = 2.0,
 ) -> None:
     """Follow a run until it settles (Running at its desired width, or finished) or Ctrl-C."""
@@ -150,13 +238,19 @@ def watch(
 
             kubemode.watch(run, timeout, interval)
             return
-        _watch(*split_run(run), timeout=timeout, interval=interval)
+        namespace, name = split_run(run)
+        if not _watch(namespace, name, timeout=timeout, interval=interval):
+            raise NotSettled(f"run {namespace}/{name} did not settle within {timeout:g}s")
     except KeyboardInterrupt:
         return
 
 
 def explain(run: RunArg) -> None:
     """Why the run is where it is: width, funding split, leases and its history."""
+    _explain(run)
+
+
+def _explain(run: str) -> None:
     if kubeswitch.active():
         from cli import kubemode
 
@@ -175,7 +269,7 @@ def explain(run: RunArg) -> None:
     if emit_data(data, context.GLOBALS.output):
         return
     width, funding = found["width"], found["funding"]
-    payers = [f"{p['envelope'] or 'nobody'} {p['class']} {p['gpus']}" for p in split]
+    payers = [_payer(p) for p in split]
     lenders = [f"{p['payerOwner']} ({p['envelope']}, {p['gpus']} GPUs)" for p in split if p["class"] == "borrowed"]
     key_values(
         [
@@ -188,6 +282,7 @@ def explain(run: RunArg) -> None:
                 f"{width['allocated']} allocated / {width['desired']} desired (min {width['min']}, max {width['max']})",
             ),
             ("Funding", ", ".join(f"{k} {v}" for k, v in funding.items())),
+            ("Queue", _queue_line(found)),
             ("Paid by", ", ".join(payers) or "-"),
             ("Lenders", ", ".join(lenders) or "-"),
             ("Message", found["message"] or "-"),
@@ -207,17 +302,27 @@ def explain(run: RunArg) -> None:
 
 
 def funding_split(leases: list[Row]) -> list[Row]:
-    """GPUs held now (Active and Spare) per payer envelope and class: who pays for the run."""
-    split: dict[tuple[str | None, str | None, str], int] = {}
+    """GPUs held now per payer envelope and class, counted as ``Funding`` counts them: ``gpus`` are the
+    workload's (Active; a Fill lease is unfunded), ``spareGPUs`` the hot spares the same payer holds."""
+    split: dict[tuple[str | None, str | None, str], list[int]] = {}
     for lease in leases:
-        if lease["end"] is None and lease["role"] != "Fill":
-            key = (lease["envelope"], lease["payerOwner"], lease["class"])
-            split[key] = split.get(key, 0) + lease["gpus"]
+        if lease["end"] is not None:
+            continue
+        payer_class = "unfunded" if lease["role"] == "Fill" else lease["class"]
+        envelope = None if lease["role"] == "Fill" else lease["envelope"]
+        owner = None if lease["role"] == "Fill" else lease["payerOwner"]
+        counts = split.setdefault((envelope, owner, payer_class), [0, 0])
+        counts[1 if lease["role"] == "Spare" else 0] += lease["gpus"]
     order = {"owned": 0, "shared": 1, "borrowed": 2, "unfunded": 3}
     return [
-        {"envelope": e, "payerOwner": o, "class": c, "gpus": g}
-        for (e, o, c), g in sorted(split.items(), key=lambda kv: (order.get(kv[0][2], 4), kv[0][0] or ""))
+        {"envelope": e, "payerOwner": o, "class": c, "gpus": g, "spareGPUs": sp}
+        for (e, o, c), (g, sp) in sorted(split.items(), key=lambda kv: (order.get(kv[0][2], 4), kv[0][0] or ""))
     ]
+
+
+def _payer(p: Row) -> str:
+    spares = f" (+{p['spareGPUs']} spare)" if p["spareGPUs"] else ""
+    return f"{p['envelope'] or 'nobody'} {p['class']} {p['gpus']}{spares}"
 
 
 def _describe(event: Row) -> str:
@@ -239,8 +344,18 @@ def _describe(event: Row) -> str:
     return ", ".join(f"{k}={v}" for k, v in data.items() if k not in ("run", "spec"))
 
 
+def _queue_line(run: Row) -> str:
+    if run.get("queuePosition") is None:
+        return "-"
+    res = run.get("reservation")
+    where = f"position {run['queuePosition']}"
+    if res is None:
+        return f"{where}, no reservation yet"
+    return f"{where}, ETA {res['earliestStart']} ({res['confidence']}), reservation {res['id']}"
+
+
 def leases(
-    run: Annotated[str | None, typer.Argument(help="Run name, or NAMESPACE/NAME", metavar="[RUN]")] = None,
+    run: Annotated[str | None, typer.Argument(help="Run: NAMESPACE/NAME or NAME", metavar="[RUN]")] = None,
     owner: Annotated[str | None, typer.Option(help="All leases of runs of this owner")] = None,
 ) -> None:
     """Who paid for each lease of a run (or of every run of an owner)."""
@@ -249,39 +364,83 @@ def leases(
     kubeswitch.refuse("leases")
     app = open_app()
     rows = app.leases(*split_run(run)) if run is not None else app.leases(None, None, owner=owner)
-    if not emit_data(rows, context.GLOBALS.output):
+    if not emit_data(rows, context.GLOBALS.output, kind="lease"):
         table(rows, LEASE_COLUMNS, empty="No leases.")
-
-
-def _act(action: str, run: str, **kwargs: int) -> None:
-    if action == "cancel" and kubeswitch.active():
-        from cli import kubemode
-
-        kubemode.cancel(run)
-        return
-    kubeswitch.refuse(action)
-    app = open_app()
-    namespace, name = split_run(run)
-    result = getattr(app, action)(namespace, name, **kwargs)
-    if not emit_data(result, context.GLOBALS.output):
-        console.print(run_summary(result))
 
 
 def shrink(run: RunArg, by: Annotated[int, typer.Option("--by", help="GPUs to give back")]) -> None:
     """Lower a malleable run's desired width and end its highest groups now."""
-    _act("shrink", run, by=by)
+    kubeswitch.refuse("shrink")
+    result = open_app().shrink(*split_run(run), by=by)
+    if not emit_data(result, context.GLOBALS.output, kind="run"):
+        console.print(run_summary(result), markup=False)
 
 
-def cancel(run: RunArg) -> None:
-    """Cancel a run: every lease ends (Cancelled)."""
-    _act("cancel", run)
+AllOption = Annotated[bool, typer.Option("--all", help="Every unfinished run in the namespace (with -A: everywhere)")]
 
 
-def complete(run: RunArg) -> None:
-    """Mark a run's workload finished: every lease ends (Completed)."""
-    _act("complete", run)
+def _end(action: str, names: list[str] | None, selector: str | None, every: bool, all_namespaces: bool) -> None:
+    """cancel / complete / delete: the runs named, or selected (-l owner=O, --all), in one append."""
+    owner = owner_selector(selector)
+    names = list(names or [])
+    if not names and owner is None and not every:
+        raise BadInput("RUN", "name one or more runs, or select them with -l owner=OWNER or --all")
+    if names and (owner is not None or every):
+        raise BadInput("RUN", "name runs or select them (-l, --all), not both")
+    if action == "cancel" and kubeswitch.active():
+        from cli import kubemode
+
+        for name in names:
+            kubemode.cancel(name)
+        return
+    kubeswitch.refuse(action)
+    app = open_app()
+    if names:
+        targets = [split_run(n) for n in names]
+    else:
+        targets = app.active_runs(None if all_namespaces else context.GLOBALS.ns, owner)
+    results = app.end_runs(action, targets)
+    one = len(names) == 1  # kubectl: one name, one object; several or a selection, a list
+    if emit_data(results[0] if one else results, context.GLOBALS.output, kind="run"):
+        return
+    if not results:
+        console.print("No unfinished runs selected.", markup=False)
+    for result in results:
+        console.print(run_summary(result), markup=False)
 
 
-def register(app: typer.Typer) -> None:
-    for command in (submit, get, watch, explain, leases, shrink, cancel, complete):
-        app.command()(command)
+def cancel(
+    ctx: typer.Context,
+    runs: RunsArg = None,
+    selector: SelectorOption = None,
+    every: AllOption = False,
+    all_namespaces: AllNamespaces = False,
+) -> None:
+    """Cancel runs: every lease ends (Cancelled)."""
+    # `delete` and `complete` are this command under another name (cli.main.COMMANDS)
+    _end("complete" if ctx.info_name == "complete" else "cancel", runs, selector, every, all_namespaces)
+
+
+def _short(message: str) -> str:
+    """What is short, without the reservation's own words (its ETA has a column)."""
+    return re.sub(r"(; )?reserved res-[0-9]+: earliest start \S+$", "", message)
+
+
+def queue(all_namespaces: AllNamespaces = False) -> None:
+    """Every waiting run in FIFO order: position, phase, ETA, confidence and what is short (`squeue --start`)."""
+    kubeswitch.refuse("queue")
+    app = open_app()
+    rows = app.queue(None if all_namespaces else context.GLOBALS.ns)
+    if emit_data(rows, context.GLOBALS.output, kind="run"):
+        return
+    columns: list[Column] = [
+        Col("POS", lambda r: r["queuePosition"]),
+        *([Col("NAMESPACE", lambda r: r["namespace"], priority=3)] if all_namespaces else []),
+        Col("NAME", lambda r: r["name"]),
+        Col("PHASE", lambda r: r["phase"]),
+        Col("GPUS", lambda r: r["width"]["desired"], priority=2),
+        Col("ETA", lambda r: r["eta"] or "unknown"),
+        Col("CONFIDENCE", lambda r: (r["reservation"] or {}).get("confidence"), priority=1),
+        Col("SHORT", lambda r: _short(r["message"]), free_text=True),
+    ]
+    table(_aged(rows), columns, empty=_no_runs(all_namespaces).replace("No runs", "No waiting runs"))

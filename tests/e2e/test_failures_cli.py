@@ -137,6 +137,10 @@ def test_fixed_run_with_checkpoint_is_requeued_and_restarts_when_capacity_return
     run, rows = job(jt, 3)
     assert run["phase"] == "Pending" and "has 16 free" in run["message"]  # what it waits for
     assert {r["endReason"] for r in rows} == {"Requeued"} and {r["id"] for r in rows} == first
+    queued = jt("queue", "-A", "-o", "json", *at(3)).json()  # a requeued run is in the queue (issue 14)
+    assert [(q["namespace"], q["name"], q["queuePosition"]) for q in queued] == [("rai-sys", "job", 1)]
+    shown = jt("queue", "-A", *at(3)).out.splitlines()
+    assert shown[1].split()[:4] == ["1", "rai-sys", "job", "Pending"], shown
     jt("nodes", "recover", "n-0", *at(4))
     run, rows = job(jt, 4)
     assert run["phase"] == "Running" and run["width"]["allocated"] == 24

@@ -48,12 +48,13 @@ def test_borrow_to_finish_early(jt: CLI) -> None:
     assert run["funding"] == {"owned": 96, "shared": 0, "borrowed": 32, "unfunded": 0}
 
     lender = usage(jt, VIS)[f"{VIS}/west-h100"]
-    assert lender["borrowed"] == 32 and lender["headroom"] == 32
+    assert lender["lent"] == 32 and lender["borrowed"] == 0 and lender["headroom"] == 32
     assert lender["lentTo"] == [{"owner": RAI, "gpus": 32}]
     borrower = usage(jt, RAI)[f"{RAI}/west-h100"]
-    assert borrower["owned"] == 96 and borrower["headroom"] == 0
+    assert borrower["owned"] == 96 and borrower["borrowed"] == 32 and borrower["lent"] == 0
+    assert borrower["headroom"] == 0
     assert borrower["borrowedFrom"] == [{"envelope": f"{VIS}/west-h100", "owner": VIS, "gpus": 32}]
-    table = jt("budgets", "usage", "--owner", RAI)
+    table = jt("budgets", "usage", "--owner", RAI, "-o", "wide")  # the relations column is wide
     assert f"borrows 32 from {VIS}/west-h100" in table.out
 
     explained = jt("explain", "rai-sys/trainer-borrow")
@@ -85,7 +86,7 @@ def test_acl_that_does_not_admit_the_owner_borrows_nothing(jt: CLI, tmp_path: An
     run = run_json(jt, "rai-sys/trainer-borrow")
     assert run["phase"] in ("Pending", "Reserved") and run["funding"]["borrowed"] == 0
     assert f"lends to {RAI}" in run["message"]
-    assert usage(jt, VIS)[f"{VIS}/west-h100"]["borrowed"] == 0
+    assert usage(jt, VIS)[f"{VIS}/west-h100"]["lent"] == 0
 
 
 def test_family_share_then_parent_recall_without_kill(jt: CLI) -> None:

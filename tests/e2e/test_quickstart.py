@@ -6,7 +6,10 @@ from pathlib import Path
 
 from tests.e2e.conftest import CLI, EXAMPLES
 
-RUN_KEYS = {"namespace", "name", "owner", "phase", "gpuType", "width", "funding", "message"}
+RUN_KEYS = {
+    "namespace", "name", "owner", "phase", "gpuType", "width", "funding", "message", "submitter", "submittedAt",
+    "queuePosition", "eta", "reservation",  # its place in the queue (issue 14)
+}  # fmt: skip
 STABLE_USAGE_KEYS = (
     "envelope",
     "owner",
@@ -34,6 +37,7 @@ LEASE_KEYS = {
     "end",
     "reason",
     "endReason",
+    "seed",
 }
 
 

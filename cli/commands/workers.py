@@ -1,4 +1,4 @@
-"""`jobtree workers planner|intake|binder`: the long-running services of a cluster install.
+"""`jobtree workers planner|intake|binder|relay`: the long-running services of a cluster install.
 
 In a cluster the planner, the intake and the binder are separate Deployments
 sharing one ledger database (``--db`` / ``JOBTREE_DATABASE_URL``). ``--once``
@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -19,8 +20,9 @@ import typer
 from binder.intake import INTAKE_ACTOR, Intake, Rejected
 from binder.kube import KubeApi, KubeError, KubeUnavailable
 from binder.kube_binder import KubeBinder
-from binder.worker import reconcile
+from binder.worker import Backend, reconcile
 from cli import context
+from cli.commands import stream_workers as sw
 from cli.commands.up import Up, serve
 from cli.context import open_ledger
 from cli.errors import BadInput, CommandError, Forbidden
@@ -141,16 +143,42 @@ def binder(
     once: OnceOption = False,
     interval: IntervalOption = 2.0,
     grace_seconds: Annotated[int | None, typer.Option("--grace-seconds", help="pod deletion grace")] = None,
+    backend_name: Annotated[str, typer.Option("--backend", help="kubernetes | sim")] = "kubernetes",
+    sim_dir: Annotated[
+        Path | None, typer.Option("--sim-dir", help="sim backend: a pod directory the binder workers share")
+    ] = None,
+    kafka: sw.KafkaOption = None,
+    topic: sw.TopicOption = None,
+    group: Annotated[str | None, typer.Option("--group", help="consumer group (jobtree-binder[-CLUSTER])")] = None,
+    cluster: Annotated[str, typer.Option("--cluster", help="serve only nodes with this cluster label")] = "",
 ) -> None:
     """Bind pods for new leases, report PodBound/RunCompleted, delete pods of ended leases."""
+    if backend_name not in ("kubernetes", "sim"):
+        raise BadInput("--backend", f"must be kubernetes or sim (got {backend_name!r})")
+    config = sw.bus_config(kafka, topic)
     ledger = open_ledger()
-    backend = KubeBinder(_connect(kubeconfig, kube_context), ledger, grace_seconds)
+    backend: Backend = (
+        sw.sim_backend(sim_dir)
+        if backend_name == "sim"
+        else KubeBinder(_connect(kubeconfig, kube_context), ledger, grace_seconds)
+    )
+    if config is not None:
+        name = group or ("jobtree-binder-" + cluster if cluster else "jobtree-binder")
+        sw.run_binder_group(ledger, backend, config, name, cluster, once, wall_clock)
+        return
+    if not isinstance(backend, KubeBinder):
+        sw.run_sim_binder(ledger, backend, once, interval, wall_clock)
+        return
+    kube = backend
 
     def step() -> str:
-        bound, facts, removed = reconcile(ledger, backend, JobtreeApp.resolve_now(ledger, None, wall_clock()))
+        bound, facts, removed = reconcile(ledger, kube, JobtreeApp.resolve_now(ledger, None, wall_clock()))
         return f"binder: {bound} lease(s) bound, {facts} fact(s) reported, {removed} pod(s) removed"
 
     _loop(step, once, interval)
+
+
+app.command("relay")(sw.relay)
 
 
 @app.command("intake")

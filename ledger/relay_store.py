@@ -25,9 +25,10 @@ DEFAULT_RELAY = "jobtree"
 _AFTER = text(
     """
     SELECT e.position, e.stream, e.version, e.type, e.data, e.actor, e.occurred_at, e.hash, e.prev_hash,
-           COALESCE(e.data->>'node', l.node, '') AS node, COALESCE(n.cluster, '') AS cluster
+           COALESCE(e.data->>'node', l.node, '') AS node, COALESCE(n.cluster, '') AS cluster,
+           COALESCE(e.data->>'run', l.run, '') AS run
     FROM events e
-    LEFT JOIN leases l ON e.type = 'LeaseEnded' AND l.lease_id = e.data->>'lease_id'
+    LEFT JOIN leases l ON e.type IN ('LeaseEnded', 'PodBound', 'PodBindFailed') AND l.lease_id = e.data->>'lease_id'
     LEFT JOIN nodes n ON n.name = COALESCE(e.data->>'node', l.node)
         AND e.type IN ('LeaseStarted', 'LeaseEnded', 'PodBound', 'PodBindFailed')
     WHERE e.position > :after ORDER BY e.position LIMIT :limit
@@ -49,6 +50,7 @@ def _record(row: Any) -> StreamRecord:
         prev_hash=str(row.prev_hash),
         node=str(row.node),
         cluster=str(row.cluster),
+        run=str(row.run),
     )
 
 

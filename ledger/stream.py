@@ -10,7 +10,8 @@ reference; changing a field name here is a breaking change for every consumer.
 - headers: ``position`` (decimal), ``type``, ``hash`` (64 hex digits, the ledger's chain),
   and ``cluster`` for lease facts when the node carries a cluster label;
 - value: UTF-8 JSON ``{position, stream, version, type, data, actor, occurred_at, hash,
-  prev_hash, node, cluster}`` (``node``/``cluster`` empty when not a lease fact).
+  prev_hash, node, cluster, run}`` (``node``/``cluster`` empty when not a lease fact;
+  ``run`` names the run of run events and lease facts, else empty).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class StreamRecord:
     prev_hash: str
     node: str = ""
     cluster: str = ""
+    run: str = ""  # the run an event concerns (lease facts name it through their lease), else ""
 
     @property
     def key(self) -> str:
@@ -61,6 +63,7 @@ class StreamRecord:
             "prev_hash": self.prev_hash,
             "node": self.node,
             "cluster": self.cluster,
+            "run": self.run,
         }
         return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
@@ -87,6 +90,7 @@ def decode(value: bytes) -> StreamRecord:
             prev_hash=str(body["prev_hash"]),
             node=str(body.get("node") or ""),
             cluster=str(body.get("cluster") or ""),
+            run=str(body.get("run") or ""),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise UndecodableRecord(f"not a jobtree event record: {exc}") from None

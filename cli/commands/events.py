@@ -49,7 +49,9 @@ def from_ledger(ledger: Ledger, after: int, follow: bool, seconds: float | None)
             listener.wait(after, left)
 
 
-def from_stream(config: BusConfig, after: int, follow: bool, seconds: float | None, idle: float) -> Iterator[StreamRecord]:
+def from_stream(
+    config: BusConfig, after: int, follow: bool, seconds: float | None, idle: float
+) -> Iterator[StreamRecord]:
     deadline = None if seconds is None else time.monotonic() + seconds
     for record in tail(config, after, idle=idle, follow=follow):
         yield record

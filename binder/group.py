@@ -27,10 +27,10 @@ from typing import Any, TypeGuard
 from binder.sim import LeaseToBind
 from binder.worker import Backend, BindDeferred, BindError, ClusterBackend, _observed_key, kept_pods, open_leases
 from ledger import relay_store
-from ledger.bus import BusConfig, GroupConsumer, partition_for
+from ledger.bus import GroupConsumer, partition_for
 from ledger.events import NewEvent, PodBindFailed, PodBound, RunCompleted, binder_stream, run_stream
 from ledger.store import Ledger
-from ledger.stream import StreamRecord
+from ledger.stream import BusConfig, StreamRecord
 
 BINDER_ACTOR = "jobtree-binder"
 SWEEP_SECONDS = 5.0

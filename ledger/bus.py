@@ -26,11 +26,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
-from ledger.stream import DEFAULT_TOPIC, StreamRecord, UndecodableRecord, decode
-
-BOOTSTRAP_ENV = "JOBTREE_KAFKA_BOOTSTRAP"
-TOPIC_ENV = "JOBTREE_KAFKA_TOPIC"
-DEFAULT_PARTITIONS = 6
+from ledger.stream import BusConfig, StreamRecord, UndecodableRecord, decode
 
 
 class BusError(Exception):
@@ -40,26 +36,6 @@ class BusError(Exception):
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name, "").strip()
     return int(raw) if raw.isdigit() else default
-
-
-@dataclass(frozen=True, slots=True)
-class BusConfig:
-    bootstrap: str
-    topic: str = DEFAULT_TOPIC
-    partitions: int = DEFAULT_PARTITIONS
-    timeout: float = 10.0  # seconds for one request (connect, ack, metadata)
-
-    @classmethod
-    def resolve(cls, bootstrap: str | None, topic: str | None = None) -> BusConfig | None:
-        """From the option, else the environment; None when no broker is configured."""
-        found = (bootstrap or os.environ.get(BOOTSTRAP_ENV, "")).strip()
-        if not found:
-            return None
-        return cls(found, topic or os.environ.get(TOPIC_ENV, "").strip() or DEFAULT_TOPIC)
-
-    @property
-    def _ms(self) -> int:
-        return int(self.timeout * 1000)
 
 
 def partition_for(key: str, partitions: int) -> int:
@@ -80,7 +56,7 @@ def ensure_topic(config: BusConfig) -> int:
     """Create the topic if it is missing; return its partition count."""
 
     def create() -> int:
-        admin = KafkaAdminClient(bootstrap_servers=config.bootstrap, request_timeout_ms=config._ms)
+        admin = KafkaAdminClient(bootstrap_servers=config.bootstrap, request_timeout_ms=config.ms)
         try:
             if config.topic not in admin.list_topics():
                 with contextlib.suppress(TopicAlreadyExistsError):  # a racing creator
@@ -95,7 +71,7 @@ def ensure_topic(config: BusConfig) -> int:
 
 def partition_count(config: BusConfig) -> int:
     def count() -> int:
-        consumer = KafkaConsumer(bootstrap_servers=config.bootstrap, request_timeout_ms=max(config._ms, 11000))
+        consumer = KafkaConsumer(bootstrap_servers=config.bootstrap, request_timeout_ms=max(config.ms, 11000))
         try:
             deadline = time.monotonic() + config.timeout
             while time.monotonic() < deadline:
@@ -123,7 +99,7 @@ class Publisher:
         common: dict[str, Any] = {
             "bootstrap_servers": self.config.bootstrap,
             "acks": "all",
-            "request_timeout_ms": self.config._ms,
+            "request_timeout_ms": self.config.ms,
             "max_in_flight_requests_per_connection": 1,
         }
         try:
@@ -181,7 +157,7 @@ def tail(config: BusConfig, after: int, idle: float, follow: bool) -> Iterator[S
 
     def open_reader() -> KafkaConsumer:
         consumer = KafkaConsumer(
-            bootstrap_servers=config.bootstrap, enable_auto_commit=False, request_timeout_ms=max(config._ms, 11000)
+            bootstrap_servers=config.bootstrap, enable_auto_commit=False, request_timeout_ms=max(config.ms, 11000)
         )
         parts = [TopicPartition(config.topic, p) for p in range(partition_count(config))]
         consumer.assign(parts)
@@ -235,7 +211,7 @@ class GroupConsumer:
             session_timeout_ms=_env_int("JOBTREE_KAFKA_SESSION_MS", 6000),
             heartbeat_interval_ms=1000,
             max_poll_interval_ms=_env_int("JOBTREE_KAFKA_MAX_POLL_MS", 10000),
-            request_timeout_ms=max(self.config._ms, 11000),
+            request_timeout_ms=max(self.config.ms, 11000),
         )
         consumer.subscribe([self.config.topic], listener=_Listener(on_assign))
         return consumer

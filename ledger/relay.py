@@ -10,12 +10,14 @@ processes may run; one publishes at a time (an advisory lock), the others stand 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from ledger import relay_store
-from ledger.bus import BusConfig, Publisher
+from ledger.bus import BusError, Publisher
 from ledger.leader import Leadership, default_name
 from ledger.store import Ledger
+from ledger.stream import BusConfig
 
 #: Advisory-lock key of the relay's leadership (planner shards use small keys).
 RELAY_SHARD = 2_000_000_001
@@ -61,8 +63,13 @@ class Relay:
             sent += len(records)
         return RelayPass("publishing", sent, position)
 
+    def reset(self) -> None:
+        """Drop the producer (after a broker error): the next pass reconnects and re-creates the topic."""
+        publisher, self._publisher = self._publisher, None
+        if publisher is not None:
+            with contextlib.suppress(BusError):
+                publisher.close()
+
     def close(self) -> None:
-        if self._publisher is not None:
-            self._publisher.close()
-            self._publisher = None
+        self.reset()
         self.leadership.release()

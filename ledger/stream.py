@@ -17,10 +17,14 @@ reference; changing a field name here is a breaking change for every consumer.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
 DEFAULT_TOPIC = "jobtree.events"
+BOOTSTRAP_ENV = "JOBTREE_KAFKA_BOOTSTRAP"
+TOPIC_ENV = "JOBTREE_KAFKA_TOPIC"
+DEFAULT_PARTITIONS = 6
 #: Events that concern one node's pods; they are keyed by node so one binder sees them in order.
 LEASE_FACTS = frozenset({"LeaseStarted", "LeaseEnded", "PodBound", "PodBindFailed"})
 
@@ -94,3 +98,23 @@ def decode(value: bytes) -> StreamRecord:
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise UndecodableRecord(f"not a jobtree event record: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class BusConfig:
+    bootstrap: str
+    topic: str = DEFAULT_TOPIC
+    partitions: int = DEFAULT_PARTITIONS
+    timeout: float = 10.0  # seconds for one request (connect, ack, metadata)
+
+    @classmethod
+    def resolve(cls, bootstrap: str | None, topic: str | None = None) -> BusConfig | None:
+        """From the option, else the environment; None when no broker is configured."""
+        found = (bootstrap or os.environ.get(BOOTSTRAP_ENV, "")).strip()
+        if not found:
+            return None
+        return cls(found, topic or os.environ.get(TOPIC_ENV, "").strip() or DEFAULT_TOPIC)
+
+    @property
+    def ms(self) -> int:
+        return int(self.timeout * 1000)

@@ -15,16 +15,15 @@ from typing import Annotated
 import typer
 
 from cli import context
-from cli.commands.stream_workers import KafkaOption, TopicOption, bus_config
+from cli.commands.stream_options import KafkaOption, TopicOption, bus_config
 from cli.context import open_ledger
 from cli.errors import BadInput
 from cli.render import console
 from ledger import relay_store
-from ledger.bus import BusConfig, tail
 from ledger.events import event_types
 from ledger.listen import Listener
 from ledger.store import Ledger
-from ledger.stream import StreamRecord
+from ledger.stream import BusConfig, StreamRecord
 
 app = typer.Typer(help="The event stream: what the relay publishes to Kafka.", no_args_is_help=True)
 
@@ -52,6 +51,8 @@ def from_ledger(ledger: Ledger, after: int, follow: bool, seconds: float | None)
 def from_stream(
     config: BusConfig, after: int, follow: bool, seconds: float | None, idle: float
 ) -> Iterator[StreamRecord]:
+    from ledger.bus import tail  # Kafka only when a broker is configured
+
     deadline = None if seconds is None else time.monotonic() + seconds
     for record in tail(config, after, idle=idle, follow=follow):
         yield record

@@ -13,16 +13,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from binder.intake import INTAKE_ACTOR, Intake, Rejected
-from binder.kube import KubeApi, KubeError, KubeUnavailable
-from binder.kube_binder import KubeBinder
 from binder.worker import Backend, reconcile
 from cli import context
-from cli.commands import stream_workers as sw
+from cli.commands import stream_options as so
 from cli.commands.up import Up, serve
 from cli.context import open_ledger
 from cli.errors import BadInput, CommandError, Forbidden
@@ -34,6 +31,12 @@ from service.app import JobtreeApp
 from service.errors import ServiceError
 from service.identity import Identity
 from service.inprocess import InProcess
+
+if TYPE_CHECKING:
+    from binder.kube import KubeApi
+
+# Kubernetes and Kafka are imported by the commands that use them: a sim binder or a planner
+# worker starts without loading either (a restart after kill -9 is seconds faster).
 
 app = typer.Typer(help="Run the planner, intake and binder services (a cluster install).", no_args_is_help=True)
 log = logging.getLogger("jobtree.workers")
@@ -71,6 +74,8 @@ class IntakeService:
         return self.app.now
 
     def apply(self, manifests: Iterable[Manifest]) -> None:
+        from binder.intake import Rejected
+
         try:
             self.app.apply(list(manifests))
         except Forbidden as exc:
@@ -95,6 +100,8 @@ def intake_service(ledger: Ledger, clock: Clock = wall_clock) -> Callable[[], In
     """A fresh service per pass (a new logical "now"), acting as the intake's identity."""
 
     def make() -> IntakeService:
+        from binder.intake import INTAKE_ACTOR
+
         now = JobtreeApp.resolve_now(ledger, None, clock())
         return IntakeService(cluster_app(ledger, Identity(INTAKE_ACTOR, frozenset()), now))
 
@@ -102,6 +109,8 @@ def intake_service(ledger: Ledger, clock: Clock = wall_clock) -> Callable[[], In
 
 
 def _connect(kubeconfig: str | None, kube_context: str | None) -> KubeApi:
+    from binder.kube import KubeApi, KubeError
+
     # --kubeconfig/--context are lifted out of argv as global options (cli/context.py)
     kubeconfig = context.GLOBALS.kubeconfig or kubeconfig
     kube_context = context.GLOBALS.kube_context or kube_context
@@ -112,6 +121,8 @@ def _connect(kubeconfig: str | None, kube_context: str | None) -> KubeApi:
 
 
 def _loop(step: Callable[[], str], once: bool, interval: float) -> None:
+    from binder.kube import KubeUnavailable
+
     while True:
         try:
             console.print(step())
@@ -147,27 +158,31 @@ def binder(
     sim_dir: Annotated[
         Path | None, typer.Option("--sim-dir", help="sim backend: a pod directory the binder workers share")
     ] = None,
-    kafka: sw.KafkaOption = None,
-    topic: sw.TopicOption = None,
+    kafka: so.KafkaOption = None,
+    topic: so.TopicOption = None,
     group: Annotated[str | None, typer.Option("--group", help="consumer group (jobtree-binder[-CLUSTER])")] = None,
     cluster: Annotated[str, typer.Option("--cluster", help="serve only nodes with this cluster label")] = "",
 ) -> None:
     """Bind pods for new leases, report PodBound/RunCompleted, delete pods of ended leases."""
     if backend_name not in ("kubernetes", "sim"):
         raise BadInput("--backend", f"must be kubernetes or sim (got {backend_name!r})")
-    config = sw.bus_config(kafka, topic)
+    config = so.bus_config(kafka, topic)
     ledger = open_ledger()
     backend: Backend = (
-        sw.sim_backend(sim_dir)
+        so.sim_backend(sim_dir)
         if backend_name == "sim"
-        else KubeBinder(_connect(kubeconfig, kube_context), ledger, grace_seconds)
+        else _kube_binder(ledger, kubeconfig, kube_context, grace_seconds)
     )
     if config is not None:
+        from cli.commands import stream_workers as sw
+
         name = group or ("jobtree-binder-" + cluster if cluster else "jobtree-binder")
         sw.run_binder_group(ledger, backend, config, name, cluster, once, wall_clock)
         return
+    from binder.kube_binder import KubeBinder
+
     if not isinstance(backend, KubeBinder):
-        sw.run_sim_binder(ledger, backend, once, interval, wall_clock)
+        so.run_sim_binder(ledger, backend, once, interval, wall_clock)
         return
     kube = backend
 
@@ -178,7 +193,27 @@ def binder(
     _loop(step, once, interval)
 
 
-app.command("relay")(sw.relay)
+def _kube_binder(ledger: Ledger, kubeconfig: str | None, kube_context: str | None, grace: int | None) -> Backend:
+    from binder.kube_binder import KubeBinder
+
+    return KubeBinder(_connect(kubeconfig, kube_context), ledger, grace)
+
+
+@app.command("relay")
+def relay(
+    kafka: so.KafkaOption = None,
+    topic: so.TopicOption = None,
+    once: OnceOption = False,
+    interval: Annotated[float, typer.Option("--interval", min=0.05, help="longest wait between passes")] = 1.0,
+    name: Annotated[str | None, typer.Option("--name", help="this relay's name")] = None,
+) -> None:
+    """Publish committed events in position order to the Kafka topic (at-least-once, resumes where it stopped)."""
+    config = so.bus_config(kafka, topic)
+    if config is None:
+        raise BadInput("--kafka", "the relay needs a broker: --kafka HOST:PORT or $JOBTREE_KAFKA_BOOTSTRAP")
+    from cli.commands import stream_workers as sw
+
+    sw.run_relay(open_ledger(), config, once, interval, name)
 
 
 @app.command("intake")
@@ -194,6 +229,8 @@ def intake(
         grace_period = parse_duration(grace)
     except ValueError as exc:
         raise BadInput("--grace", str(exc)) from None
+    from binder.intake import Intake
+
     worker = Intake(_connect(kubeconfig, kube_context), intake_service(open_ledger()), grace=grace_period)
     worker.resync()
     console.print(f"intake: {sum(len(v) for v in worker.objects.values())} object(s) listed")

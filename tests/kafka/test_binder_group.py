@@ -19,9 +19,9 @@ from sqlalchemy import text
 from binder.group import BinderGroup
 from binder.sim_journal import JournalCluster
 from ledger import events as ev
-from ledger.bus import BusConfig
 from ledger.relay import Relay
 from ledger.store import Ledger
+from ledger.stream import BusConfig
 from planner.worker import catch_up
 
 _topics = itertools.count(1)

@@ -12,9 +12,9 @@ from planner_fakes import T0, budget, envelope, fleet, run, stream_for
 
 from cli.main import run as cli
 from ledger import events as ev
-from ledger.bus import BusConfig
 from ledger.relay import Relay
 from ledger.store import Ledger
+from ledger.stream import BusConfig
 from planner.worker import catch_up
 
 _topics = itertools.count(1)

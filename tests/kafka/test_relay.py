@@ -11,10 +11,10 @@ from planner_fakes import T0, budget, envelope, fleet, run, stream_for
 
 from ledger import events as ev
 from ledger import relay_store
-from ledger.bus import BusConfig, BusError, Publisher, tail
+from ledger.bus import BusError, Publisher, tail
 from ledger.relay import Relay
 from ledger.store import Ledger
-from ledger.stream import LEASE_FACTS
+from ledger.stream import LEASE_FACTS, BusConfig
 from planner.worker import catch_up
 
 _topics = itertools.count(1)

@@ -188,6 +188,10 @@ def up(
     clock: Annotated[
         str, typer.Option("--clock", help="wall: plan at the wall clock; simulated: time moves only by events")
     ] = "wall",
+    kafka: Annotated[
+        str | None,
+        typer.Option("--kafka", envvar="JOBTREE_KAFKA_BOOTSTRAP", help="also relay events to Kafka HOST:PORT"),
+    ] = None,
 ) -> None:
     """Run the planner service and the simulated-cluster binder until Ctrl-C (one leader per database)."""
     if clock not in ("wall", "simulated"):
@@ -201,7 +205,14 @@ def up(
         if done is not None and not emit_data(done.row(), output):
             console.print(done.line(), markup=False)
         return
-    serve(service, interval)
+    from cli.commands.stream_options import bus_config
+    from cli.commands.up_relay import start_relay
+
+    halt = start_relay(ledger, bus_config(kafka, None))
+    try:
+        serve(service, interval)
+    finally:
+        halt()
 
 
 def serve(service: Up, interval: float) -> None:

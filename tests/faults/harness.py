@@ -258,7 +258,7 @@ def check(ledger: Ledger, inputs: Inputs, cluster: JournalCluster) -> list[str]:
     phases = dict(_phases(ledger))
     assert set(inputs.submitted) <= set(phases), "a submitted run is missing"
     unanswered = {r: phases[r] for r in inputs.cancelled if phases[r] not in ("Cancelled", "Failed")}
-    assert not unanswered, f"cancels not answered: {unanswered}"  # a run failed before its cancel stays Failed
+    assert not unanswered, f"cancels not answered: {unanswered}; {_story(records, next(iter(unanswered), ''))}"
     odd = {
         r: phases[r]
         for r in inputs.submitted
@@ -275,6 +275,11 @@ def check(ledger: Ledger, inputs: Inputs, cluster: JournalCluster) -> list[str]:
 def _phases(ledger: Ledger) -> list[tuple[str, str]]:
     with ledger.engine.connect() as conn:
         return [(r.run, r.phase) for r in conn.execute(text("SELECT run, phase FROM runs"))]
+
+
+def _story(records: list[ev.Recorded], run: str) -> list[str]:
+    """What the ledger says about ``run`` (for a failure message)."""
+    return [f"{r.position}:{r.event.TYPE}:{r.actor}" for r in records if getattr(r.event, "run", None) == run][-12:]
 
 
 def failed_runs(ledger: Ledger) -> dict[str, str]:

@@ -28,6 +28,8 @@ from planner.replay import replay
 ROOT = Path(__file__).resolve().parents[2]
 GPU = "H100-80GB"
 ROLES = ("planner", "relay", "binder")
+#: The line each worker prints once it is initialised (imports done, connected).
+BANNERS = {"planner": "Ctrl-C to stop", "relay": "jobtree relay: ", "binder": "jobtree binder: group"}
 
 
 def wall() -> datetime:
@@ -47,6 +49,11 @@ class Worker:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         self.starts += 1
+
+    def ready(self) -> bool:
+        """The current process printed its banner (every start prints one)."""
+        text_ = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return text_.count(BANNERS[self.role]) >= self.starts
 
     def kill9(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -113,8 +120,20 @@ class Topology:
                 return worker
         return None
 
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not all(w.ready() for w in self.workers):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"workers not up within {timeout:g}s: {[w.log.name for w in self.workers]}")
+            time.sleep(0.1)
+
     def kill(self, role: str, ledger: Ledger, rng: random.Random) -> None:
-        """kill -9 one worker of ``role`` (the planner leader when one is known), then start a fresh one."""
+        """kill -9 one worker of ``role`` (the planner leader when one is known), then start a fresh one.
+
+        Waits first until every worker is initialised, so a kill hits a working process, not one
+        still importing.
+        """
+        self.wait_ready()
         target = (self.leader(ledger) if role == "planner" else None) or rng.choice(self.of(role))
         target.kill9()
         self.kills[role] += 1

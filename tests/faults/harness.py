@@ -24,6 +24,7 @@ from ledger import events as ev
 from ledger import status as planner_status
 from ledger.store import Ledger
 from planner.replay import replay
+from service.app import JobtreeApp
 
 ROOT = Path(__file__).resolve().parents[2]
 GPU = "H100-80GB"
@@ -163,7 +164,9 @@ class Inputs:
     count: int = 0
 
     def put(self, stream: str, event: ev.Event) -> None:
-        self.ledger.append([ev.NewEvent(stream, event)], actor="alice", at=wall())
+        # stamped as a CLI command stamps its input: whole seconds, never before the ledger's clock
+        at = JobtreeApp.resolve_now(self.ledger, None, wall().replace(microsecond=0))
+        self.ledger.append([ev.NewEvent(stream, event)], actor="alice", at=at)
         self.count += 1
 
     def submit(self) -> None:
@@ -232,17 +235,21 @@ def quiet(ledger: Ledger) -> str | None:
     return None
 
 
-def settle(ledger: Ledger, timeout: float) -> None:
+def settle(ledger: Ledger, timeout: float, calm: float = 3.0) -> None:
+    """Until ``quiet`` holds and the ledger has not grown for ``calm`` seconds (a slow pass may still decide)."""
     deadline = time.monotonic() + timeout
-    why = quiet(ledger)
-    while why is not None and time.monotonic() < deadline:
-        time.sleep(0.3)
+    calm_since, seen = time.monotonic(), ledger.last_position()
+    while time.monotonic() < deadline:
+        last = ledger.last_position()
+        if last != seen:
+            calm_since, seen = time.monotonic(), last
         why = quiet(ledger)
-    if why is not None:
-        raise AssertionError(f"not settled after {timeout:g}s: {why}")
-    time.sleep(1.0)  # nothing more may happen: a planner pass right after the last check
-    if (why := quiet(ledger)) is not None:
-        settle(ledger, timeout)
+        if why is not None:
+            calm_since = time.monotonic()
+        elif time.monotonic() - calm_since >= calm:
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"not settled after {timeout:g}s: {quiet(ledger) or 'the ledger kept growing'}")
 
 
 def check(ledger: Ledger, inputs: Inputs, cluster: JournalCluster) -> list[str]:

@@ -79,17 +79,18 @@ class Topology:
     root: Path
     workers: list[Worker] = field(default_factory=list)
     kills: Counter[str] = field(default_factory=Counter)
+    planners: int = 2
+    binders: int = 2
 
     def __post_init__(self) -> None:
         self.pods = self.root / "cluster"
         cli = [sys.executable, "-c", "from cli.main import run; run()", "--db", self.url, "workers"]
         kafka = ["--kafka", self.bootstrap, "--topic", self.topic]
+        binder = ("binder", [*cli, "binder", "--backend", "sim", "--sim-dir", str(self.pods), *kafka])
         specs = [
-            ("planner", [*cli, "planner", "--interval", "0.5"]),
-            ("planner", [*cli, "planner", "--interval", "0.5"]),
+            *[("planner", [*cli, "planner", "--interval", "0.5"])] * self.planners,
             ("relay", [*cli, "relay", *kafka, "--interval", "0.5"]),
-            ("binder", [*cli, "binder", "--backend", "sim", "--sim-dir", str(self.pods), *kafka]),
-            ("binder", [*cli, "binder", "--backend", "sim", "--sim-dir", str(self.pods), *kafka]),
+            *[binder] * self.binders,
         ]
         for i, (role, args) in enumerate(specs):
             self.workers.append(Worker(role, i, args, self.root / f"{role}-{i}.log"))

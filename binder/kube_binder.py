@@ -14,7 +14,7 @@ unbound), and refused with a BindError otherwise.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,7 +157,7 @@ class KubeBinder:
     def _managed(self) -> list[Obj]:
         return self.api.list("pods", kp.MANAGED_SELECTOR).items
 
-    def unbind(self, open_leases: Sequence[LeaseToBind]) -> tuple[str, ...]:
+    def unbind(self, open_leases: Sequence[LeaseToBind], owns: Callable[[str], bool] | None = None) -> tuple[str, ...]:
         wanted = {
             (lease.run.partition("/")[0], kp.pod_name(lease.run, lease.group, lease.node))
             for lease in open_leases
@@ -169,6 +169,8 @@ class KubeBinder:
             key = (meta.get("namespace", ""), meta["name"])
             if key in wanted or meta.get("deletionTimestamp"):
                 continue
+            if owns is not None and not owns(_annotation(pod, kp.ANNOTATION_NODE)):
+                continue  # another binder's node: its facts (and pods) are that binder's
             try:
                 self.api.delete_pod(key[0], key[1], self.grace_seconds)
             except KubeNotFound:

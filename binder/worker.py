@@ -7,7 +7,7 @@ Idempotent by construction: each PodBound is appended with the idempotency key
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -29,8 +29,11 @@ class Backend(Protocol):
 class ClusterBackend(Backend, Protocol):
     """A backend that also tears pods down and reports what the workload did (Kubernetes)."""
 
-    def unbind(self, open_leases: Sequence[LeaseToBind]) -> tuple[str, ...]:
-        """Delete (gracefully) every pod no open lease wants any more; return their names."""
+    def unbind(self, open_leases: Sequence[LeaseToBind], owns: Callable[[str], bool] | None = None) -> tuple[str, ...]:
+        """Delete (gracefully) every pod no open lease wants any more; return their names.
+
+        ``owns(node)``: only pods on the nodes it accepts (a binder group member's share).
+        """
         ...
 
     def observe(self) -> Sequence[Event]:

@@ -88,6 +88,7 @@ COMMANDS: dict[str, Entry] = {
     "down": _cmd("db", "stop", "Stop the embedded planner service and database (same as `db stop`)."),
     "workers": _grp("workers", "Run the planner, intake and binder services (a cluster install)."),
     "db": _grp("db", "The ledger's database."),
+    "events": _grp("events", "The event stream: what the relay publishes to Kafka."),
     "demo": _cmd("demo", "demo", "Run the researcher guide end to end, each chapter on a throw-away ledger."),
 }  # fmt: skip
 

@@ -11,6 +11,7 @@ delays the next pass until the timeout.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -56,6 +57,13 @@ class Listener:
 
     def close(self) -> None:
         self._conn.close()
+
+    @staticmethod
+    def sleep(seconds: float, stopped: Callable[[], bool]) -> None:
+        """Sleep ``seconds`` in short slices, returning early once ``stopped()``."""
+        deadline = time.monotonic() + seconds
+        while not stopped() and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 0.1))
 
     def __enter__(self) -> Listener:
         return self

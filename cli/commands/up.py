@@ -255,6 +255,10 @@ def up(
                               "(default $JOBTREE_HOME/checkpoints)")] = None,
     checkpoint_key: Annotated[Path | None, typer.Option("--checkpoint-key", help="Their signing key (default "
                               "$JOBTREE_HOME/audit/checkpoint.key, created on first use)")] = None,
+    kafka: Annotated[
+        str | None,
+        typer.Option("--kafka", envvar="JOBTREE_KAFKA_BOOTSTRAP", help="also relay events to Kafka HOST:PORT"),
+    ] = None,
 ) -> None:
     """Run the planner service and the simulated-cluster binder until Ctrl-C (one leader per database)."""
     if clock not in ("wall", "simulated"):
@@ -271,7 +275,14 @@ def up(
         if anchoring is not None:
             anchoring.after(ledger, done)
         return
-    serve(service, interval, anchoring)
+    from cli.commands.stream_options import bus_config
+    from cli.commands.up_relay import start_relay
+
+    halt = start_relay(ledger, bus_config(kafka, None))
+    try:
+        serve(service, interval, anchoring)
+    finally:
+        halt()
 
 
 def serve(service: Up, interval: float, anchoring: Checkpoints | None = None) -> None:

@@ -1,4 +1,4 @@
-"""`jobtree workers planner|intake|binder`: the long-running services of a cluster install.
+"""`jobtree workers planner|intake|binder|relay`: the long-running services of a cluster install.
 
 In a cluster the planner, the intake and the binder are separate Deployments
 sharing one ledger database (``--db`` / ``JOBTREE_DATABASE_URL``). ``--once``
@@ -12,15 +12,14 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from binder.intake import INTAKE_ACTOR, Intake, Rejected
-from binder.kube import KubeApi, KubeError, KubeUnavailable
-from binder.kube_binder import KubeBinder
-from binder.worker import reconcile
+from binder.worker import Backend, reconcile
 from cli import context
+from cli.commands import stream_options as so
 from cli.commands.up import Up, serve
 from cli.context import open_ledger
 from cli.errors import BadInput, CommandError, Forbidden
@@ -32,6 +31,12 @@ from service.app import JobtreeApp
 from service.errors import ServiceError
 from service.identity import Identity, require_impersonator
 from service.inprocess import InProcess
+
+if TYPE_CHECKING:
+    from binder.kube import KubeApi
+
+# Kubernetes and Kafka are imported by the commands that use them: a sim binder or a planner
+# worker starts without loading either (a restart after kill -9 is seconds faster).
 
 app = typer.Typer(help="Run the planner, intake and binder services (a cluster install).", no_args_is_help=True)
 log = logging.getLogger("jobtree.workers")
@@ -69,6 +74,8 @@ class IntakeService:
         return self.app.now
 
     def apply(self, manifests: Iterable[Manifest]) -> None:
+        from binder.intake import Rejected
+
         try:
             self.app.apply(list(manifests))
         except Forbidden as exc:
@@ -93,6 +100,8 @@ def intake_service(ledger: Ledger, clock: Clock = wall_clock) -> Callable[[], In
     """A fresh service per pass (a new logical "now"), acting as the intake's identity."""
 
     def make() -> IntakeService:
+        from binder.intake import INTAKE_ACTOR
+
         now = JobtreeApp.resolve_now(ledger, None, clock())
         return IntakeService(cluster_app(ledger, Identity(INTAKE_ACTOR, frozenset()), now))
 
@@ -100,6 +109,8 @@ def intake_service(ledger: Ledger, clock: Clock = wall_clock) -> Callable[[], In
 
 
 def _connect(kubeconfig: str | None, kube_context: str | None) -> KubeApi:
+    from binder.kube import KubeApi, KubeError
+
     # --kubeconfig/--context are lifted out of argv as global options (cli/context.py)
     kubeconfig = context.GLOBALS.kubeconfig or kubeconfig
     kube_context = context.GLOBALS.kube_context or kube_context
@@ -110,6 +121,8 @@ def _connect(kubeconfig: str | None, kube_context: str | None) -> KubeApi:
 
 
 def _loop(step: Callable[[], str], once: bool, interval: float) -> None:
+    from binder.kube import KubeUnavailable
+
     while True:
         try:
             console.print(step())
@@ -141,16 +154,66 @@ def binder(
     once: OnceOption = False,
     interval: IntervalOption = 2.0,
     grace_seconds: Annotated[int | None, typer.Option("--grace-seconds", help="pod deletion grace")] = None,
+    backend_name: Annotated[str, typer.Option("--backend", help="kubernetes | sim")] = "kubernetes",
+    sim_dir: Annotated[
+        Path | None, typer.Option("--sim-dir", help="sim backend: a pod directory the binder workers share")
+    ] = None,
+    kafka: so.KafkaOption = None,
+    topic: so.TopicOption = None,
+    group: Annotated[str | None, typer.Option("--group", help="consumer group (jobtree-binder[-CLUSTER])")] = None,
+    cluster: Annotated[str, typer.Option("--cluster", help="serve only nodes with this cluster label")] = "",
 ) -> None:
     """Bind pods for new leases, report PodBound/RunCompleted, delete pods of ended leases."""
+    if backend_name not in ("kubernetes", "sim"):
+        raise BadInput("--backend", f"must be kubernetes or sim (got {backend_name!r})")
+    config = so.bus_config(kafka, topic)
     ledger = open_ledger()
-    backend = KubeBinder(_connect(kubeconfig, kube_context), ledger, grace_seconds)
+    backend: Backend = (
+        so.sim_backend(sim_dir)
+        if backend_name == "sim"
+        else _kube_binder(ledger, kubeconfig, kube_context, grace_seconds)
+    )
+    if config is not None:
+        from cli.commands import stream_workers as sw
+
+        name = group or ("jobtree-binder-" + cluster if cluster else "jobtree-binder")
+        sw.run_binder_group(ledger, backend, config, name, cluster, once, wall_clock)
+        return
+    from binder.kube_binder import KubeBinder
+
+    if not isinstance(backend, KubeBinder):
+        so.run_sim_binder(ledger, backend, once, interval, wall_clock)
+        return
+    kube = backend
 
     def step() -> str:
-        bound, facts, removed = reconcile(ledger, backend, JobtreeApp.resolve_now(ledger, None, wall_clock()))
+        bound, facts, removed = reconcile(ledger, kube, JobtreeApp.resolve_now(ledger, None, wall_clock()))
         return f"binder: {bound} lease(s) bound, {facts} fact(s) reported, {removed} pod(s) removed"
 
     _loop(step, once, interval)
+
+
+def _kube_binder(ledger: Ledger, kubeconfig: str | None, kube_context: str | None, grace: int | None) -> Backend:
+    from binder.kube_binder import KubeBinder
+
+    return KubeBinder(_connect(kubeconfig, kube_context), ledger, grace)
+
+
+@app.command("relay")
+def relay(
+    kafka: so.KafkaOption = None,
+    topic: so.TopicOption = None,
+    once: OnceOption = False,
+    interval: Annotated[float, typer.Option("--interval", min=0.05, help="longest wait between passes")] = 1.0,
+    name: Annotated[str | None, typer.Option("--name", help="this relay's name")] = None,
+) -> None:
+    """Publish committed events in position order to the Kafka topic (at-least-once, resumes where it stopped)."""
+    config = so.bus_config(kafka, topic)
+    if config is None:
+        raise BadInput("--kafka", "the relay needs a broker: --kafka HOST:PORT or $JOBTREE_KAFKA_BOOTSTRAP")
+    from cli.commands import stream_workers as sw
+
+    sw.run_relay(open_ledger(), config, once, interval, name)
 
 
 @app.command("intake")
@@ -166,6 +229,8 @@ def intake(
         grace_period = parse_duration(grace)
     except ValueError as exc:
         raise BadInput("--grace", str(exc)) from None
+    from binder.intake import INTAKE_ACTOR, Intake
+
     ledger = open_ledger()
     require_impersonator(ledger, INTAKE_ACTOR)  # it acts for the users the API server authenticated
     worker = Intake(_connect(kubeconfig, kube_context), intake_service(ledger), grace=grace_period)

@@ -18,14 +18,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from cli import context
 from cli.errors import BadInput, CommandError
 from cli.render import LEASE_COLUMNS, RUN_COLUMNS, Column, console, emit_data, errors, short_time, table
-from cli.scenario import Scenario, load_scenario
-from cli.sim import Chapter, SimResult, simulate
 from ledger import manifest_yaml
 from ledger.databases import drop_database, fresh_database
 from ledger.embedded import migrate, resolve_database_url
 from ledger.errors import ManifestError
 from ledger.model import format_duration
 from ledger.store import Ledger
+from service.scenario import Scenario, load_scenario
+from service.simulate import Chapter, SimResult, simulate
 
 app = typer.Typer(help="What-if: run a scenario through the real planner on a virtual clock.", no_args_is_help=True)
 ScenarioArg = Annotated[Path, typer.Argument(help="Scenario file (YAML or JSON)", metavar="SCENARIO")]
@@ -144,8 +144,8 @@ def render_story(result: SimResult) -> None:
     )
     events = {e["position"]: e for e in result.timeline}
     for chapter in result.chapters:
-        label = f"step {chapter.step.index}" if chapter.step else "start"
-        when = _offset(chapter.step.at if chapter.step else None)
+        label = f"step {chapter.step.index}" if chapter.step else ("then" if chapter.what else "start")
+        when = _offset(chapter.at - scenario.start)
         console.print(f"\n[bold]+{when:<8}[/bold] [cyan]{label}: {chapter.describe()}[/cyan]")
         for position in range(chapter.after + 1, chapter.last + 1):
             event = events[position]

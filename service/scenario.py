@@ -10,6 +10,10 @@ is ``{at: <duration from spec.start>, <action>: ...}`` with exactly one action:
     complete: <ns/name>            cancel: <ns/name>
     advance: true
 
+A ``submit`` step may add ``runFor: <duration>``: each of its runs then completes that
+long after it starts running (its latest admission; a requeued run starts over), as a
+workload that finishes by itself would (generated and imported scenarios use this).
+
 Steps must be in time order (``at`` never decreases; equal times run in file order).
 Every problem raises ``BadInput`` naming the field, e.g. ``spec.steps[3].fail: unknown
 node x-9``.
@@ -23,7 +27,6 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 
-from cli.errors import BadInput
 from ledger import manifest_yaml
 from ledger.events import run_key
 from ledger.model import (
@@ -45,9 +48,11 @@ from ledger.model import (
     unique_node_names,
     validate_document,
 )
+from service.errors import BadInput
 
 ACTIONS = ("submit", "apply", "fail", "recover", "shrink", "complete", "cancel", "advance")
 _MANIFEST_ACTIONS = {"submit": "Run", "apply": "Budget"}
+RUN_FOR = "runFor"
 
 
 class ScenarioSpec(Strict):
@@ -85,6 +90,7 @@ class Step:
     node: str = ""
     run: str = ""
     by: int = 0
+    run_for: timedelta | None = None
 
     @property
     def field(self) -> str:
@@ -215,7 +221,7 @@ def _step(index: int, raw: Any, nodes: set[str], submitted: set[str]) -> Step:
     if "at" not in raw:
         raise BadInput(f"{where}.at", "is required (a duration from spec.start, e.g. 10m)")
     at = parse_offset(raw["at"], f"{where}.at")
-    actions = [str(k) for k in raw if k != "at"]
+    actions = [str(k) for k in raw if k not in ("at", RUN_FOR)]
     for name in actions:
         if name not in ACTIONS:
             raise BadInput(f"{where}.{name}", f"unknown action (a step takes one of: {', '.join(ACTIONS)})")
@@ -223,7 +229,15 @@ def _step(index: int, raw: Any, nodes: set[str], submitted: set[str]) -> Step:
         found = f"found {', '.join(actions)}" if actions else "found none"
         raise BadInput(where, f"a step takes exactly one action besides `at` ({found})")
     action = actions[0]
-    return _action(Step(index, at, action), raw[action], nodes, submitted)
+    step = _action(Step(index, at, action), raw[action], nodes, submitted)
+    if RUN_FOR not in raw:
+        return step
+    if action != "submit":
+        raise BadInput(f"{where}.{RUN_FOR}", "only a submit step takes runFor (how long its runs run)")
+    run_for = parse_offset(raw[RUN_FOR], f"{where}.{RUN_FOR}")
+    if run_for <= timedelta(0):
+        raise BadInput(f"{where}.{RUN_FOR}", "must be a positive duration such as 90s, 10m or 1h30m")
+    return Step(step.index, step.at, action, manifests=step.manifests, run_for=run_for)
 
 
 def _action(step: Step, value: Any, nodes: set[str], submitted: set[str]) -> Step:

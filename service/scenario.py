@@ -21,7 +21,8 @@ node x-9``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import heapq
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -49,6 +50,8 @@ from ledger.model import (
     validate_document,
 )
 from service.errors import BadInput
+from service.workload import FIELD as WORKLOAD
+from service.workload import Row, Workload, parse_workload
 
 ACTIONS = ("submit", "apply", "fail", "recover", "shrink", "complete", "cancel", "advance")
 _MANIFEST_ACTIONS = {"submit": "Run", "apply": "Budget"}
@@ -61,6 +64,7 @@ class ScenarioSpec(Strict):
     nodes: list[NodeSpec] = Field(min_length=1)
     budgets: list[Any] = Field(default_factory=list)
     steps: list[Any] = Field(default_factory=list)
+    workload: Any = None
 
     @field_validator("start")
     @classmethod
@@ -90,11 +94,12 @@ class Step:
     node: str = ""
     run: str = ""
     by: int = 0
-    run_for: timedelta | None = None
+    durations: tuple[timedelta, ...] = ()  # runFor of each manifest (empty: they run until told)
+    origin: str = ""  # where the step comes from, when not spec.steps (a workload row)
 
     @property
     def field(self) -> str:
-        return f"spec.steps[{self.index}].{self.action}"
+        return self.origin or f"spec.steps[{self.index}].{self.action}"
 
     def describe(self) -> str:
         if self.manifests:
@@ -117,6 +122,7 @@ class Scenario:
     cluster: ClusterManifest
     budgets: tuple[BudgetManifest, ...]
     steps: tuple[Step, ...]
+    waited: dict[str, timedelta] = field(default_factory=dict)  # run -> the source system's wait (workload)
 
     @property
     def end(self) -> datetime:
@@ -157,14 +163,32 @@ def load_scenario(text: str) -> Scenario:
     )
     documents = _manifests(spec.budgets, "spec.budgets", "Budget") if spec.budgets else []
     budgets = tuple(m for m in documents if isinstance(m, BudgetManifest))
+    workload = parse_workload(spec.workload) if spec.workload is not None else None
     return Scenario(
         name=manifest.metadata.name,
         start=spec.start,
         policy=spec.policy,
         cluster=cluster,
         budgets=budgets,
-        steps=_steps(spec.steps, {node.name for node in spec.nodes}),
+        steps=_merged(_steps(spec.steps, {node.name for node in spec.nodes}), workload),
+        waited={r.run: r.waited for r in workload.rows if r.waited is not None} if workload else {},
     )
+
+
+def _merged(steps: tuple[Step, ...], workload: Workload | None) -> tuple[Step, ...]:
+    """``spec.steps`` and the workload's submissions in time order (a step first at equal times)."""
+    if workload is None:
+        return steps
+    batches = [_batch(rows, workload.gpu_type) for rows in workload.batches()]
+    return tuple(heapq.merge(steps, batches, key=lambda s: s.at))
+
+
+def _batch(rows: tuple[Row, ...], gpu_type: str) -> Step:
+    first, last = rows[0].line, rows[-1].line
+    origin = f"{WORKLOAD}.rows[{first}]" if first == last else f"{WORKLOAD}.rows[{first}-{last}]"
+    manifests = tuple(r.manifest(gpu_type) for r in rows)
+    return Step(first, rows[0].at, "submit", manifests=manifests, durations=tuple(r.run_for for r in rows),
+                origin=origin)  # fmt: skip
 
 
 def _single_document(text: str) -> Any:
@@ -237,7 +261,7 @@ def _step(index: int, raw: Any, nodes: set[str], submitted: set[str]) -> Step:
     run_for = parse_offset(raw[RUN_FOR], f"{where}.{RUN_FOR}")
     if run_for <= timedelta(0):
         raise BadInput(f"{where}.{RUN_FOR}", "must be a positive duration such as 90s, 10m or 1h30m")
-    return Step(step.index, step.at, action, manifests=step.manifests, run_for=run_for)
+    return Step(step.index, step.at, action, manifests=step.manifests, durations=(run_for,) * len(step.manifests))
 
 
 def _action(step: Step, value: Any, nodes: set[str], submitted: set[str]) -> Step:

@@ -196,10 +196,9 @@ class Simulation:
             self._record(at, events, expected, SIM_USER)
         else:  # advance: the planner's due-time work at this time
             self._catch_up(at)
-        if step.run_for is not None:
-            for manifest in step.manifests:
-                assert isinstance(manifest, RunManifest)
-                self.durations[run_key(manifest.metadata.namespace, manifest.metadata.name)] = step.run_for
+        for manifest, duration in zip(step.manifests, step.durations, strict=False):
+            assert isinstance(manifest, RunManifest)
+            self.durations[run_key(manifest.metadata.namespace, manifest.metadata.name)] = duration
         return Chapter(step, at, after, self.log.tip)
 
     def _finish_workloads(self, at: datetime) -> Chapter | None:

@@ -11,6 +11,7 @@ scenario give byte-identical JSON.
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from service.scenario import Scenario
 CLASSES = ("owned", "shared", "borrowed", "unfunded", "spare")
 CUT_KINDS = {"ReclaimUnfunded": "reclaim", "DropSpare": "drop-spare", "Shrink": "shrink", "RandomPreempt": "lottery"}
 BUCKET = timedelta(hours=1)
+_CAUSE = re.compile(r"\((\w+)[,)]")
 Row = dict[str, Any]
 
 
@@ -81,9 +83,9 @@ class Collector:
                 if kind is not None:
                     self.cuts[kind] += 1
             elif isinstance(e, ev.RunRequeued):
-                self.requeued[e.reason] += 1
+                self.requeued[_kind(e.reason)] += 1
             elif isinstance(e, ev.RunFinished) and e.phase == "Failed":
-                self.failed[e.reason] += 1
+                self.failed[_kind(e.reason)] += 1
 
     def _close(self, lease_id: str, at: datetime) -> None:
         lease = self.leases.pop(lease_id, None)
@@ -152,6 +154,12 @@ class Collector:
             "overall": {"jobtree": percentiles(list(ours.values())), "slurm": percentiles(list(theirs.values()))},
             "byTeam": {team: {"jobtree": mine[team], "slurm": slurm[team]} for team in sorted(mine)},
         }
+
+
+def _kind(reason: str) -> str:
+    """A run's end or requeue by what cut it (``... (RandomPreempt, seed ...)`` → ``lottery``), else the reason."""
+    match = _CAUSE.search(reason)
+    return CUT_KINDS.get(match.group(1), match.group(1)) if match else reason
 
 
 def _iso(at: datetime) -> str:

@@ -51,7 +51,7 @@ from ledger.model import (
 )
 from service.errors import BadInput
 from service.workload import FIELD as WORKLOAD
-from service.workload import Row, Workload, parse_workload
+from service.workload import Row, Workload, mapping, parse_workload
 
 ACTIONS = ("submit", "apply", "fail", "recover", "shrink", "complete", "cancel", "advance")
 _MANIFEST_ACTIONS = {"submit": "Run", "apply": "Budget"}
@@ -284,11 +284,7 @@ def _action(step: Step, value: Any, nodes: set[str], submitted: set[str]) -> Ste
 
 def _shrink(step: Step, value: Any, submitted: set[str]) -> Step:
     field = step.field
-    if not isinstance(value, dict):
-        raise BadInput(field, "must be a mapping {run: <ns/name>, by: N}")
-    for key in value:
-        if key not in ("run", "by"):
-            raise BadInput(f"{field}.{key}", "unknown field (shrink takes run and by)")
+    value = mapping(value, field, ("run", "by"), "{run: <ns/name>, by: N}", "shrink")
     by = value.get("by")
     if isinstance(by, bool) or not isinstance(by, int) or by <= 0:
         raise BadInput(f"{field}.by", f"must be a positive number of GPUs (got {by!r})")

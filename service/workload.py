@@ -100,12 +100,18 @@ class Workload:
                 start = index
 
 
+def mapping(value: Any, where: str, keys: tuple[str, ...], shape: str, what: str) -> dict[str, Any]:
+    """``value`` as a mapping of only ``keys``, else BadInput naming the field."""
+    if not isinstance(value, dict):
+        raise BadInput(where, f"must be a mapping {shape}")
+    for key in value:
+        if key not in keys:
+            raise BadInput(f"{where}.{key}", f"unknown field ({what} takes {' and '.join(keys)})")
+    return value
+
+
 def parse_workload(raw: Any) -> Workload:
-    if not isinstance(raw, dict):
-        raise BadInput(FIELD, "must be a mapping {gpuType: ..., rows: [...]}")
-    for key in raw:
-        if key not in ("gpuType", "rows"):
-            raise BadInput(f"{FIELD}.{key}", "unknown field (a workload takes gpuType and rows)")
+    raw = mapping(raw, FIELD, ("gpuType", "rows"), "{gpuType: ..., rows: [...]}", "a workload")
     gpu_type = raw.get("gpuType")
     if not isinstance(gpu_type, str) or not gpu_type:
         raise BadInput(f"{FIELD}.gpuType", "is required: the GPU type every row's run asks for")

@@ -85,7 +85,7 @@ def test_import_sacct_maps_jobs_owners_and_gpus(jt: CLI, tmp_path: Path) -> None
     rows = {r.split()[1]: r.split() for r in doc["spec"]["workload"]["rows"]}
     assert len(rows) == len(gpu_jobs) == 240
     for job in gpu_jobs:
-        at, run, owner, gpus, _run_for, *flags = rows[f"{job['Account']}/j-{job['JobID']}"]
+        _at, _run, owner, gpus, _run_for, *flags = rows[f"{job['Account']}/j-{job['JobID']}"]
         assert owner == f"org:slurm:{job['Account']}"
         assert int(gpus) == int(job["AllocTRES"].split("gres/gpu=")[1].split(",")[0])
         assert any(f.startswith("waited=") for f in flags)

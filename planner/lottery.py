@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -113,9 +114,7 @@ class _Draw:
         return Cut(ticket, False, (ticket,))
 
 
-def run_lottery(
-    tickets: Iterable[Ticket], floors: Sequence[RunFloor], deficit: int, lottery: Lottery
-) -> list[Cut]:
+def run_lottery(tickets: Iterable[Ticket], floors: Sequence[RunFloor], deficit: int, lottery: Lottery) -> list[Cut]:
     """Cut groups until ``deficit`` GPUs are freed or no ticket is left."""
     state = _Draw(set(tickets), {f.run: f for f in floors})
     cuts: list[Cut] = []
@@ -138,12 +137,12 @@ def kill_probabilities(tickets: Sequence[Ticket], floors: Sequence[RunFloor], de
     if len(tickets) <= EXACT_LIMIT:
         odds = _exact(tuple(sorted(tickets)), tuple(sorted(floors, key=lambda f: f.run)), deficit)
         return {run: round(dict(odds).get(run, 0.0), 6) for run in runs}
-    return _sampled(tickets, floors, deficit, runs)
+    return dict(_sampled(tuple(sorted(tickets)), tuple(sorted(floors, key=lambda f: f.run)), deficit, tuple(runs)))
 
 
 @lru_cache(maxsize=4096)
 def _exact(tickets: tuple[Ticket, ...], floors: tuple[RunFloor, ...], deficit: int) -> tuple[tuple[str, float], ...]:
-    return tuple(sorted(_exact_from(frozenset(tickets), {f.run: f for f in floors}, {}, deficit).items()))
+    return tuple(sorted(_exact_from(frozenset(tickets), {f.run: f for f in floors}, {}, deficit, {}).items()))
 
 
 def _branches(
@@ -159,22 +158,33 @@ def _branches(
             yield weight, state.cut(ticket), state
 
 
+_Memo = dict[tuple[frozenset[Ticket], frozenset[tuple[str, int]], int], Any]
+
+
 def _exact_from(
-    tickets: frozenset[Ticket], floors: dict[str, RunFloor], lost: dict[str, int], deficit: int
+    tickets: frozenset[Ticket], floors: dict[str, RunFloor], lost: dict[str, int], deficit: int, memo: _Memo
 ) -> dict[str, float]:
+    """Exact odds by enumeration; ``memo`` holds each (tickets left, GPUs lost, deficit) once (else exponential)."""
     if deficit <= 0 or not tickets:
         return {}
+    key = (tickets, frozenset(lost.items()), deficit)
+    if key in memo:
+        return dict(memo[key])
     odds: dict[str, float] = {}
     for weight, cut, state in _branches(tickets, floors, lost):
         if cut.run_ended:
             odds[cut.ticket.run] = odds.get(cut.ticket.run, 0.0) + weight
-        rest = _exact_from(frozenset(state.tickets), floors, state.lost, deficit - cut.gpus)
+        rest = _exact_from(frozenset(state.tickets), floors, state.lost, deficit - cut.gpus, memo)
         for run, p in rest.items():
             odds[run] = odds.get(run, 0.0) + weight * p
+    memo[key] = dict(odds)
     return odds
 
 
-def _sampled(tickets: Sequence[Ticket], floors: Sequence[RunFloor], deficit: int, runs: list[str]) -> dict[str, float]:
+@lru_cache(maxsize=1024)  # a pure function of its arguments; the planner asks again for every pass
+def _sampled(
+    tickets: tuple[Ticket, ...], floors: tuple[RunFloor, ...], deficit: int, runs: tuple[str, ...]
+) -> tuple[tuple[str, float], ...]:
     ended = dict.fromkeys(runs, 0)
     base = hashlib.sha256(repr(sorted(tickets)).encode()).hexdigest()
     for sample in range(SAMPLES):
@@ -182,7 +192,7 @@ def _sampled(tickets: Sequence[Ticket], floors: Sequence[RunFloor], deficit: int
         for cut in run_lottery(tickets, floors, deficit, lottery):
             if cut.run_ended:
                 ended[cut.ticket.run] += 1
-    return {run: round(count / SAMPLES, 6) for run, count in ended.items()}
+    return tuple((run, round(count / SAMPLES, 6)) for run, count in ended.items())
 
 
 def expected_cut(tickets: Sequence[Ticket], floors: Sequence[RunFloor], deficit: int) -> float:
@@ -191,6 +201,11 @@ def expected_cut(tickets: Sequence[Ticket], floors: Sequence[RunFloor], deficit:
         return 0.0
     if len(tickets) <= EXACT_LIMIT:
         return _exact_gpus(tuple(sorted(tickets)), tuple(sorted(floors, key=lambda f: f.run)), deficit)
+    return _sampled_gpus(tuple(sorted(tickets)), tuple(sorted(floors, key=lambda f: f.run)), deficit)
+
+
+@lru_cache(maxsize=1024)
+def _sampled_gpus(tickets: tuple[Ticket, ...], floors: tuple[RunFloor, ...], deficit: int) -> float:
     total = 0
     base = hashlib.sha256(repr(sorted(tickets)).encode()).hexdigest()
     for sample in range(SAMPLES // 10):
@@ -201,13 +216,18 @@ def expected_cut(tickets: Sequence[Ticket], floors: Sequence[RunFloor], deficit:
 
 @lru_cache(maxsize=4096)
 def _exact_gpus(tickets: tuple[Ticket, ...], floors: tuple[RunFloor, ...], deficit: int) -> float:
-    return _gpus_from(frozenset(tickets), {f.run: f for f in floors}, {}, deficit)
+    return _gpus_from(frozenset(tickets), {f.run: f for f in floors}, {}, deficit, {})
 
 
-def _gpus_from(tickets: frozenset[Ticket], floors: dict[str, RunFloor], lost: dict[str, int], deficit: int) -> float:
+def _gpus_from(
+    tickets: frozenset[Ticket], floors: dict[str, RunFloor], lost: dict[str, int], deficit: int, memo: _Memo
+) -> float:
     if deficit <= 0 or not tickets:
         return 0.0
-    return sum(
-        weight * (cut.gpus + _gpus_from(frozenset(state.tickets), floors, state.lost, deficit - cut.gpus))
-        for weight, cut, state in _branches(tickets, floors, lost)
-    )
+    key = (tickets, frozenset(lost.items()), deficit)
+    if key not in memo:
+        memo[key] = sum(
+            weight * (cut.gpus + _gpus_from(frozenset(state.tickets), floors, state.lost, deficit - cut.gpus, memo))
+            for weight, cut, state in _branches(tickets, floors, lost)
+        )
+    return float(memo[key])

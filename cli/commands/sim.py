@@ -18,14 +18,16 @@ from sqlalchemy.exc import SQLAlchemyError
 from cli import context
 from cli.errors import BadInput, CommandError
 from cli.render import LEASE_COLUMNS, RUN_COLUMNS, Column, console, emit_data, errors, short_time, table
-from cli.scenario import Scenario, load_scenario
-from cli.sim import Chapter, SimResult, simulate
 from ledger import manifest_yaml
 from ledger.databases import drop_database, fresh_database
 from ledger.embedded import migrate, resolve_database_url
 from ledger.errors import ManifestError
 from ledger.model import format_duration
 from ledger.store import Ledger
+from service import generate, sacct
+from service.scenario import Scenario, load_scenario
+from service.simmetrics import Collector
+from service.simulate import Chapter, SimResult, simulate
 
 app = typer.Typer(help="What-if: run a scenario through the real planner on a virtual clock.", no_args_is_help=True)
 ScenarioArg = Annotated[Path, typer.Argument(help="Scenario file (YAML or JSON)", metavar="SCENARIO")]
@@ -66,25 +68,109 @@ def check(scenario: ScenarioArg) -> None:
         console.print(f"scenario {parsed.name}: valid, {len(parsed.steps)} steps, ends at +{summary['end']}")
 
 
+@app.command("generate")
+def generate_command(
+    days: Annotated[float, typer.Option(help="How long the scenario lasts")] = 30.0,
+    nodes: Annotated[int, typer.Option(help="Nodes in the fleet")] = 160,
+    runs: Annotated[int, typer.Option(help="Runs submitted over the whole span")] = 1000,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same file")] = 1,
+    mix: Annotated[Path | None, typer.Option(help="Workload mix (YAML; docs/simulator.md)")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Write here instead of stdout")] = None,
+) -> None:
+    """Write a synthetic scenario: a fleet, 8 teams' budgets and a workload (Poisson arrivals, daily cycle)."""
+    mix_text = None
+    if mix is not None:
+        try:
+            mix_text = mix.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BadInput("--mix", f"cannot read {mix}: {exc}") from None
+    text_value = generate.dump(generate.generate(days, nodes, runs, seed, generate.load_mix(mix_text)))
+    _write(text_value, out)
+
+
+def _write(text_value: str, out: Path | None) -> None:
+    if out is None:
+        typer.echo(text_value, nl=False)
+        return
+    try:
+        out.write_text(text_value, encoding="utf-8")
+    except OSError as exc:
+        raise BadInput("--out", f"cannot write {out}: {exc.strerror}") from None
+    errors.print(f"wrote {out}", markup=False)
+
+
 @app.command("run")
 def run(
     scenario: ScenarioArg,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="One progress line per step on stderr")] = False,
     keep: Annotated[bool, typer.Option(help="Keep the simulation's database and print its URL")] = False,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Write report.json and PNG plots into this directory")
+    ] = None,
 ) -> None:
     """Run a scenario (nodes, budgets, timed steps) on a throw-away ledger; print the story and final state."""
     if context.GLOBALS.now is not None:
         raise BadInput("--now", "a scenario runs on its own clock (spec.start plus each step's `at`)")
     parsed = read_scenario(scenario)  # before any database is touched
-    result, kept = _simulate_in_throwaway(parsed, verbose, keep)
-    if not emit_data(result.as_json(), context.GLOBALS.output):
+    collector = Collector(parsed) if report is not None else None
+    result, kept = _simulate_in_throwaway(parsed, verbose, keep, collector)
+    if collector is not None and report is not None:
+        _report(collector.report(parsed.end), report, result)
+    elif not emit_data(result.as_json(), context.GLOBALS.output):
         render_story(result)
     if kept:
         shown = make_url(kept).render_as_string(hide_password=True)
         errors.print(f"kept the simulation's ledger: --db {shown}", markup=False)
 
 
-def _simulate_in_throwaway(parsed: Scenario, verbose: bool, keep: bool) -> tuple[SimResult, str | None]:
+def _report(data: dict[str, Any], directory: Path, result: SimResult) -> None:
+    from cli.simplots import write_report  # matplotlib only when a report is asked for
+
+    try:
+        files = write_report(data, directory)
+    except OSError as exc:
+        raise BadInput("--report", f"cannot write into {directory}: {exc.strerror}") from None
+    if emit_data(data, context.GLOBALS.output):
+        return
+    waits = data["waitMinutes"]["overall"]
+    console.print(
+        f"{data['scenario']}: {data['runs']['submitted']} runs, {result.events} events; "
+        f"wait p50 {waits['p50']} min, p90 {waits['p90']} min, p99 {waits['p99']} min; "
+        f"{data['runs']['stillWaiting']} still waiting at the end",
+        markup=False,
+    )
+    for path in files:
+        console.print(f"wrote {path}", markup=False)
+
+
+@app.command("import-sacct")
+def import_sacct(
+    export: Annotated[Path, typer.Argument(help="sacct --parsable2 --allocations export", metavar="FILE")],
+    nodes: Annotated[
+        int | None, typer.Option(help="Fleet size (default: the fewest nodes that held Slurm's peak)")
+    ] = None,
+    gpus_per_node: Annotated[int, typer.Option(help="GPUs per node")] = 8,
+    gpu_type: Annotated[str, typer.Option(help="GPU type of the fleet and every run")] = "H100-80GB",
+    out: Annotated[Path | None, typer.Option("--out", help="Write here instead of stdout")] = None,
+) -> None:
+    """Turn a Slurm accounting export into a scenario: each GPU job a run, its account the owner."""
+    if gpus_per_node <= 0 or (nodes is not None and nodes <= 0):
+        raise BadInput("--nodes/--gpus-per-node", "must be positive")
+    try:
+        text_value = export.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInput("FILE", f"cannot read {export}: {exc}") from None
+    imported = sacct.read_sacct(text_value, str(export))
+    name = f"sacct-{sacct.label(export.stem) or 'import'}"
+    document = sacct.scenario_from(imported, name, gpu_type, gpus_per_node, nodes)
+    _write(generate.dump(document), out)
+    errors.print(f"{len(imported.jobs)} GPU jobs imported, {imported.skipped} skipped (no GPUs or never started)",
+                 markup=False)  # fmt: skip
+
+
+def _simulate_in_throwaway(
+    parsed: Scenario, verbose: bool, keep: bool, collector: Collector | None = None
+) -> tuple[SimResult, str | None]:
     base_url, _embedded = resolve_database_url(context.GLOBALS.db)
     name = f"jobtree_sim_{os.getpid()}_{secrets.token_hex(3)}"
     try:
@@ -97,7 +183,8 @@ def _simulate_in_throwaway(parsed: Scenario, verbose: bool, keep: bool) -> tuple
         ledger = Ledger.from_url(url)
         try:
             with _progress(verbose) as report:
-                result = simulate(parsed, ledger, report)
+                watchers = [collector.watch] if collector is not None else []
+                result = simulate(parsed, ledger, report, watchers=watchers, tables=collector is None)
         finally:
             ledger.dispose()
         ok = True
@@ -113,7 +200,7 @@ def _progress(verbose: bool) -> Iterator[Any]:
     if verbose:
         yield _line
         return
-    if not errors.is_terminal:
+    if not errors.is_terminal or context.GLOBALS.output != "table":
         yield None
         return
     columns = (TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"))
@@ -144,8 +231,8 @@ def render_story(result: SimResult) -> None:
     )
     events = {e["position"]: e for e in result.timeline}
     for chapter in result.chapters:
-        label = f"step {chapter.step.index}" if chapter.step else "start"
-        when = _offset(chapter.step.at if chapter.step else None)
+        label = f"step {chapter.step.index}" if chapter.step else ("then" if chapter.what else "start")
+        when = _offset(chapter.at - scenario.start)
         console.print(f"\n[bold]+{when:<8}[/bold] [cyan]{label}: {chapter.describe()}[/cyan]")
         for position in range(chapter.after + 1, chapter.last + 1):
             event = events[position]

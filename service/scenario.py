@@ -10,6 +10,10 @@ is ``{at: <duration from spec.start>, <action>: ...}`` with exactly one action:
     complete: <ns/name>            cancel: <ns/name>
     advance: true
 
+A ``submit`` step may add ``runFor: <duration>``: each of its runs then completes that
+long after it starts running (its latest admission; a requeued run starts over), as a
+workload that finishes by itself would (generated and imported scenarios use this).
+
 Steps must be in time order (``at`` never decreases; equal times run in file order).
 Every problem raises ``BadInput`` naming the field, e.g. ``spec.steps[3].fail: unknown
 node x-9``.
@@ -17,13 +21,13 @@ node x-9``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import heapq
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 
-from cli.errors import BadInput
 from ledger import manifest_yaml
 from ledger.events import run_key
 from ledger.model import (
@@ -45,9 +49,13 @@ from ledger.model import (
     unique_node_names,
     validate_document,
 )
+from service.errors import BadInput
+from service.workload import FIELD as WORKLOAD
+from service.workload import Row, Workload, mapping, parse_workload
 
 ACTIONS = ("submit", "apply", "fail", "recover", "shrink", "complete", "cancel", "advance")
 _MANIFEST_ACTIONS = {"submit": "Run", "apply": "Budget"}
+RUN_FOR = "runFor"
 
 
 class ScenarioSpec(Strict):
@@ -56,6 +64,7 @@ class ScenarioSpec(Strict):
     nodes: list[NodeSpec] = Field(min_length=1)
     budgets: list[Any] = Field(default_factory=list)
     steps: list[Any] = Field(default_factory=list)
+    workload: Any = None
 
     @field_validator("start")
     @classmethod
@@ -85,10 +94,12 @@ class Step:
     node: str = ""
     run: str = ""
     by: int = 0
+    durations: tuple[timedelta, ...] = ()  # runFor of each manifest (empty: they run until told)
+    origin: str = ""  # where the step comes from, when not spec.steps (a workload row)
 
     @property
     def field(self) -> str:
-        return f"spec.steps[{self.index}].{self.action}"
+        return self.origin or f"spec.steps[{self.index}].{self.action}"
 
     def describe(self) -> str:
         if self.manifests:
@@ -111,6 +122,7 @@ class Scenario:
     cluster: ClusterManifest
     budgets: tuple[BudgetManifest, ...]
     steps: tuple[Step, ...]
+    waited: dict[str, timedelta] = field(default_factory=dict)  # run -> the source system's wait (workload)
 
     @property
     def end(self) -> datetime:
@@ -151,14 +163,32 @@ def load_scenario(text: str) -> Scenario:
     )
     documents = _manifests(spec.budgets, "spec.budgets", "Budget") if spec.budgets else []
     budgets = tuple(m for m in documents if isinstance(m, BudgetManifest))
+    workload = parse_workload(spec.workload) if spec.workload is not None else None
     return Scenario(
         name=manifest.metadata.name,
         start=spec.start,
         policy=spec.policy,
         cluster=cluster,
         budgets=budgets,
-        steps=_steps(spec.steps, {node.name for node in spec.nodes}),
+        steps=_merged(_steps(spec.steps, {node.name for node in spec.nodes}), workload),
+        waited={r.run: r.waited for r in workload.rows if r.waited is not None} if workload else {},
     )
+
+
+def _merged(steps: tuple[Step, ...], workload: Workload | None) -> tuple[Step, ...]:
+    """``spec.steps`` and the workload's submissions in time order (a step first at equal times)."""
+    if workload is None:
+        return steps
+    batches = [_batch(rows, workload.gpu_type) for rows in workload.batches()]
+    return tuple(heapq.merge(steps, batches, key=lambda s: s.at))
+
+
+def _batch(rows: tuple[Row, ...], gpu_type: str) -> Step:
+    first, last = rows[0].line, rows[-1].line
+    origin = f"{WORKLOAD}.rows[{first}]" if first == last else f"{WORKLOAD}.rows[{first}-{last}]"
+    manifests = tuple(r.manifest(gpu_type) for r in rows)
+    return Step(first, rows[0].at, "submit", manifests=manifests, durations=tuple(r.run_for for r in rows),
+                origin=origin)  # fmt: skip
 
 
 def _single_document(text: str) -> Any:
@@ -215,7 +245,7 @@ def _step(index: int, raw: Any, nodes: set[str], submitted: set[str]) -> Step:
     if "at" not in raw:
         raise BadInput(f"{where}.at", "is required (a duration from spec.start, e.g. 10m)")
     at = parse_offset(raw["at"], f"{where}.at")
-    actions = [str(k) for k in raw if k != "at"]
+    actions = [str(k) for k in raw if k not in ("at", RUN_FOR)]
     for name in actions:
         if name not in ACTIONS:
             raise BadInput(f"{where}.{name}", f"unknown action (a step takes one of: {', '.join(ACTIONS)})")
@@ -223,7 +253,15 @@ def _step(index: int, raw: Any, nodes: set[str], submitted: set[str]) -> Step:
         found = f"found {', '.join(actions)}" if actions else "found none"
         raise BadInput(where, f"a step takes exactly one action besides `at` ({found})")
     action = actions[0]
-    return _action(Step(index, at, action), raw[action], nodes, submitted)
+    step = _action(Step(index, at, action), raw[action], nodes, submitted)
+    if RUN_FOR not in raw:
+        return step
+    if action != "submit":
+        raise BadInput(f"{where}.{RUN_FOR}", "only a submit step takes runFor (how long its runs run)")
+    run_for = parse_offset(raw[RUN_FOR], f"{where}.{RUN_FOR}")
+    if run_for <= timedelta(0):
+        raise BadInput(f"{where}.{RUN_FOR}", "must be a positive duration such as 90s, 10m or 1h30m")
+    return Step(step.index, step.at, action, manifests=step.manifests, durations=(run_for,) * len(step.manifests))
 
 
 def _action(step: Step, value: Any, nodes: set[str], submitted: set[str]) -> Step:
@@ -246,11 +284,7 @@ def _action(step: Step, value: Any, nodes: set[str], submitted: set[str]) -> Ste
 
 def _shrink(step: Step, value: Any, submitted: set[str]) -> Step:
     field = step.field
-    if not isinstance(value, dict):
-        raise BadInput(field, "must be a mapping {run: <ns/name>, by: N}")
-    for key in value:
-        if key not in ("run", "by"):
-            raise BadInput(f"{field}.{key}", "unknown field (shrink takes run and by)")
+    value = mapping(value, field, ("run", "by"), "{run: <ns/name>, by: N}", "shrink")
     by = value.get("by")
     if isinstance(by, bool) or not isinstance(by, int) or by <= 0:
         raise BadInput(f"{field}.by", f"must be a positive number of GPUs (got {by!r})")

@@ -163,16 +163,35 @@ def test_the_runtime_role_cannot_rewrite_bypass_or_change_the_schema(team: Runne
         assert conn.execute("SELECT count(*) FROM events").fetchone()[0] > 0  # type: ignore[index]
 
 
+def _step_back_one_revision(url: str) -> str:
+    """Downgrade the schema by one migration, as its owner would; return the revision it is at."""
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    from ledger.embedded import alembic_config, sqlalchemy_url
+
+    engine = create_engine(sqlalchemy_url(url))
+    try:
+        with engine.begin() as conn:
+            config = alembic_config()
+            config.attributes["connection"] = conn
+            command.downgrade(config, "-1")
+            return str(conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one())
+    finally:
+        engine.dispose()
+
+
 def test_a_behind_schema_is_refused_with_what_to_do_and_never_migrated(cli: Runner, database_url: str) -> None:
     with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
         head = conn.execute("SELECT version_num FROM alembic_version").fetchone()[0]  # type: ignore[index]
-        conn.execute("UPDATE alembic_version SET version_num = '0007'")  # 0008 (grants) re-runs cleanly
+    behind = _step_back_one_revision(database_url)
+    assert behind != head
     result = cli("ops", "get", "runs")
     assert result.code == 1 and result.err.count("\n") == 1
-    assert "revision 0007" in result.err and f"needs revision {head}" in result.err
+    assert f"revision {behind}" in result.err and f"needs revision {head}" in result.err
     assert "jobtree db migrate" in result.err
     with psycopg.connect(libpq_url(database_url)) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0007",)
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == (behind,)
     refused = cli("ops", "db", "migrate")
     assert refused.code == 1 and "permission denied" in refused.err, "the runtime role cannot migrate"
     assert cli("ops", "db", "migrate", "--owner-url", database_url).code == 0

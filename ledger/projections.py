@@ -275,7 +275,10 @@ def _run_values(e: ev.RunSubmitted, at: datetime) -> dict[str, Any]:
         "allocated_gpus": 0,
         **dict.fromkeys(PAYER_CLASSES, 0),
         "phase": "Pending",
-        "message": "",
+        "base_message": "",
+        "reservation_message": "",
+        "warning_message": "",
+        "warned_by": "",
         "spec": e.spec,
         "submitted_at": at,
         "admitted_at": None,
@@ -283,9 +286,13 @@ def _run_values(e: ev.RunSubmitted, at: datetime) -> dict[str, Any]:
     }
 
 
+#: the parts of ``runs.message`` (the database composes it: ``ledger.tables.RUN_MESSAGE``)
+_MESSAGE_PARTS = ("base_message", "reservation_message", "warning_message", "warned_by")
+#: a run that starts, ends or is requeued says so and drops any earlier reservation line or warning
+_FRESH = {"reservation_message": "", "warning_message": "", "warned_by": ""}
 _RUN_COLUMNS = (
     "namespace", "name", "owner", "submitter", "gpu_type", "min_gpus", "max_gpus", "desired_gpus",
-    "allocated_gpus", *PAYER_CLASSES, "phase", "message", "spec", "submitted_at", "admitted_at", "finished_at",
+    "allocated_gpus", *PAYER_CLASSES, "phase", *_MESSAGE_PARTS, "spec", "submitted_at", "admitted_at", "finished_at",
 )  # fmt: skip
 _UPSERT_RUNS = _upsert_sql("runs", "run", _RUN_COLUMNS)
 
@@ -309,24 +316,25 @@ def _set_run(conn: Connection, run: str, **values: Any) -> None:
 
 @_on(ev.RunAdmitted)
 def _run_admitted(conn: Connection, e: ev.RunAdmitted, at: datetime) -> None:
-    _set_run(conn, e.run, phase="Running", admitted_at=at, message="")
+    _set_run(conn, e.run, phase="Running", admitted_at=at, base_message="", **_FRESH)
 
 
-_ADMIT_RUNS = _update_sql("runs", "run", ("phase", "admitted_at", "message"))
-_FINISH_RUNS = _update_sql("runs", "run", ("phase", "message", "finished_at"))
-_REQUEUE_RUNS = _update_sql("runs", "run", ("phase", "message"))
+_ADMIT_RUNS = _update_sql("runs", "run", ("phase", "admitted_at", *_MESSAGE_PARTS))
+_FINISH_RUNS = _update_sql("runs", "run", ("phase", *_MESSAGE_PARTS, "finished_at"))
+_REQUEUE_RUNS = _update_sql("runs", "run", ("phase", *_MESSAGE_PARTS))
 
 
 @_on_many(ev.RunAdmitted)
 def _runs_admitted(conn: Connection, items: Items) -> None:
-    rows = ({"run": e.run, "phase": "Running", "admitted_at": _iso(at), "message": ""} for e, at in items)
+    rows = ({"run": e.run, "phase": "Running", "admitted_at": _iso(at), "base_message": "", **_FRESH}
+            for e, at in items)
     _run_many(conn, _ADMIT_RUNS, rows, "run")
 
 
 @_on(ev.RunDeferred)
 def _run_deferred(conn: Connection, e: ev.RunDeferred, at: datetime) -> None:
-    """What is short; a Reserved run keeps its reservation's ETA after it (ledger.reservations)."""
-    conn.execute(_DEFERRED_MESSAGE, {"run": e.run, "msg": e.message})
+    """What is short; a Reserved run keeps its reservation's ETA after it (``RUN_MESSAGE``)."""
+    _set_run(conn, e.run, base_message=e.message)
 
 
 @_on(ev.RunShrinkRequested)
@@ -337,23 +345,24 @@ def _run_shrink_requested(conn: Connection, e: ev.RunShrinkRequested, at: dateti
 
 @_on(ev.RunFinished)
 def _run_finished(conn: Connection, e: ev.RunFinished, at: datetime) -> None:
-    _set_run(conn, e.run, phase=e.phase, message=e.reason, finished_at=at)
+    _set_run(conn, e.run, phase=e.phase, base_message=e.reason, finished_at=at, **_FRESH)
 
 
 @_on_many(ev.RunFinished)
 def _runs_finished(conn: Connection, items: Items) -> None:
-    rows = ({"run": e.run, "phase": e.phase, "message": e.reason, "finished_at": _iso(at)} for e, at in items)
+    rows = ({"run": e.run, "phase": e.phase, "base_message": e.reason, "finished_at": _iso(at), **_FRESH}
+            for e, at in items)
     _run_many(conn, _FINISH_RUNS, rows, "run")
 
 
 @_on(ev.RunRequeued)
 def _run_requeued(conn: Connection, e: ev.RunRequeued, at: datetime) -> None:
-    _set_run(conn, e.run, phase="Pending", message=f"requeued: {e.reason}")
+    _set_run(conn, e.run, phase="Pending", base_message=f"requeued: {e.reason}", **_FRESH)
 
 
 @_on_many(ev.RunRequeued)
 def _runs_requeued(conn: Connection, items: Items) -> None:
-    rows = ({"run": e.run, "phase": "Pending", "message": f"requeued: {e.reason}"} for e, _ in items)
+    rows = ({"run": e.run, "phase": "Pending", "base_message": f"requeued: {e.reason}", **_FRESH} for e, _ in items)
     _run_many(conn, _REQUEUE_RUNS, rows, "run")
 
 
@@ -540,24 +549,17 @@ def _pods_bound(conn: Connection, items: Items) -> None:
 
 # ---------------------------------------------------------------- reservations (SPEC §5, planner.reserve)
 
-_DEFERRED_MESSAGE = text(
-    "UPDATE runs SET message = CASE WHEN phase = 'Reserved' THEN :msg || COALESCE('; ' || ("
-    "SELECT data->>'message' FROM reservations WHERE run = :run AND state = 'Open' ORDER BY id DESC LIMIT 1"
-    "), '') ELSE :msg END WHERE run = :run"
-)
-_RESERVED_MESSAGE = text(
-    "UPDATE runs SET phase = 'Reserved', message = CASE "
-    "WHEN message ~ 'reserved res-[0-9]+: earliest start [^ ]+$' "
-    "THEN regexp_replace(message, 'reserved res-[0-9]+: earliest start [^ ]+$', :msg) "
-    "WHEN COALESCE(message, '') = '' THEN :msg ELSE message || '; ' || :msg END WHERE run = :run"
-)
-_UNRESERVED = text(
-    "UPDATE runs SET phase = 'Pending', message = regexp_replace(message, '(; )?reserved res-[0-9]+: .*$', '') "
-    "WHERE run = :run AND phase = 'Reserved'"
-)
-_WARNINGS_OFF = text(
-    "UPDATE runs SET message = '' WHERE message LIKE 'you are in the conflict set of ' || :by || ' (%'"
-)
+def _unreserved(conn: Connection, run: str) -> None:
+    runs = t.runs.c
+    conn.execute(update(t.runs).where(runs.run == run).values(reservation_message=""))
+    conn.execute(update(t.runs).where(runs.run == run, runs.phase == "Reserved").values(phase="Pending"))
+
+
+def _warnings_off(conn: Connection, by: str) -> None:
+    """The conflict warnings ``by``'s reservation issued end with it."""
+    runs = t.runs.c
+    warned = update(t.runs).where(runs.warned_by == by, runs.warned_by != "")  # the partial index (0010)
+    conn.execute(warned.values(warning_message="", warned_by=""))
 
 
 def _reservation_data(e: ev.ReservationCreated | ev.ReservationChanged) -> dict[str, Any]:
@@ -577,7 +579,7 @@ def _reservation_set(conn: Connection, e: ev.ReservationCreated | ev.Reservation
     values = {"run": e.run, "state": "Open", "earliest_start": eta, "data": _reservation_data(e)}
     stmt = insert(t.reservations).values(id=e.reservation, **values)
     conn.execute(stmt.on_conflict_do_update(index_elements=[t.reservations.c.id], set_=values))
-    conn.execute(_RESERVED_MESSAGE, {"run": e.run, "msg": e.message})
+    _set_run(conn, e.run, phase="Reserved", reservation_message=e.message)
 
 
 def _close_reservation(conn: Connection, rid: str, state: str, extra: dict[str, Any]) -> None:
@@ -589,20 +591,20 @@ def _close_reservation(conn: Connection, rid: str, state: str, extra: dict[str, 
 @_on(ev.ReservationReleased)
 def _reservation_released(conn: Connection, e: ev.ReservationReleased, at: datetime) -> None:
     _close_reservation(conn, e.reservation, "Released", {"reason": e.reason})
-    conn.execute(_UNRESERVED, {"run": e.run})
-    conn.execute(_WARNINGS_OFF, {"by": e.run})
+    _unreserved(conn, e.run)
+    _warnings_off(conn, e.run)
 
 
 @_on(ev.ReservationCancelled)
 def _reservation_cancelled(conn: Connection, e: ev.ReservationCancelled, at: datetime) -> None:
     _close_reservation(conn, e.reservation, "Cancelled", {})
-    conn.execute(_WARNINGS_OFF, {"by": e.run})
+    _warnings_off(conn, e.run)
 
 
 @_on(ev.ReservationActivated)
 def _reservation_activated(conn: Connection, e: ev.ReservationActivated, at: datetime) -> None:
     _close_reservation(conn, e.reservation, "Activated", {"seed": e.seed, "freedGPUs": e.freed})
-    conn.execute(_WARNINGS_OFF, {"by": e.run})
+    _warnings_off(conn, e.run)
 
 
 @_on(ev.ConflictWarningIssued)
@@ -611,9 +613,9 @@ def _conflict_warning(conn: Connection, e: ev.ConflictWarningIssued, at: datetim
         f"you are in the conflict set of {e.by} ({e.reservation}), ETA {e.earliest_start}, "
         f"kill probability {e.kill_probability:g}" + (f", shrink by {e.shrink_gpus} GPUs" if e.shrink_gpus else "")
     )
-    conn.execute(
-        update(t.runs).where(t.runs.c.run == e.run, t.runs.c.phase == "Running").values(message=text_value)
-    )
+    runs = t.runs.c
+    warned = update(t.runs).where(runs.run == e.run, runs.phase == "Running")
+    conn.execute(warned.values(warning_message=text_value, warned_by=e.by))
 
 
 # ---------------------------------------------------------------- rebuild

@@ -13,6 +13,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Computed,
     DateTime,
     Float,
     Index,
@@ -31,6 +32,14 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSTZRANGE, ExcludeConst
 metadata = MetaData()
 
 TS = DateTime(timezone=True)
+
+#: ``runs.message``: a conflict warning while running, the reservation's line while
+#: reserved, else what the run's last admission, deferral, requeue or end said
+RUN_MESSAGE = (
+    "CASE WHEN phase = 'Running' AND warning_message <> '' THEN warning_message "
+    "WHEN phase = 'Reserved' AND reservation_message <> '' THEN CASE WHEN base_message = '' "
+    "THEN reservation_message ELSE base_message || '; ' || reservation_message END ELSE base_message END"
+)
 
 events = Table(
     "events",
@@ -124,11 +133,18 @@ runs = Table(
     Column("borrowed", Integer, nullable=False, server_default="0"),
     Column("unfunded", Integer, nullable=False, server_default="0"),
     Column("phase", Text, nullable=False),
-    Column("message", Text, nullable=False, server_default=""),
+    # the parts of a run's message, each set by its own events; ``message`` is their
+    # composition, computed by the database (migration 0010)
+    Column("base_message", Text, nullable=False, server_default=""),
+    Column("reservation_message", Text, nullable=False, server_default=""),
+    Column("warning_message", Text, nullable=False, server_default=""),
+    Column("warned_by", Text, nullable=False, server_default=""),
+    Column("message", Text, Computed(RUN_MESSAGE, persisted=True)),
     Column("spec", JSONB, nullable=False),
     Column("submitted_at", TS, nullable=False),
     Column("admitted_at", TS, nullable=True),
     Column("finished_at", TS, nullable=True),
+    Index("runs_warned_by_idx", "warned_by", postgresql_where=text("warned_by <> ''")),
 )
 
 leases = Table(

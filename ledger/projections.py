@@ -665,8 +665,10 @@ def _decode(rows: list[tuple[Any, ...]]) -> Iterator[ev.Recorded]:
     for (position, stream, version, kind, _, actor, occurred_at), data in zip(rows, payloads, strict=True):
         cls = lookup.get(kind)
         try:
-            event = cls(**{k: tuple(v) if type(v) is list else v for k, v in data.items()})  # type: ignore[misc]
-        except (TypeError, AttributeError):  # an unknown type or a payload that does not fit
+            if cls is None or cls.VERSION != 1:  # unknown, or a payload that may need upcasting
+                raise TypeError(kind)
+            event = cls(**{k: tuple(v) if type(v) is list else v for k, v in data.items()})
+        except (TypeError, AttributeError):  # and a payload that does not fit
             event = ev.from_data(kind, data, position)  # raises UndecodableEvent naming the row
         if occurred_at.tzinfo is not UTC:
             occurred_at = occurred_at.astimezone(UTC)

@@ -8,10 +8,9 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
 
 import pytest
-from planner_fakes import T0, budget, envelope, fleet, run, stream_for
+from planner_fakes import T0, budget, envelope, fleet, run
 
 from binder.group import BinderGroup
 from binder.kube import KubeApi
@@ -24,14 +23,10 @@ from ledger.store import Ledger
 from ledger.stream import BusConfig
 from planner.worker import catch_up
 from tests.k8s.apiserver_double import ApiServerDouble
-from tests.kafka.test_binder_group import Member
+from tests.kafka.test_binder_group import Member, put
 
 _topics = itertools.count(1)
 CLUSTERS = ("east", "west")
-
-
-def put(ledger: Ledger, *events: ev.Event, at: datetime = T0) -> None:
-    ledger.append([ev.NewEvent(stream_for(e), e) for e in events], actor="test", at=at)
 
 
 @dataclass

@@ -10,6 +10,12 @@ capacity; NotReady beyond the grace period, the out-of-service taint or
 deletion → NodeFailed; the same node healthy again → NodeRecovered (only for
 failures the intake itself reported).
 
+Several clusters, one ledger: an intake with ``cluster`` set serves one Kubernetes
+cluster. A node without the cluster label is recorded with that value; a node labelled
+for another cluster, or whose name the ledger already knows in another cluster (node
+names are unique across the ledger, SPEC §1.1), is left alone with a warning; and only
+that cluster's nodes are failed when they vanish from its API.
+
 The loop is list-then-watch per resource; a 410 Gone on a watch means "list
 again", which ``resync`` does.
 """
@@ -26,7 +32,7 @@ from sqlalchemy import text
 
 from binder.intake_status import budget_status, rejected_status, run_status
 from binder.kube import KubeApi, KubeError, KubeGone, KubeNotFound
-from binder.kube_nodes import node_facts, unhealthy_reason
+from binder.kube_nodes import NodeFacts, node_facts, unhealthy_reason
 from ledger import queries
 from ledger.events import NewEvent, NodeFailed, NodeRecovered, node_stream, run_key
 from ledger.model import API_VERSION, Manifest, ManifestError, PolicySpec, validate_document
@@ -73,6 +79,7 @@ class Intake:
     api: KubeApi
     service: ServiceFactory
     grace: timedelta = timedelta(minutes=5)
+    cluster: str = ""  # the cluster label value this intake serves; '' = whatever the nodes say
     versions: dict[str, str] = field(default_factory=dict)
     objects: dict[str, dict[tuple[str, str], Obj]] = field(default_factory=lambda: {r: {} for r in RESOURCES})
     budget_home: dict[str, tuple[str, str]] = field(default_factory=dict)
@@ -207,10 +214,14 @@ class Intake:
         if kind == "DELETED":
             self._set_failed(svc, name, "kube:deleted")
             return
-        facts = node_facts(obj, svc.policy().node_labels)
+        facts = self._facts(svc, obj)
         if facts is None:
             return
         known = {n["name"]: n for n in queries.list_nodes(svc.ledger.engine)}.get(name)
+        if known is not None and self.cluster and known["labels"]["cluster"] != self.cluster:
+            log.warning("node %s: the ledger has it in cluster %r; this intake serves %r: ignored",
+                        name, known["labels"]["cluster"], self.cluster)  # fmt: skip
+            return
         current = known and (known["gpuType"], known["gpus"], known["labels"])
         if current != (facts.gpu_type, facts.gpus, facts.labels):
             doc = {
@@ -224,9 +235,23 @@ class Intake:
             except (Rejected, ManifestError) as exc:
                 log.warning("node %s: %s", name, exc)
 
+    def _facts(self, svc: Service, obj: Obj) -> NodeFacts | None:
+        """The node's facts, its cluster label defaulted to ours; None if it is not a GPU node we serve."""
+        facts = node_facts(obj, svc.policy().node_labels)
+        if facts is None or not self.cluster:
+            return facts
+        label = facts.labels.get("cluster", "")
+        if label and label != self.cluster:
+            log.warning("node %s: labelled cluster %r; this intake serves %r: ignored", facts.name, label, self.cluster)
+            return None
+        return NodeFacts(facts.name, facts.gpu_type, facts.gpus, {**facts.labels, "cluster": self.cluster})
+
+    def _serves(self, node: Obj) -> bool:
+        return not self.cluster or node["labels"]["cluster"] == self.cluster
+
     def _check_nodes(self, svc: Service) -> None:
         for (_, name), obj in sorted(self.objects["nodes"].items()):
-            if node_facts(obj, svc.policy().node_labels) is None:
+            if self._facts(svc, obj) is None:
                 continue
             reason = unhealthy_reason(obj, svc.now, self.grace)
             if reason:
@@ -237,19 +262,19 @@ class Intake:
     def _fail_vanished_nodes(self, svc: Service) -> None:
         present = {name for (_, name) in self.objects["nodes"]}
         for node in queries.list_nodes(svc.ledger.engine):
-            if node["name"] not in present and _registered_by_intake(svc.ledger, node["name"]):
+            if node["name"] not in present and self._serves(node) and _registered_by_intake(svc.ledger, node["name"]):
                 self._set_failed(svc, node["name"], "kube:deleted")
 
     def _set_failed(self, svc: Service, name: str, reason: str) -> None:
         node = {n["name"]: n for n in queries.list_nodes(svc.ledger.engine)}.get(name)
-        if node is None or node["failed"]:
+        if node is None or node["failed"] or not self._serves(node):
             return
         log.info("node %s failed: %s", name, reason)
         svc.ledger.append([NewEvent(node_stream(name), NodeFailed(name, reason))], actor=INTAKE_ACTOR, at=svc.now)
 
     def _set_recovered(self, svc: Service, name: str) -> None:
         node = {n["name"]: n for n in queries.list_nodes(svc.ledger.engine)}.get(name)
-        if node is None or not node["failed"] or not _failed_by_intake(svc.ledger, name):
+        if node is None or not node["failed"] or not self._serves(node) or not _failed_by_intake(svc.ledger, name):
             return
         log.info("node %s recovered", name)
         svc.ledger.append([NewEvent(node_stream(name), NodeRecovered(name))], actor=INTAKE_ACTOR, at=svc.now)

@@ -22,7 +22,7 @@ condition (reason ``Unschedulable``) saying why, like the default scheduler.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -219,14 +219,22 @@ def bind(api: KubeApi, ledger: Ledger, lease: LeaseToBind) -> tuple[str, ...]:
 # ------------------------------------------------------------ unbind
 
 
-def release(api: KubeApi, open_leases: Sequence[LeaseToBind], grace: int | None) -> list[str]:
-    """Delete (gracefully) every running user pod Jobtree bound whose slot has no open lease any more."""
+def release(
+    api: KubeApi, open_leases: Sequence[LeaseToBind], grace: int | None, owns: Callable[[str], bool] | None = None
+) -> list[str]:
+    """Delete (gracefully) every running user pod Jobtree bound whose slot has no open lease any more.
+
+    ``owns(node)``: only pods on the nodes it accepts (a binder group member's share, or the
+    nodes of the cluster a binder serves); the others are another binder's to release.
+    """
     wanted = {(lease.run, lease.group, lease.node) for lease in open_leases if lease.role in ("Active", "Fill")}
     removed: list[str] = []
     for pod in user_pods(api):
         run = _annotation(pod, kp.ANNOTATION_RUN)
         held = claim(pod, run) if run else None
         if held is None or (run, *held) in wanted or _phase(pod) in TERMINAL or _meta(pod).get("deletionTimestamp"):
+            continue
+        if owns is not None and not owns(held[1]):
             continue
         namespace, name = str(_meta(pod)["namespace"]), str(_meta(pod)["name"])
         try:

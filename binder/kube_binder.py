@@ -176,7 +176,7 @@ class KubeBinder:
             except KubeNotFound:
                 continue
             removed.append(f"{key[0]}/{key[1]}")
-        return (*removed, *kube_adopt.release(self.api, open_leases, self.grace_seconds))
+        return (*removed, *kube_adopt.release(self.api, open_leases, self.grace_seconds, owns))
 
     def observe(self) -> Sequence[Event]:
         """RunCompleted for every Running run whose workload pods all succeeded."""

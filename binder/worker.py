@@ -49,14 +49,25 @@ class BindDeferred(BindError):
     """Not yet, and not a failure (e.g. a user-managed run's pod does not exist yet): retried next pass."""
 
 
-def unbound_leases(ledger: Ledger) -> list[LeaseToBind]:
-    sql = """
-        SELECT lease_id, run, group_index, role, node, gpus, reason FROM leases
-        WHERE NOT bound AND end_at IS NULL ORDER BY start_at, lease_id
+# cluster '' serves every node (one cluster, or a binder for all); else only nodes with that cluster label.
+_OF_CLUSTER = "(:cluster = '' OR l.node IN (SELECT n.name FROM nodes n WHERE n.cluster = :cluster))"
+
+
+def unbound_leases(ledger: Ledger, cluster: str = "") -> list[LeaseToBind]:
+    sql = f"""
+        SELECT lease_id, run, group_index, role, node, gpus, reason FROM leases l
+        WHERE NOT bound AND end_at IS NULL AND {_OF_CLUSTER} ORDER BY start_at, lease_id
     """
     with ledger.engine.connect() as conn:
-        rows = conn.execute(text(sql)).all()
+        rows = conn.execute(text(sql), {"cluster": cluster}).all()
     return [LeaseToBind(r.lease_id, r.run, r.group_index, r.role, r.node, r.gpus, r.reason or "") for r in rows]
+
+
+def cluster_nodes(ledger: Ledger, cluster: str) -> frozenset[str]:
+    """The names of the nodes whose cluster label is ``cluster``."""
+    with ledger.engine.connect() as conn:
+        rows = conn.execute(text("SELECT name FROM nodes WHERE cluster = :c"), {"c": cluster}).scalars()
+        return frozenset(str(n) for n in rows)
 
 
 # Both lookups go through events_lease_id_idx (type, data->>'lease_id', position), migration 0003;
@@ -86,8 +97,8 @@ def kept_pods(ledger: Ledger, lease_id: str) -> tuple[str, ...]:
     return tuple(pods or ())
 
 
-def bind_pending(ledger: Ledger, backend: Backend, now: datetime) -> int:
-    """Bind every open, unbound lease; return how many were bound.
+def bind_pending(ledger: Ledger, backend: Backend, now: datetime, cluster: str = "") -> int:
+    """Bind every open, unbound lease (on ``cluster``'s nodes, when given); return how many were bound.
 
     All the PodBound facts of a pass go in one append (one transaction), under an
     idempotency key derived from the leases it binds, so a crash or a retry never
@@ -96,7 +107,7 @@ def bind_pending(ledger: Ledger, backend: Backend, now: datetime) -> int:
     until quiet still stops.
     """
     bound: list[PodBound] = []
-    for lease in unbound_leases(ledger):
+    for lease in unbound_leases(ledger, cluster):
         try:
             kept = kept_pods(ledger, lease.lease_id) if lease.reason == "PayerChanged" else ()
             pods = kept or backend.bind(lease)
@@ -116,13 +127,13 @@ def bind_pending(ledger: Ledger, backend: Backend, now: datetime) -> int:
     return len(ledger.append(events, actor=BINDER_ACTOR, at=now, idempotency_key=key))
 
 
-def open_leases(ledger: Ledger) -> list[LeaseToBind]:
-    sql = """
-        SELECT lease_id, run, group_index, role, node, gpus FROM leases
-        WHERE end_at IS NULL ORDER BY start_at, lease_id
+def open_leases(ledger: Ledger, cluster: str = "") -> list[LeaseToBind]:
+    sql = f"""
+        SELECT lease_id, run, group_index, role, node, gpus FROM leases l
+        WHERE end_at IS NULL AND {_OF_CLUSTER} ORDER BY start_at, lease_id
     """
     with ledger.engine.connect() as conn:
-        rows = conn.execute(text(sql)).all()
+        rows = conn.execute(text(sql), {"cluster": cluster}).all()
     return [LeaseToBind(r.lease_id, r.run, r.group_index, r.role, r.node, r.gpus) for r in rows]
 
 
@@ -136,17 +147,22 @@ def _observed_key(ledger: Ledger, event: Event) -> str:
     return f"observed:{event.TYPE}:{run}:{since}"
 
 
-def reconcile(ledger: Ledger, backend: ClusterBackend, now: datetime) -> tuple[int, int, int]:
+def reconcile(ledger: Ledger, backend: ClusterBackend, now: datetime, cluster: str = "") -> tuple[int, int, int]:
     """One binder pass: bind new leases, report workload facts, remove unwanted pods.
 
     Returns (leases bound, facts reported, pods removed). Facts are appended with
     an idempotency key per run incarnation, so a redelivered observation is harmless.
+    With ``cluster`` the pass binds, and removes pods, on that cluster's nodes only
+    (several clusters, one ledger: each cluster's binder sees its own leases).
     """
-    bound = bind_pending(ledger, backend, now)
+    bound = bind_pending(ledger, backend, now, cluster)
     facts = 0
     for fact in backend.observe():
         stream = run_stream(fact.run) if isinstance(fact, RunCompleted) else binder_stream()
         key = _observed_key(ledger, fact)
         facts += len(ledger.append([NewEvent(stream, fact)], actor=BINDER_ACTOR, at=now, idempotency_key=key))
-    removed = backend.unbind(open_leases(ledger))
+    if not cluster:
+        return bound, facts, len(backend.unbind(open_leases(ledger)))
+    mine = cluster_nodes(ledger, cluster)
+    removed = backend.unbind(open_leases(ledger, cluster), owns=lambda node: node in mine)
     return bound, facts, len(removed)

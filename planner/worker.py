@@ -201,8 +201,13 @@ class PlannerService:
             raise
         result = CatchUp()
         now = self.now()
-        if now is not None:
+        while now is not None:
             self._catch_up(now, result)
+            # A fenced append can fold an input later than ``now`` and return unplanned
+            # (plan_once): plan at its time before publishing a position past it.
+            if self.state.last_time is None or self.state.last_time <= now:
+                break
+            now = self.now()
         now = self.now()
         wake = next_due(self.state, now) if now is not None else None
         done = PassResult(now, self.state.last_position, result.decisions, result.bound, wake)

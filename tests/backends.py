@@ -13,8 +13,10 @@ Fixtures: ``backend`` (session; which tier and why), ``kafka_bootstrap`` (sessio
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -26,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from ledger.embedded import create_database, migrate
+from ledger.embedded import TemporaryServer, create_database, migrate, start_temporary_server
 
 BACKEND_ENV = "JOBTREE_TEST_BACKEND"
 _names = itertools.count(1)
@@ -174,3 +176,18 @@ def stream_db(backend: Backend, container_pg: str | None, request: pytest.Fixtur
     name = f"s_{os.getpid()}_{next(_names)}"
     create_database(container_pg, name, template="jobtree_template")
     return container_pg.rsplit("/", 1)[0] + f"/{name}"
+
+
+@contextlib.contextmanager
+def migrated_server(prefix: str, database: str = "jobtree") -> Iterator[tuple[TemporaryServer, str]]:
+    """A migrated embedded server of the test's own (never the session's); deleted with its data afterwards."""
+    parent = Path(tempfile.mkdtemp(prefix=prefix))
+    server = start_temporary_server(parent / "pg")
+    try:
+        create_database(server.url, database)
+        url = server.database_url(database)
+        migrate(url)
+        yield server, url
+    finally:
+        server.stop()
+        shutil.rmtree(parent, ignore_errors=True)

@@ -73,13 +73,15 @@ def clock_for(ledger: Ledger, wall: Wall) -> Wall:
     return lambda: JobtreeApp.resolve_now(ledger, None, wall())
 
 
-def run_sim_binder(ledger: Ledger, backend: Backend, once: bool, interval: float, wall: Wall) -> None:
-    """Without Kafka: tail the ledger (bind every open, unbound lease each pass)."""
+def run_sim_binder(
+    ledger: Ledger, backend: Backend, once: bool, interval: float, wall: Wall, cluster: str = ""
+) -> None:
+    """Without Kafka: tail the ledger (bind every open, unbound lease, of ``cluster``'s nodes if set, each pass)."""
     now = clock_for(ledger, wall)
     listener = Listener(ledger)
 
     def step(wait: float) -> str:
-        bound = bind_pending(ledger, backend, now())
+        bound = bind_pending(ledger, backend, now(), cluster)
         if not once:
             listener.wait(ledger.last_position(), wait)
         return f"binder: {bound} lease(s) bound"

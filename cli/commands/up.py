@@ -249,12 +249,24 @@ def up(
     clock: Annotated[
         str, typer.Option("--clock", help="wall: plan at the wall clock; simulated: time moves only by events")
     ] = "wall",
-    checkpoint_every: Annotated[str | None, typer.Option("--checkpoint-every", help="Sign the chain's head "
-                                "(audit checkpoint) after the first pass and then every DURATION")] = None,
-    checkpoint_dir: Annotated[Path | None, typer.Option("--checkpoint-dir", help="Where scheduled checkpoints go "
-                              "(default $JOBTREE_HOME/checkpoints)")] = None,
-    checkpoint_key: Annotated[Path | None, typer.Option("--checkpoint-key", help="Their signing key (default "
-                              "$JOBTREE_HOME/audit/checkpoint.key, created on first use)")] = None,
+    checkpoint_every: Annotated[
+        str | None,
+        typer.Option(
+            "--checkpoint-every",
+            help="Sign the chain's head (audit checkpoint) after the first pass and then every DURATION",
+        ),
+    ] = None,
+    checkpoint_dir: Annotated[
+        Path | None,
+        typer.Option("--checkpoint-dir", help="Where scheduled checkpoints go (default $JOBTREE_HOME/checkpoints)"),
+    ] = None,
+    checkpoint_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint-key",
+            help="Their signing key (default $JOBTREE_HOME/audit/checkpoint.key, created on first use)",
+        ),
+    ] = None,
     kafka: Annotated[
         str | None,
         typer.Option("--kafka", envvar="JOBTREE_KAFKA_BOOTSTRAP", help="also relay events to Kafka HOST:PORT"),
@@ -297,9 +309,18 @@ def serve(service: Up, interval: float, anchoring: Checkpoints | None = None) ->
                 previous = done
             if anchoring is not None:
                 anchoring.after(service.ledger, done)
-            after = service.service.state.last_position if service.service else service.ledger.last_position()
-            _wait(listener, after, service.wait_seconds(interval, wall_clock()), stop)
+            _wait(listener, _position(service), service.wait_seconds(interval, wall_clock()), stop)
     errors.print("jobtree up: stopped", markup=False)
+
+
+def _position(service: Up) -> int:
+    """Where the next wait starts: the leader's state, else the ledger's tip (0 while the database is away)."""
+    if service.service:
+        return service.service.state.last_position
+    try:
+        return service.ledger.last_position()
+    except LedgerError:
+        return 0  # a restart: wake on the next notification, retry the pass
 
 
 def news(previous: Pass | None, done: Pass) -> bool:

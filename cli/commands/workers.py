@@ -8,6 +8,7 @@ runs a single pass and exits (for tests, cron-style use and debugging).
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 app = typer.Typer(help="Run the planner, intake and binder services (a cluster install).", no_args_is_help=True)
 log = logging.getLogger("jobtree.workers")
 Clock = Callable[[], datetime]
+_LABEL_VALUE = re.compile(r"(?=.{1,63}$)[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 
 KubeconfigOption = Annotated[
     str | None, typer.Option("--kubeconfig", envvar="KUBECONFIG", help="kubeconfig file (default: in-cluster)")
@@ -48,6 +50,9 @@ KubeconfigOption = Annotated[
 ContextOption = Annotated[str | None, typer.Option("--context", help="kubeconfig context")]
 OnceOption = Annotated[bool, typer.Option("--once", help="one pass, then exit")]
 IntervalOption = Annotated[float, typer.Option("--interval", min=0.1, help="seconds between passes")]
+ClusterOption = Annotated[
+    str, typer.Option("--cluster", help="serve only nodes with this cluster label (SPEC §1.1); '' = every node")
+]
 
 
 def wall_clock() -> datetime:
@@ -161,9 +166,10 @@ def binder(
     kafka: so.KafkaOption = None,
     topic: so.TopicOption = None,
     group: Annotated[str | None, typer.Option("--group", help="consumer group (jobtree-binder[-CLUSTER])")] = None,
-    cluster: Annotated[str, typer.Option("--cluster", help="serve only nodes with this cluster label")] = "",
+    cluster: ClusterOption = "",
 ) -> None:
     """Bind pods for new leases, report PodBound/RunCompleted, delete pods of ended leases."""
+    cluster = _cluster_value(cluster)
     if backend_name not in ("kubernetes", "sim"):
         raise BadInput("--backend", f"must be kubernetes or sim (got {backend_name!r})")
     config = so.bus_config(kafka, topic)
@@ -182,15 +188,26 @@ def binder(
     from binder.kube_binder import KubeBinder
 
     if not isinstance(backend, KubeBinder):
-        so.run_sim_binder(ledger, backend, once, interval, wall_clock)
+        so.run_sim_binder(ledger, backend, once, interval, wall_clock, cluster)
         return
     kube = backend
 
     def step() -> str:
-        bound, facts, removed = reconcile(ledger, kube, JobtreeApp.resolve_now(ledger, None, wall_clock()))
+        bound, facts, removed = reconcile(ledger, kube, JobtreeApp.resolve_now(ledger, None, wall_clock()), cluster)
         return f"binder: {bound} lease(s) bound, {facts} fact(s) reported, {removed} pod(s) removed"
 
     _loop(step, once, interval)
+
+
+def _cluster_value(value: str) -> str:
+    """A cluster label value as Kubernetes allows it (empty: serve every cluster)."""
+    value = value.strip()
+    if value and not _LABEL_VALUE.fullmatch(value):
+        raise BadInput(
+            "--cluster",
+            f"must be a Kubernetes label value (≤63 of A-Z a-z 0-9 - _ ., alphanumeric at both ends); got {value!r}",
+        )
+    return value
 
 
 def _kube_binder(ledger: Ledger, kubeconfig: str | None, kube_context: str | None, grace: int | None) -> Backend:
@@ -223,8 +240,10 @@ def intake(
     once: OnceOption = False,
     watch_seconds: Annotated[int, typer.Option("--watch-seconds", min=1, help="watch window per pass")] = 5,
     grace: Annotated[str, typer.Option("--grace", help="NotReady grace period before NodeFailed")] = "5m",
+    cluster: ClusterOption = "",
 ) -> None:
     """Turn Run/Budget objects and Nodes into ledger commands; write statuses back."""
+    cluster = _cluster_value(cluster)
     try:
         grace_period = parse_duration(grace)
     except ValueError as exc:
@@ -233,7 +252,7 @@ def intake(
 
     ledger = open_ledger()
     require_impersonator(ledger, INTAKE_ACTOR)  # it acts for the users the API server authenticated
-    worker = Intake(_connect(kubeconfig, kube_context), intake_service(ledger), grace=grace_period)
+    worker = Intake(_connect(kubeconfig, kube_context), intake_service(ledger), grace=grace_period, cluster=cluster)
     worker.resync()
     console.print(f"intake: {sum(len(v) for v in worker.objects.values())} object(s) listed")
     if once:

@@ -27,15 +27,13 @@ from ledger.embedded import (
     _forget,
     _harden_wheel,
     atomic_write,
-    create_database,
     libpq_url,
-    migrate,
     repair_state_files,
-    start_temporary_server,
     stop_embedded,
 )
 from ledger.store import APPEND_LOCK_KEY
 from ledger.timeouts import Timeouts, parse_timeouts
+from tests.backends import migrated_server
 from tests.e2e.bad_inputs import exit_code
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -161,16 +159,8 @@ def test_an_emptied_handle_list_is_recovered_by_the_next_command(
 @pytest.fixture
 def frozen_url() -> Iterator[tuple[str, int]]:
     """A migrated server of our own (never the session's) whose postmaster the test may SIGSTOP."""
-    parent = Path(tempfile.mkdtemp(prefix="jt-frz-"))
-    server = start_temporary_server(parent / "pg")
-    try:
-        create_database(server.url, "jobtree")
-        url = server.database_url("jobtree")
-        migrate(url)
+    with migrated_server("jt-frz-") as (server, url):
         yield url, int(server.handle.get_pid())
-    finally:
-        server.stop()
-        shutil.rmtree(parent, ignore_errors=True)
 
 
 def test_a_frozen_database_gives_one_line_within_the_timeout(

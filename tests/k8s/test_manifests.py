@@ -193,6 +193,23 @@ def test_helm_values_flow_into_the_deployments() -> None:
     assert secret["stringData"]["url"] == "postgresql://x/y" and secret["metadata"]["namespace"] == "ops"
 
 
+def test_the_cluster_value_reaches_the_intake_and_the_binder() -> None:
+    def args(values: dict[str, Any]) -> dict[str, list[str]]:
+        docs = documents(render_chart(CHART, values, name="jt"))
+        return {
+            d["metadata"]["name"]: d["spec"]["template"]["spec"]["containers"][0]["args"]
+            for d in docs
+            if d["kind"] == "Deployment"
+        }
+
+    east = args({"cluster": "east"})
+    for worker in ("jt-intake", "jt-binder"):
+        assert east[worker][east[worker].index("--cluster") + 1] == "east"
+        default = args({})[worker]
+        assert default[default.index("--cluster") + 1] == ""  # one cluster: every node served
+    assert "--cluster" not in east["jt-planner"]  # one planner plans for every cluster
+
+
 def _secret_of(container: dict[str, Any]) -> str:
     (env,) = [e for e in container["env"] if e["name"] == "JOBTREE_DATABASE_URL"]
     return str(env["valueFrom"]["secretKeyRef"]["name"])

@@ -47,10 +47,12 @@ def test_workers_run_one_pass_each(
     api.create_custom("runs", "rai-sys", example("resnet-small.yaml"))
     db = ["--db", database_url]
 
-    assert _jobtree("workers", "intake", "--once", "--kubeconfig", config, "--context", "double", *db) == 0
+    assert (
+        _jobtree("workers", "intake", "--once", "--no-webhook", "--kubeconfig", config, "--context", "double", *db) == 0
+    )
     assert _jobtree("workers", "planner", "--once", *db) == 0
     assert _jobtree("workers", "binder", "--once", "--kubeconfig", config, *db) == 0
-    assert _jobtree("workers", "intake", "--once", "--kubeconfig", config, *db) == 0
+    assert _jobtree("workers", "intake", "--once", "--no-webhook", "--kubeconfig", config, *db) == 0
 
     out = capsys.readouterr().out
     assert "binder: 1 lease(s) bound" in out

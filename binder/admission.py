@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import ssl
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -139,7 +140,11 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class WebhookServer(ThreadingHTTPServer):
-    """The webhook on ``host:port`` in a daemon thread; TLS unless it listens on loopback only."""
+    """The webhook on ``host:port`` in a daemon thread; TLS unless it listens on loopback only.
+
+    With ``client_ca`` a client must present a certificate that CA signed (configure the API
+    server's admission kubeconfig with one), so nobody else who reaches the port can post a
+    review naming any user."""
 
     daemon_threads = True
 
@@ -150,22 +155,28 @@ class WebhookServer(ThreadingHTTPServer):
         authorize: Authorize,
         admissions: Admissions,
         tls: tuple[Path, Path] | None = None,
+        client_ca: Path | None = None,
     ) -> None:
         if tls is None and host not in LOOPBACK:
             raise ValueError("--webhook-cert/--webhook-key: required unless the webhook listens on loopback")
+        if client_ca is not None and tls is None:
+            raise ValueError("--webhook-client-ca: needs --webhook-cert and --webhook-key")
         super().__init__((host, port), _Handler)
         self.authorize = authorize
         self.admissions = admissions
         if tls is not None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(str(tls[0]), str(tls[1]))
-            self.socket = context.wrap_socket(self.socket, server_side=True)
+            if client_ca is not None:  # only the API server (its client certificate) may post reviews
+                context.verify_mode = ssl.CERT_REQUIRED
+                context.load_verify_locations(cafile=str(client_ca))
+            # the handshake runs in the request's thread, so a slow client never stalls accept()
+            self.socket = context.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
         self._thread = threading.Thread(target=self.serve_forever, name="jobtree-admission", daemon=True)
 
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host!s}:{port}/validate"
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A failed handshake (no or a wrong client certificate) or a dropped client: one log line."""
+        log.warning("admission webhook: a request from %s failed: %s", client_address, sys.exc_info()[1])
 
     def start(self) -> WebhookServer:
         self._thread.start()

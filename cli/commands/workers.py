@@ -251,6 +251,10 @@ def intake(
     ] = None,
     webhook_cert: Annotated[Path | None, typer.Option("--webhook-cert", help="webhook TLS certificate (PEM)")] = None,
     webhook_key: Annotated[Path | None, typer.Option("--webhook-key", help="webhook TLS private key (PEM)")] = None,
+    webhook_client_ca: Annotated[
+        Path | None,
+        typer.Option("--webhook-client-ca", help="accept only clients with a certificate from this CA (PEM)"),
+    ] = None,
     no_webhook: Annotated[
         bool,
         typer.Option("--no-webhook", help="trusted mode: no webhook; Runs are submitted as the intake itself"),
@@ -265,12 +269,14 @@ def intake(
 
     address = _webhook_address(webhook, no_webhook)
     tls = _webhook_tls(webhook_cert, webhook_key)
+    if webhook_client_ca is not None and (tls is None or not webhook_client_ca.is_file()):
+        raise BadInput("--webhook-client-ca", "needs --webhook-cert and --webhook-key, and an existing PEM file")
     ledger = open_ledger()
     require_impersonator(ledger, INTAKE_ACTOR)  # it acts for the users the API server authenticated
     service = intake_service(ledger)
     admissions = None if no_webhook else Admissions()
     if address is not None and admissions is not None:
-        _serve_webhook(address, tls, service, admissions)
+        _serve_webhook(address, (tls, webhook_client_ca), service, admissions)
     worker = Intake(_connect(kubeconfig, kube_context), service, grace=grace_period, admissions=admissions)
     worker.resync()
     console.print(f"intake: {sum(len(v) for v in worker.objects.values())} object(s) listed")
@@ -313,7 +319,7 @@ def _webhook_tls(cert: Path | None, key: Path | None) -> tuple[Path, Path] | Non
 
 def _serve_webhook(
     address: tuple[str, int],
-    tls: tuple[Path, Path] | None,
+    tls: tuple[tuple[Path, Path] | None, Path | None],
     service: Callable[[], IntakeService],
     admissions: Admissions,
 ) -> WebhookServer:
@@ -321,7 +327,7 @@ def _serve_webhook(
         return service().authorize(owner, user, groups)
 
     try:
-        server = WebhookServer(*address, authorize, admissions, tls).start()
+        server = WebhookServer(*address, authorize, admissions, *tls).start()
     except (OSError, ValueError) as exc:
         raise BadInput("--webhook", str(exc)) from None
     console.print(f"intake: admission webhook on {address[0]}:{server.server_address[1]}", markup=False)

@@ -186,3 +186,70 @@ def test_a_malformed_review_is_a_400_not_a_crash(webhooked: tuple[Cluster, Webho
 def test_plain_http_is_refused_off_loopback(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--webhook-cert"):
         WebhookServer("0.0.0.0", 0, lambda o, u, g: None, Admissions())
+
+
+def _certificate(tmp: Path, name: str, issuer: tuple[Any, Any] | None = None, server: bool = False) -> tuple[Any, Any]:
+    """A key and certificate for ``name``, self-signed (a CA) or signed by ``issuer``; PEM files in ``tmp``."""
+    from datetime import UTC, datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    signer_cert, signer_key = issuer if issuer else (None, key)
+    now = datetime.now(UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(signer_cert.subject if signer_cert else subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
+    )
+    if server:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+    cert = builder.sign(signer_key, hashes.SHA256())
+    (tmp / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp / f"{name}.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert, key
+
+
+def test_over_tls_only_a_client_with_the_api_servers_certificate_is_heard(tmp_path: Path) -> None:
+    import ssl
+
+    ca = _certificate(tmp_path, "ca")
+    _certificate(tmp_path, "webhook", ca, server=True)
+    _certificate(tmp_path, "apiserver", ca)
+    admissions = Admissions()
+    tls = (tmp_path / "webhook.crt", tmp_path / "webhook.key")
+    server = WebhookServer("127.0.0.1", 0, lambda o, u, g: None, admissions, tls, tmp_path / "ca.crt").start()
+    review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": "r1", "resource": {"group": "rq.davidlangworthy.io", "resource": "runs"}, "operation": "CREATE",
+        "userInfo": {"username": "alice"}, "object": {"metadata": {"uid": "u1"}, "spec": {"owner": "o"}}}}  # fmt: skip
+
+    def post(cert: str | None) -> int:
+        context = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+        if cert:
+            context.load_cert_chain(str(tmp_path / f"{cert}.crt"), str(tmp_path / f"{cert}.key"))
+        conn = http.client.HTTPSConnection("localhost", server.server_address[1], context=context, timeout=5)
+        try:
+            conn.request("POST", "/validate", json.dumps(review), {"Content-Type": "application/json"})
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    try:
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            post(None)  # no client certificate: the handshake fails, nothing is recorded
+        assert admissions.get("u1") is None
+        assert post("apiserver") == 200
+        assert admissions.get("u1") is not None and admissions.get("u1").user == "alice"  # type: ignore[union-attr]
+    finally:
+        server.stop()

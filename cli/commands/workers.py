@@ -301,8 +301,8 @@ def _webhook_address(webhook: str | None, no_webhook: bool) -> tuple[str, int] |
     if no_webhook:
         raise BadInput("--no-webhook", "not with --webhook")
     host, _, port = webhook.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise BadInput("--webhook", f"must be HOST:PORT with a port in 1..65535 (got {webhook!r})")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise BadInput("--webhook", f"must be HOST:PORT with a port in 0..65535, 0: any free one (got {webhook!r})")
     return host.strip("[]"), int(port)
 
 

@@ -3,7 +3,11 @@
 Every Run and Budget goes through the same validation as the CLI (the injected
 ``Service`` is the CLI's application service); a bad object gets a status
 condition with the message and nothing in the ledger. Identity (SPEC §10): a
-Run in namespace N may only name an owner whose Budget object lives in N.
+Run in namespace N may only name an owner whose Budget object lives in N, and
+its submitter is the user the API server authenticated, as the intake's admission
+webhook saw it (``binder.admission``), never a field of the object. A Run with no
+recorded admission is refused, unless the intake runs without a webhook
+(``admissions=None``: then it submits as itself, ``jobtree-intake``).
 Statuses (phase, width, funding, ETA, message) are written back through the
 status subresource. Nodes are discovered from labels and ``nvidia.com/gpu``
 capacity; NotReady beyond the grace period, the out-of-service taint or
@@ -30,6 +34,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import text
 
+from binder.admission import Admissions, Admitted
 from binder.intake_status import budget_status, rejected_status, run_status
 from binder.kube import KubeApi, KubeError, KubeGone, KubeNotFound
 from binder.kube_nodes import NodeFacts, node_facts, unhealthy_reason
@@ -61,7 +66,11 @@ class Service(Protocol):
     @property
     def now(self) -> datetime: ...
 
-    def apply(self, manifests: Iterable[Manifest]) -> None: ...
+    def apply(self, manifests: Iterable[Manifest], as_user: Admitted | None = None) -> None:
+        """Apply as the service's identity, or as ``as_user`` (the user the webhook saw)."""
+
+    def authorize(self, owner: str, user: str, groups: frozenset[str]) -> str | None:
+        """None when ``user`` may submit runs for ``owner``, else the refusal (field and rule)."""
 
     def cancel(self, namespace: str, name: str) -> None: ...
 
@@ -80,6 +89,8 @@ class Intake:
     service: ServiceFactory
     grace: timedelta = timedelta(minutes=5)
     cluster: str = ""  # the cluster label value this intake serves; '' = whatever the nodes say
+    #: the webhook's record of who admitted each Run; None: no webhook (trusted mode)
+    admissions: Admissions | None = None
     versions: dict[str, str] = field(default_factory=dict)
     objects: dict[str, dict[tuple[str, str], Obj]] = field(default_factory=lambda: {r: {} for r in RESOURCES})
     budget_home: dict[str, tuple[str, str]] = field(default_factory=dict)
@@ -181,13 +192,15 @@ class Intake:
             if active and ("runs", ns, name) in self.handled:
                 svc.cancel(ns, name)
             self.handled.pop(("runs", ns, name), None)
+            if self.admissions is not None:
+                self.admissions.forget(str(obj["metadata"].get("uid", "")))
             return
         if self._done("runs", obj) or active:  # submitted before (a restart, or a spec edit: ignored)
             self._mark("runs", obj)
             return
         try:
             self._check_owner(ns, obj)
-            svc.apply([_manifest(obj, "Run")])
+            svc.apply([_manifest(obj, "Run")], as_user=self._submitter(obj))
         except Rejected as exc:
             self._write("runs", obj, rejected_status(obj, str(exc), exc.reason))
             return
@@ -203,6 +216,21 @@ class Intake:
                 f"({owner!r}: {where})",
                 "Forbidden",
             )
+
+    def _submitter(self, obj: Obj) -> Admitted | None:
+        """The user the webhook admitted this Run for (None in trusted mode: the intake itself)."""
+        if self.admissions is None:
+            return None
+        uid = str(obj["metadata"].get("uid", ""))
+        found = self.admissions.get(uid)
+        if found is None:
+            raise Rejected(
+                f"metadata.uid: no admission recorded for this Run (uid {uid or '(none)'}): its submitter is "
+                "the user the API server authenticated, which only the intake's admission webhook sees; "
+                "apply the Run again once the webhook is installed",
+                "NoAdmission",
+            )
+        return found
 
     def _accepted_runs(self) -> set[str]:
         return {f"{ns}/{name}" for (plural, ns, name) in self.handled if plural == "runs"}

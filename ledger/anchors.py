@@ -211,6 +211,11 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         raise AnchorError(field, f"cannot read the file: {exc.strerror}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise AnchorError(field, f"not a JSON checkpoint ({exc})") from None
+    return checked_checkpoint(data, field)
+
+
+def checked_checkpoint(data: Any, field: str) -> dict[str, Any]:
+    """``data`` if it has a checkpoint's shape (a file's, or a record's from the stream)."""
     if not isinstance(data, dict) or data.get("kind") != KIND or data.get("version") != VERSION:
         raise AnchorError(field, f"not a {KIND} version {VERSION} file")
     for name, kind in (("position", int), ("hash", str), ("witnesses", list), ("publicKey", str),

@@ -9,15 +9,21 @@ Settings (every worker and ``events tail``): ``--kafka HOST:PORT`` or
 ``jobtree.events``); consumer-group timeouts ``$JOBTREE_KAFKA_SESSION_MS`` (default
 6000) and ``$JOBTREE_KAFKA_MAX_POLL_MS`` (default 10000), short so that a killed binder's
 partitions move to a live one within seconds.
+
+Signed checkpoints (``ledger.anchors``) go to their own topic,
+``$JOBTREE_KAFKA_CHECKPOINT_TOPIC`` (default ``jobtree.checkpoints``, one partition: a total
+order), one record per checkpoint: the checkpoint file's JSON as the value, the ledger's
+first hash as the key, headers ``type: Checkpoint`` and ``position``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
@@ -232,3 +238,79 @@ class GroupConsumer:
 
     def close(self) -> None:
         self._consumer.close(autocommit=False)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+CHECKPOINT_TOPIC_ENV = "JOBTREE_KAFKA_CHECKPOINT_TOPIC"
+DEFAULT_CHECKPOINT_TOPIC = "jobtree.checkpoints"
+CHECKPOINT_TYPE = "Checkpoint"
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedCheckpoint:
+    topic: str
+    partition: int
+    offset: int
+
+
+def checkpoint_config(config: BusConfig) -> BusConfig:
+    """The checkpoint topic on ``config``'s broker (one partition)."""
+    topic = os.environ.get(CHECKPOINT_TOPIC_ENV, "").strip() or DEFAULT_CHECKPOINT_TOPIC
+    return replace(config, topic=topic, partitions=1)
+
+
+def publish_checkpoint(config: BusConfig, checkpoint: Mapping[str, Any]) -> PublishedCheckpoint:
+    """Publish one signed checkpoint (acks=all) to the checkpoint topic; where it landed."""
+    target = checkpoint_config(config)
+    ensure_topic(target)
+    ledger = checkpoint.get("ledger") or {}
+    key = str(ledger.get("firstHash") or ledger.get("database") or "ledger").encode()
+    value = json.dumps(checkpoint, sort_keys=True, separators=(",", ":")).encode()
+    headers = [("type", CHECKPOINT_TYPE.encode()), ("position", str(checkpoint.get("position", "")).encode())]
+
+    def send() -> PublishedCheckpoint:
+        producer = KafkaProducer(bootstrap_servers=target.bootstrap, acks="all", request_timeout_ms=target.ms)
+        try:
+            meta = producer.send(target.topic, key=key, value=value, headers=headers, partition=0).get(
+                timeout=target.timeout
+            )
+        finally:
+            producer.close(timeout=target.timeout)
+        return PublishedCheckpoint(target.topic, int(meta.partition), int(meta.offset))
+
+    result: PublishedCheckpoint = _guard(f"publishing the checkpoint to {target.topic}", send)
+    return result
+
+
+def read_checkpoints(config: BusConfig, idle: float = 2.0) -> list[tuple[int, Any]]:
+    """Every record on the checkpoint topic as (offset, parsed JSON or None), oldest first."""
+    target = checkpoint_config(config)
+
+    def read() -> list[tuple[int, Any]]:
+        consumer = KafkaConsumer(
+            bootstrap_servers=target.bootstrap, enable_auto_commit=False, request_timeout_ms=max(target.ms, 11000)
+        )
+        try:
+            part = TopicPartition(target.topic, 0)
+            consumer.assign([part])
+            consumer.seek_to_beginning(part)
+            found: list[tuple[int, Any]] = []
+            quiet_since = time.monotonic()
+            while time.monotonic() - quiet_since < idle:
+                for messages in consumer.poll(timeout_ms=200).values():
+                    quiet_since = time.monotonic()
+                    found.extend((int(m.offset), _parsed(m.value)) for m in messages)
+            return found
+        finally:
+            consumer.close()
+
+    result: list[tuple[int, Any]] = _guard(f"reading {target.topic}", read)
+    return result
+
+
+def _parsed(value: bytes | None) -> Any:
+    try:
+        return json.loads(value or b"")
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None

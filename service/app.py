@@ -309,6 +309,17 @@ class JobtreeApp:
             self._append(events, expected)
         return applied
 
+    def _require_submitter(self, owner: str, submitters: list[str]) -> None:
+        if not self._is_admin() and not self.identity.listed_in(submitters):
+            raise Forbidden(
+                "spec.owner", f"{self.identity.user} may not submit runs for {owner} (not in the Budget's submitters)"
+            )
+
+    def require_submitter(self, owner: str) -> None:
+        """The submit rule alone (an admin, or listed in the owner's Budget ``submitters``):
+        the intake's admission webhook asks it before a Run object is stored."""
+        self._require_submitter(owner, queries.budget_submitters(self.engine, owner) or [])
+
     def _policy_with_admins(self, manifest: PolicyManifest) -> dict[str, Any]:
         spec = manifest.spec.dump()
         if not manifest.spec.admins:  # never lock every admin out by omission
@@ -321,12 +332,7 @@ class JobtreeApp:
         spec = manifest.spec
         key = run_key(manifest.metadata.namespace, manifest.metadata.name)
         checks.refuse_unknown(spec)
-        submitters = checks.submitters(spec.owner) or []
-        if not self._is_admin() and not self.identity.listed_in(submitters):
-            raise Forbidden(
-                "spec.owner",
-                f"{self.identity.user} may not submit runs for {spec.owner} (not in the Budget's submitters)",
-            )
+        self._require_submitter(spec.owner, checks.submitters(spec.owner) or [])
         if key in checks.active or run_stream(key) in expected:
             raise BadInput(
                 "metadata.name", f"a run named {key} is already active in namespace {manifest.metadata.namespace}"

@@ -9,11 +9,13 @@ import typer
 
 from cli import context
 from cli.commands.runs import RunArg, split_run
+from cli.commands.stream_options import KafkaOption, bus_config
 from cli.context import open_app, open_ledger
 from cli.errors import BadInput, CommandError, NotFound
 from cli.render import Col, Column, console, emit_data, hours, key_values, table
 from ledger import accounting, audit
 from ledger.events import run_key
+from ledger.stream import BusConfig
 from planner.replay import replay
 
 app = typer.Typer(help="Accounting and audit: GPU-hours, tamper and determinism checks, run history.",
@@ -72,13 +74,37 @@ def gpu_hours(
 
 @app.command("verify")
 def verify(
-    checkpoint: Annotated[list[Path] | None, typer.Option("--checkpoint", help="A checkpoint file (`audit checkpoint`) "
-                          "the ledger must still extend; repeat for several")] = None,
-    public_key: Annotated[Path | None, typer.Option("--public-key", help="Trust only checkpoints signed by this key "
-                          "(a PEM public or private key file)")] = None,
+    checkpoint: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--checkpoint",
+            help="A checkpoint file (`audit checkpoint`) the ledger must still extend; repeat for several",
+        ),
+    ] = None,
+    public_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--public-key", help="Trust only checkpoints signed by this key (a PEM public or private key file)"
+        ),
+    ] = None,
+    from_stream: Annotated[
+        bool,
+        typer.Option(
+            "--checkpoints-from-stream",
+            help="Also every checkpoint published on the stream's checkpoint topic (needs --kafka)",
+        ),
+    ] = False,
+    kafka: KafkaOption = None,
 ) -> None:
     """Check the hash chain, the invariants over the whole history, and the projections (and checkpoints)."""
-    checkpoints, pinned = _read_checkpoints(checkpoint or [], public_key)
+    config = bus_config(kafka, None)
+    if from_stream and config is None:
+        raise BadInput("--checkpoints-from-stream", "needs a broker: --kafka HOST:PORT or $JOBTREE_KAFKA_BOOTSTRAP")
+    if from_stream and public_key is None:
+        raise BadInput("--checkpoints-from-stream", "needs --public-key: anyone may write to a topic")
+    checkpoints, pinned = _read_checkpoints(checkpoint or [], public_key, from_stream)
+    if from_stream and config is not None:
+        checkpoints += _stream_checkpoints(config)
     report = audit.verify(open_ledger(), checkpoints, pinned)
     if not emit_data(report.as_row(), context.GLOBALS.output):
         table([c.as_row() for c in report.checks],
@@ -104,11 +130,14 @@ def _where(violation: dict[str, Any]) -> str:
 Checkpoints = list[tuple[str, dict[str, Any]]]
 
 
-def _read_checkpoints(files: list[Path], public_key: Path | None) -> tuple[Checkpoints, str | None]:
+def _read_checkpoints(
+    files: list[Path], public_key: Path | None, from_stream: bool = False
+) -> tuple[Checkpoints, str | None]:
     """Every checkpoint file parsed (exit 2 naming the file on a bad one) and the pinned key, before any database."""
-    if not files:
+    if not files and not from_stream:
         if public_key is not None:
-            raise BadInput("--public-key", "pins the key of checkpoints: give them with --checkpoint FILE")
+            rule = "pins the key of checkpoints: give them with --checkpoint FILE or --checkpoints-from-stream"
+            raise BadInput("--public-key", rule)
         return [], None
     from ledger import anchors
 
@@ -122,17 +151,51 @@ def _read_checkpoints(files: list[Path], public_key: Path | None) -> tuple[Check
         raise BadInput(exc.field, exc.rule) from None
 
 
+def _stream_checkpoints(config: BusConfig) -> Checkpoints:
+    """Every checkpoint on the checkpoint topic; a record that is not one is a bad input (exit 2)."""
+    from ledger import anchors
+    from ledger.bus import BusError, checkpoint_config, read_checkpoints
+
+    topic = checkpoint_config(config).topic
+    try:
+        records = read_checkpoints(config)
+    except BusError as exc:
+        raise CommandError(f"--checkpoints-from-stream: {exc}") from None
+    found: Checkpoints = []
+    for offset, data in records:
+        source = f"{topic}@{offset}"
+        try:
+            found.append((source, anchors.checked_checkpoint(data, f"--checkpoints-from-stream {source}")))
+        except anchors.AnchorError as exc:
+            raise BadInput(exc.field, exc.rule) from None
+    if not found:
+        raise BadInput("--checkpoints-from-stream", f"no checkpoint on {topic} at {config.bootstrap}")
+    return found
+
+
 @app.command("checkpoint")
 def checkpoint(
-    key: Annotated[Path | None, typer.Option("--key", help="Ed25519 signing key (PEM); default "
-                   "$JOBTREE_HOME/audit/checkpoint.key, created on first use")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Checkpoint file to write; default "
-                   "$JOBTREE_HOME/checkpoints/checkpoint-<time>-<position>.json")] = None,
+    key: Annotated[
+        Path | None,
+        typer.Option(
+            "--key", help="Ed25519 signing key (PEM); default $JOBTREE_HOME/audit/checkpoint.key, created on first use"
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Checkpoint file to write; default $JOBTREE_HOME/checkpoints/checkpoint-<time>-<position>.json",
+        ),
+    ] = None,
+    kafka: KafkaOption = None,
 ) -> None:
-    """Sign the chain's head (position, hash) with a key kept outside the database; write it to a file."""
+    """Sign the chain's head (position, hash) with a key kept outside the database; write it to a file
+    (and publish it on the stream's checkpoint topic when a broker is configured)."""
     from ledger import anchors
     from ledger.embedded import default_home
 
+    config = bus_config(kafka, None)
     try:
         signer, key_path, created = anchors.load_or_create_key(key)
     except anchors.AnchorError as exc:
@@ -140,17 +203,34 @@ def checkpoint(
     data = anchors.make_checkpoint(open_ledger(), signer)
     path = out or anchors.default_checkpoint_path(default_home() / "checkpoints", data)
     anchors.write_checkpoint(path, data)
+    published = _publish(config, data, path) if config is not None else None
     row = {"file": str(path), "position": data["position"], "hash": data["hash"], "keyId": data["keyId"],
-           "key": str(key_path), "keyCreated": created}  # fmt: skip
+           "key": str(key_path), "keyCreated": created, "published": published}  # fmt: skip
     if not emit_data(row, context.GLOBALS.output):
         key_values([("checkpoint", row["file"]), ("position", row["position"]), ("hash", row["hash"]),
-                    ("key", f"{row['key']} (id {row['keyId']}{', created now' if created else ''})")])  # fmt: skip
+                    ("key", f"{row['key']} (id {row['keyId']}{', created now' if created else ''})"),
+                    *([("published", published)] if published else [])])  # fmt: skip
+
+
+def _publish(config: BusConfig, data: dict[str, Any], path: Path) -> str:
+    """``topic@offset`` of the published checkpoint; a broker failure is exit 1 (the file is kept)."""
+    from ledger.bus import BusError, publish_checkpoint
+
+    try:
+        done = publish_checkpoint(config, data)
+    except BusError as exc:
+        raise CommandError(f"the checkpoint is written to {path}, but publishing it failed: {exc}") from None
+    return f"{done.topic}@{done.offset}"
 
 
 @app.command("keygen")
 def keygen(
-    out: Annotated[Path | None, typer.Option("--out", help="Where to write the new private key (mode 0600); default "
-                   "$JOBTREE_HOME/audit/checkpoint.key")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Where to write the new private key (mode 0600); default $JOBTREE_HOME/audit/checkpoint.key"
+        ),
+    ] = None,
 ) -> None:
     """Create an Ed25519 signing key for `audit checkpoint` (never overwrites one); print its public key."""
     from ledger import anchors

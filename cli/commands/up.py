@@ -46,6 +46,8 @@ from service.app import JobtreeApp
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    from ledger.stream import BusConfig
+
 Clock = Callable[[], datetime]
 PassFn = Callable[[Ledger, datetime], CatchUp]
 
@@ -163,6 +165,8 @@ class Checkpoints:
     directory: Path
     key: Ed25519PrivateKey
     last: float | None = None
+    #: also publish each checkpoint on this broker's checkpoint topic (``up --kafka``)
+    bus: BusConfig | None = None
 
     def after(self, ledger: Ledger, done: Pass | None) -> Path | None:
         """Write a checkpoint if this pass led and one is due; its file, else None."""
@@ -181,7 +185,20 @@ class Checkpoints:
             return None
         self.last = time.monotonic()
         errors.print(f"checkpoint: {path} (position {data['position']}, key {data['keyId']})", markup=False)
+        if self.bus is not None:
+            self._publish(data)
         return path
+
+    def _publish(self, data: dict[str, Any]) -> None:
+        from ledger.bus import BusError, publish_checkpoint
+
+        assert self.bus is not None
+        try:
+            done = publish_checkpoint(self.bus, data)
+        except BusError as exc:  # the file is written; the next checkpoint is published again
+            errors.print(f"up: publishing the checkpoint failed: {exc}", markup=False)
+            return
+        errors.print(f"checkpoint published: {done.topic}@{done.offset}", markup=False)
 
 
 def checkpoints(every: str | None, directory: Path | None, key: Path | None) -> Checkpoints | None:
@@ -275,7 +292,13 @@ def up(
     """Run the planner service and the simulated-cluster binder until Ctrl-C (one leader per database)."""
     if clock not in ("wall", "simulated"):
         raise BadInput("--clock", f"must be wall or simulated (got {clock!r})")
+    from cli.commands.stream_options import bus_config
+    from cli.commands.up_relay import start_relay
+
     anchoring = checkpoints(checkpoint_every, checkpoint_dir, checkpoint_key)
+    bus = bus_config(kafka, None)
+    if anchoring is not None:
+        anchoring.bus = bus
     ledger = context.open_ledger()
     service = Up(ledger, Leadership(ledger, name=name or default_name()), simulated=clock == "simulated")
     output = context.GLOBALS.output
@@ -287,10 +310,7 @@ def up(
         if anchoring is not None:
             anchoring.after(ledger, done)
         return
-    from cli.commands.stream_options import bus_config
-    from cli.commands.up_relay import start_relay
-
-    halt = start_relay(ledger, bus_config(kafka, None))
+    halt = start_relay(ledger, bus)
     try:
         serve(service, interval, anchoring)
     finally:

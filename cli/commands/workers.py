@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from binder.admission import Admissions, Admitted, WebhookServer
 from binder.worker import Backend, reconcile
 from cli import context
 from cli.commands import stream_options as so
@@ -78,15 +79,37 @@ class IntakeService:
     def now(self) -> datetime:
         return self.app.now
 
-    def apply(self, manifests: Iterable[Manifest]) -> None:
+    def apply(self, manifests: Iterable[Manifest], as_user: Admitted | None = None) -> None:
         from binder.intake import Rejected
 
+        app = self.app if as_user is None else self._acting_for(as_user)
         try:
-            self.app.apply(list(manifests))
+            app.apply(list(manifests))
         except Forbidden as exc:
             raise Rejected(str(exc), "Forbidden") from None
         except BadInput as exc:
             raise Rejected(str(exc), "BadInput") from None
+        finally:
+            if app is not self.app:
+                app.close()
+
+    def authorize(self, owner: str, user: str, groups: frozenset[str]) -> str | None:
+        app = self._acting_for(Admitted(user, groups))
+        try:
+            app.require_submitter(owner)
+        except Forbidden as exc:
+            return str(exc)
+        finally:
+            app.close()
+        return None
+
+    def _acting_for(self, who: Admitted) -> JobtreeApp:
+        """The user the API server authenticated (the intake is an impersonator: checked at start)."""
+        planning = InProcess(bind=False, simulated=False)
+        # bootstrap=[]: a Kubernetes user's first Run never makes it a fresh ledger's admin
+        return JobtreeApp(
+            self.app.ledger, Identity(who.user, who.groups), self.app.now, planning=planning, bootstrap=[]
+        )
 
     def cancel(self, namespace: str, name: str) -> None:
         try:
@@ -241,6 +264,19 @@ def intake(
     watch_seconds: Annotated[int, typer.Option("--watch-seconds", min=1, help="watch window per pass")] = 5,
     grace: Annotated[str, typer.Option("--grace", help="NotReady grace period before NodeFailed")] = "5m",
     cluster: ClusterOption = "",
+    webhook: Annotated[
+        str | None, typer.Option("--webhook", help="serve the admission webhook on HOST:PORT (e.g. 0.0.0.0:8443)")
+    ] = None,
+    webhook_cert: Annotated[Path | None, typer.Option("--webhook-cert", help="webhook TLS certificate (PEM)")] = None,
+    webhook_key: Annotated[Path | None, typer.Option("--webhook-key", help="webhook TLS private key (PEM)")] = None,
+    webhook_client_ca: Annotated[
+        Path | None,
+        typer.Option("--webhook-client-ca", help="accept only clients with a certificate from this CA (PEM)"),
+    ] = None,
+    no_webhook: Annotated[
+        bool,
+        typer.Option("--no-webhook", help="trusted mode: no webhook; Runs are submitted as the intake itself"),
+    ] = False,
 ) -> None:
     """Turn Run/Budget objects and Nodes into ledger commands; write statuses back."""
     cluster = _cluster_value(cluster)
@@ -250,9 +286,18 @@ def intake(
         raise BadInput("--grace", str(exc)) from None
     from binder.intake import INTAKE_ACTOR, Intake
 
+    address = _webhook_address(webhook, no_webhook)
+    tls = _webhook_tls(webhook_cert, webhook_key)
+    if webhook_client_ca is not None and (tls is None or not webhook_client_ca.is_file()):
+        raise BadInput("--webhook-client-ca", "needs --webhook-cert and --webhook-key, and an existing PEM file")
     ledger = open_ledger()
     require_impersonator(ledger, INTAKE_ACTOR)  # it acts for the users the API server authenticated
-    worker = Intake(_connect(kubeconfig, kube_context), intake_service(ledger), grace=grace_period, cluster=cluster)
+    service = intake_service(ledger)
+    admissions = None if no_webhook else Admissions()
+    if address is not None and admissions is not None:
+        _serve_webhook(address, (tls, webhook_client_ca), service, admissions)
+    worker = Intake(_connect(kubeconfig, kube_context), service, grace=grace_period, admissions=admissions,
+                    cluster=cluster)
     worker.resync()
     console.print(f"intake: {sum(len(v) for v in worker.objects.values())} object(s) listed")
     if once:
@@ -262,3 +307,48 @@ def intake(
         return f"intake: {worker.watch(watch_seconds)} event(s)"
 
     _loop(step, once, 0.1)
+
+
+def _webhook_address(webhook: str | None, no_webhook: bool) -> tuple[str, int] | None:
+    if webhook is None and not no_webhook:
+        raise BadInput(
+            "--webhook",
+            "required: the intake learns who submitted a Run only from its admission webhook "
+            "(or pass --no-webhook when the cluster has none, and Runs are submitted as the intake)",
+        )
+    if webhook is None:
+        return None
+    if no_webhook:
+        raise BadInput("--no-webhook", "not with --webhook")
+    host, _, port = webhook.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise BadInput("--webhook", f"must be HOST:PORT with a port in 0..65535, 0: any free one (got {webhook!r})")
+    return host.strip("[]"), int(port)
+
+
+def _webhook_tls(cert: Path | None, key: Path | None) -> tuple[Path, Path] | None:
+    if (cert is None) != (key is None):
+        raise BadInput(
+            "--webhook-cert" if cert is None else "--webhook-key", "give both --webhook-cert and --webhook-key"
+        )
+    for name, path in (("--webhook-cert", cert), ("--webhook-key", key)):
+        if path is not None and not path.is_file():
+            raise BadInput(name, f"no such file: {path}")
+    return (cert, key) if cert is not None and key is not None else None
+
+
+def _serve_webhook(
+    address: tuple[str, int],
+    tls: tuple[tuple[Path, Path] | None, Path | None],
+    service: Callable[[], IntakeService],
+    admissions: Admissions,
+) -> WebhookServer:
+    def authorize(owner: str, user: str, groups: frozenset[str]) -> str | None:
+        return service().authorize(owner, user, groups)
+
+    try:
+        server = WebhookServer(*address, authorize, admissions, *tls).start()
+    except (OSError, ValueError) as exc:
+        raise BadInput("--webhook", str(exc)) from None
+    console.print(f"intake: admission webhook on {address[0]}:{server.server_address[1]}", markup=False)
+    return server

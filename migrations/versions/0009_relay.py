@@ -21,7 +21,7 @@ branch_labels: str | None = None
 depends_on: str | None = None
 
 UPGRADE = """
-CREATE TABLE relay_position (
+CREATE TABLE IF NOT EXISTS relay_position (
     name text PRIMARY KEY,
     position bigint NOT NULL DEFAULT 0,
     topic text NOT NULL DEFAULT '',

@@ -59,7 +59,7 @@ def labelled(i: int, labels: dict[str, Any]) -> ev.NewEvent:
 
 INSERT = (
     "INSERT INTO events (position, stream, version, type, data, actor, occurred_at, prev_hash, hash) "
-    "VALUES (%s, %s, 1, %s, '{}'::jsonb, 'mallory', now(), %s, %s)"
+    "VALUES (%s, %s, 1, %s, '{\"name\": \"x\"}'::jsonb, 'mallory', now(), %s, %s)"
 )
 
 
@@ -85,6 +85,44 @@ def test_the_catalog_is_the_python_registry(raw: psycopg.Connection[Any]) -> Non
         f"in Python only: {sorted(registry - stored)}, in the database only: {sorted(stored - registry)}; "
         "a migration that adds an event type must INSERT it into event_types (docs/ledger.md)"
     )
+
+
+def test_the_catalog_knows_each_types_fields_as_the_registry_does(raw: psycopg.Connection[Any]) -> None:
+    stored = {row[0]: (set(row[1]), set(row[2] or ())) for row in raw.execute(
+        "SELECT type, required, optional FROM event_types")}  # fmt: skip
+    registry = {}
+    for name, cls in ev.event_types().items():
+        names, required = ev._fields(cls)
+        registry[name] = (set(required), set(names - required))
+    drift = {
+        t: (stored.get(t), registry.get(t)) for t in stored.keys() | registry.keys() if stored.get(t) != registry.get(t)
+    }
+    assert not drift, (
+        f"(database, Python) (required, optional) fields differ: {drift}; a migration that adds an event type "
+        "or a field must update event_types.required/optional (docs/ledger.md)"
+    )
+
+
+def test_the_runtime_role_cannot_insert_a_known_type_of_the_wrong_shape(
+    raw: psycopg.Connection[Any], ledger: Ledger
+) -> None:
+    ledger.append([node("a-0")], actor="admin", at=T0)
+    app_role(raw)
+    bare = INSERT.replace("""'{"name": "x"}'::jsonb""", "'{}'::jsonb")
+    assert "NodeCordoned data lacks required field(s) name" in refused(
+        raw, (2, "node:x", "NodeCordoned", None, None), bare
+    )
+    extra = INSERT.replace("""'{"name": "x"}'""", """'{"name": "x", "owner": "mallory", "a": 1}'""")
+    assert "NodeCordoned data has unknown field(s) a, owner" in refused(
+        raw, (2, "node:x", "NodeCordoned", None, None), extra
+    )
+    lacking = INSERT.replace("""'{"name": "x"}'""", """'{"owner": "o", "name": "n"}'""")
+    assert "BudgetApplied data lacks required field(s) spec" in refused(
+        raw, (2, "b", "BudgetApplied", None, None), lacking
+    )
+    optional = INSERT.replace("""'{"name": "x"}'""", """'{"name": "x", "reason": "manual"}'""")
+    raw.execute(optional, (2, "node:x", "NodeCordoned", None, None))  # a field with a default may be sent
+    assert ledger.count() == 2
 
 
 # ---------------------------------------------------------------- what jobtree_app cannot do
@@ -124,7 +162,7 @@ def test_the_runtime_role_cannot_insert_an_unknown_type(raw: psycopg.Connection[
     app_role(raw)
     line = refused(raw, (2, "node:x", "RunTeleported", None, None))
     assert "type 'RunTeleported' is not in the event catalog" in line
-    listed = INSERT.replace("'{}'::jsonb", "'[1, 2]'::jsonb")
+    listed = INSERT.replace("""'{"name": "x"}'::jsonb""", "'[1, 2]'::jsonb")
     assert "data must be a JSON object" in refused(raw, (2, "node:x", "NodeCordoned", None, None), listed)
     # a temporary table cannot stand in for the catalog or the log (the trigger's search_path)
     raw.execute("CREATE TEMP TABLE event_types (type text)")

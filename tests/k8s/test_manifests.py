@@ -251,3 +251,33 @@ def test_renderer_refuses_syntax_it_does_not_check(tmp_path: Path) -> None:
     (chart / "templates" / "x.yaml").write_text("{{ if .Values.a }}x{{ end }}\n")
     with pytest.raises(TemplateError):
         render_chart(chart)
+
+
+def test_the_admission_webhook_reaches_the_intake_over_tls() -> None:
+    docs = documents(render_chart(CHART, {"intake": {"webhook": {"caBundle": "Q0E="}}}, name="jt", namespace="ops"))
+    (config,) = [d for d in docs if d["kind"] == "ValidatingWebhookConfiguration"]
+    (hook,) = config["webhooks"]
+    assert hook["clientConfig"]["caBundle"] == "Q0E=" and hook["failurePolicy"] == "Fail"
+    assert hook["rules"] == [
+        {
+            "apiGroups": ["rq.davidlangworthy.io"],
+            "apiVersions": ["v1"],
+            "resources": ["runs"],  # not runs/status: the intake's own status writes are not admitted
+            "operations": ["CREATE", "UPDATE"],
+            "scope": "Namespaced",
+        }
+    ]
+    ref = hook["clientConfig"]["service"]
+    service = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == ref["name"])
+    assert service["metadata"]["namespace"] == ref["namespace"] == "ops"
+    intake = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "jt-intake")
+    pod = intake["spec"]["template"]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    (container,) = pod["spec"]["containers"]
+    (port,) = container["ports"]
+    assert service["spec"]["ports"][0]["targetPort"] == port["name"] and ref["port"] == 443
+    args = container["args"]
+    assert args[args.index("--webhook") + 1] == f"0.0.0.0:{port['containerPort']}"
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert args[args.index("--webhook-cert") + 1] == mounts["tls"] + "/tls.crt"
+    assert "--no-webhook" not in args

@@ -10,7 +10,8 @@
   kill probability 1 ends; without a lottery, the announced shrinks and spares) when no lease
   started or ended between the publication and the activation;
 - ETAs: with budgets that fund everything, every pending run has a reservation unless
-  it can never fit;
+  it can never fit or waits behind other reservations' holds (named, with an expected
+  start when their runs' maxDuration bounds it: docs/reservations.md);
 - least cut: the published placement of a blocked grouped run costs no more (expected
   runs ended, then expected GPUs cut) than any feasible split of its groups over ≤ 4
   domains, found by brute force.
@@ -21,6 +22,7 @@ CI replays a few derandomized examples; ``HYPOTHESIS_PROFILE=explore`` draws 2,0
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,9 +31,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from planner_fakes import budget, envelope, fleet
 from profiles import examples
-from test_reservation_properties import OWNERS, Sim, apply, ops
+from test_reservation_properties import OWNERS, Sim, apply, ops, runs
 
 from ledger import events as ev
+from ledger.model import parse_duration
 from planner.intended import CutView, DomainView
 from planner.losses import Batch
 from planner.lottery import seed_for
@@ -45,6 +48,9 @@ from planner.view import PlanView
 NOTICE = timedelta(minutes=15)
 SETTINGS = settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 history = st.lists(ops, min_size=3, max_size=20)
+#: some runs also have a runtime.maxDuration (a bound on when what they hold comes back)
+bounded = st.builds(lambda kw, limit: kw | {"max_duration": limit}, runs(), st.sampled_from(("30m", "2h")))
+bounded_history = st.lists(st.one_of(ops, st.tuples(st.just("submit"), bounded)), min_size=3, max_size=20)
 
 
 def play(steps: list[tuple[str, Any]], concurrency: int = 24) -> Sim:
@@ -197,13 +203,35 @@ def test_activation_cuts_are_exactly_the_announced_ones(steps: list[tuple[str, A
 
 
 @SETTINGS
-@given(history)
+@given(bounded_history)
 def test_every_pending_run_has_an_eta_unless_it_can_never_fit(steps: list[tuple[str, Any]]) -> None:
+    """A pending run has a reservation, or can never fit, or waits behind open reservations
+    whose held GPUs every placement of its minimum needs (``planner.behind``): its message
+    names each (id, run, earliestStart), and gives an expected start exactly when every one
+    of those runs has a ``runtime.maxDuration`` (the latest earliestStart + maxDuration)."""
     sim = play(steps, concurrency=1000)  # funding never short: only capacity decides
     for run in sim.state.runs.values():
-        if run.phase == "Pending" and run.key not in sim.state.finishing:
-            message = run.deferred_message or ""
-            assert run.reservation is not None or message.startswith("can never fit"), (run.key, message)
+        if run.phase != "Pending" or run.key in sim.state.finishing:
+            continue
+        message = run.deferred_message or ""
+        if run.reservation is not None or message.startswith("can never fit"):
+            continue
+        assert message.startswith("waits behind res-"), (run.key, message)
+        named = re.findall(r"(res-\d+) \(([^,]+), earliest start ([0-9TZ:-]+)\)", message)
+        assert named, message
+        ends = []
+        for rid, key, start in named:
+            blocker = sim.state.runs[key]
+            res = sim.state.reservations[rid]
+            assert blocker.phase == "Pending" and blocker.reservation == rid and res.run == key, (rid, key)
+            assert iso(res.earliest_start) == start, (rid, start)
+            limit = blocker.spec.runtime.max_duration
+            ends.append(None if limit is None else res.earliest_start + parse_duration(limit))
+        if None in ends:
+            assert "; no ETA: " in message, message
+        else:
+            assert f"; expected start {iso(max(e for e in ends if e is not None))}," in message, message
+        event("waits behind another reservation")
 
 
 # ---------------------------------------------------------------- least cut, by brute force

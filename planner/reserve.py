@@ -203,6 +203,7 @@ class Reserver:
         self.skipped: list[RunState] = []  # blocked runs that got no reservation in pass 1
         self.closed: set[str] = set()
         self.published: dict[str, tuple[str, datetime]] = {}  # run -> its reservation and ETA after this call
+        self.unplaced: set[str] = set()  # runs last found with no placement even with cuts
 
     def prehold(self) -> None:
         """Firm holds for every published reservation still ahead of its earliestStart (SPEC §5.3)."""
@@ -293,7 +294,9 @@ class Reserver:
         scope = Scope(self.batch, run.spec.resources.gpu_type, run.key, self.allowed(res))
         target = findtarget_of(self.view, scope, run, res.event.slots if res is not None else None)
         if target is None:
+            self.unplaced.add(run.key)
             return "no placement exists even with cuts"
+        self.unplaced.discard(run.key)
         if res is None and target.deficit and not self._fundable(run, target):
             return "not fundable where GPUs are short: it waits without cuts"
         return scope, target
@@ -382,7 +385,7 @@ class Reserver:
     def behind(self, run: RunState) -> str | None:
         """After ``publish``: why a run without a reservation has no ETA of its own, when every
         placement of its minimum needs GPUs other reservations hold (``planner.behind``)."""
-        if run.key in self.published or run.key in self.state.finishing:
+        if run.key in self.published or run.key not in self.unplaced or run.key in self.state.finishing:
             return None
         with self.holds.before(run):
             applied = self.holds.applying(run)

@@ -473,3 +473,16 @@ def test_following_a_run_reuses_its_connections(busy: CLI, database_url: str, ar
     assert p.returncode == (1 if args[0] == "watch" else 0), err  # wide-64 waits: watch did not settle
     assert seen, "the sampling sees the client's connections"
     assert len(seen) <= 3, f"{len(seen)} backends over the refreshes: a connection per refresh"
+
+
+def test_piped_tables_are_never_cut(busy: CLI, database_url: str) -> None:
+    """Issue 14 point 2: piped (no terminal, no COLUMNS) a table is as wide as its widest cell."""
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    env |= {"PYTHONPATH": str(ROOT), "JOBTREE_USER": "root-admin"}
+    command = [sys.executable, "-m", "cli.main", "get", "runs", "-A", "-o", "wide", "--db", database_url]
+    out = subprocess.run(command, capture_output=True, text=True, env=env, check=True).stdout
+    rows = busy("get", "runs", "-A", "-o", "json").json()
+    assert "…" not in out
+    for row in rows:
+        assert row["message"] in out, (row["message"], out)  # the longest cell, whole
+    assert max(map(len, out.splitlines())) > 200, "wider than the 200 columns it was once cut to"

@@ -207,7 +207,24 @@ def test_every_pending_run_has_an_eta_unless_it_can_never_fit(steps: list[tuple[
     whose held GPUs every placement of its minimum needs (``planner.behind``): its message
     names each (id, run, earliestStart), and gives an expected start exactly when every one
     of those runs has a ``runtime.maxDuration`` (the latest earliestStart + maxDuration)."""
-    sim = play(steps, concurrency=1000)  # funding never short: only capacity decides
+    etas_after_every_step(steps, {"A": 3, "B": 2})
+
+
+@SETTINGS
+@given(history)
+def test_every_pending_run_has_an_eta_on_one_small_domain(steps: list[tuple[str, Any]]) -> None:
+    """The same on two nodes, where a run waits behind another reservation's holds more often."""
+    etas_after_every_step(steps, {"A": 2})
+
+
+def etas_after_every_step(steps: list[tuple[str, Any]], domains: dict[str, int]) -> None:
+    sim = Sim(*fleet(domains), *(budget(o, envelope("west", 1000)) for o in OWNERS))  # funding never short
+    for op in [*steps, ("advance", 60)]:
+        apply(sim, op)
+        assert_every_pending_run_has_an_eta(sim)
+
+
+def assert_every_pending_run_has_an_eta(sim: Sim) -> None:
     for run in sim.state.runs.values():
         if run.phase != "Pending" or run.key in sim.state.finishing:
             continue

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 from sqlalchemy import text
 
 from binder.admission import Admissions, Admitted
-from binder.intake_status import budget_status, rejected_status, run_status
+from binder.intake_status import budget_status, rejected_status, run_statuses
 from binder.kube import KubeApi, KubeError, KubeGone, KubeNotFound
 from binder.kube_nodes import NodeFacts, node_facts, unhealthy_reason
 from ledger import queries
@@ -135,11 +135,13 @@ class Intake:
         svc = svc or self.service()
         self._check_nodes(svc)
         svc.sync()
-        for (ns, name), obj in self.objects["runs"].items():
-            if run_key(ns, name) in self._accepted_runs():
-                found = queries.get_run(svc.ledger.engine, run_key(ns, name))
-                if found is not None:
-                    self._write("runs", obj, run_status(svc.ledger.engine, found, _generation(obj)))
+        accepted = self._accepted_runs()
+        objects = {run_key(ns, name): obj for (ns, name), obj in self.objects["runs"].items()}
+        objects = {key: obj for key, obj in objects.items() if key in accepted}
+        statuses = run_statuses(svc.ledger.engine, {key: _generation(obj) for key, obj in objects.items()})
+        for key, obj in objects.items():
+            if key in statuses:
+                self._write("runs", obj, statuses[key])
 
     # ------------------------------------------------------------ dispatch
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
-from ledger.queries import iso_utc
+from ledger import queries
 
 Obj = dict[str, Any]
 
@@ -46,35 +46,31 @@ def budget_status(obj: Obj) -> Obj:
     }
 
 
-def _reservation(engine: Engine, run: str) -> Obj | None:
-    sql = """
-        SELECT id, state, earliest_start, data FROM reservations
-        WHERE run = :run ORDER BY earliest_start DESC NULLS LAST LIMIT 1
-    """
-    with engine.connect() as conn:
-        row = conn.execute(text(sql), {"run": run}).first()
-    if row is None or str(row.state) in ("Released", "Cancelled"):
+def _open(reservation: Obj | None) -> Obj | None:
+    if reservation is None or str(reservation["state"]) in ("Released", "Cancelled"):
         return None
-    return {"id": row.id, "state": row.state, "earliestStart": iso_utc(row.earliest_start), **dict(row.data or {})}
+    return reservation
 
 
-def _warnings(engine: Engine, run: str) -> list[Obj]:
-    sql = """
-        SELECT data FROM events WHERE type = 'ConflictWarningIssued' AND data->>'run' = :run
-        ORDER BY position DESC LIMIT 5
-    """
-    with engine.connect() as conn:
-        return [dict(r.data) for r in conn.execute(text(sql), {"run": run})]
+def run_statuses(engine: Engine, generations: dict[str, int]) -> dict[str, Obj]:
+    """The status of each accepted run (key -> generation) in a fixed number of ledger reads:
+    the queue once, not once per run."""
+    keys = list(generations)
+    rows = queries.runs_in_queue(engine, keys)
+    reservations = queries.latest_reservations(engine, keys)
+    warnings = queries.conflict_warnings(engine, keys)
+    return {
+        key: run_status(row, _open(reservations.get(key)), warnings.get(key, []), generations[key])
+        for key, row in rows.items()
+    }
 
 
-def run_status(engine: Engine, row: Obj, generation: int) -> Obj:
+def run_status(row: Obj, reservation: Obj | None, warnings: list[Obj], generation: int) -> Obj:
     """Phase, width, funding split, reservation ETA and conflict warnings from the ledger's read models."""
-    run = f"{row['namespace']}/{row['name']}"
     width = row["width"]
-    reservation = _reservation(engine, run)
     status: Obj = {
         "phase": row["phase"],
-        "run": run,
+        "run": f"{row['namespace']}/{row['name']}",
         "observedGeneration": generation,
         "message": row.get("message") or "",
         "allocatedGPUs": width["allocated"],
@@ -86,7 +82,7 @@ def run_status(engine: Engine, row: Obj, generation: int) -> Obj:
         "submitter": row.get("submitter") or "",
         "submittedAt": row.get("submittedAt"),
         "queuePosition": row.get("queuePosition"),
-        "conflictWarnings": _warnings(engine, run),
+        "conflictWarnings": warnings,
         "conditions": [_condition("Accepted", True, "Submitted", "recorded in the ledger", generation)],
     }
     return status

@@ -102,6 +102,50 @@ def runs_by_key(engine: Engine, runs: list[str]) -> dict[str, Row]:
         return {r.run: run_row(r) for r in conn.execute(text(sql), {"runs": list(runs)})}
 
 
+def runs_in_queue(engine: Engine, runs: list[str]) -> dict[str, Row]:
+    """The runs named with their place in the queue: two queries however many runs (the
+    intake's status refresh reads the queue once, not once per run)."""
+    found = runs_by_key(engine, runs)
+    if not found:
+        return {}
+    places = waiting_queue(engine)
+    return dict(zip(found, with_queue(list(found.values()), places), strict=True))
+
+
+def latest_reservations(engine: Engine, runs: list[str]) -> dict[str, Row]:
+    """Each named run's latest reservation row ``{id, state, earliestStart, **data}`` (one query)."""
+    sql = """
+        SELECT DISTINCT ON (run) id, run, state, earliest_start, data FROM reservations
+        WHERE run = ANY(:runs) ORDER BY run, earliest_start DESC NULLS LAST
+    """
+    if not runs:
+        return {}
+    with engine.connect() as conn:
+        rows = conn.execute(text(sql), {"runs": list(runs)}).all()
+    return {
+        r.run: {"id": r.id, "state": r.state, "earliestStart": iso_utc(r.earliest_start), **dict(r.data or {})}
+        for r in rows
+    }
+
+
+def conflict_warnings(engine: Engine, runs: list[str], limit: int = 5) -> dict[str, list[Row]]:
+    """Each named run's latest ``limit`` ConflictWarningIssued payloads, newest first (one query)."""
+    sql = """
+        SELECT run, data FROM (
+            SELECT data->>'run' AS run, data, position,
+                   row_number() OVER (PARTITION BY data->>'run' ORDER BY position DESC) AS n
+            FROM events WHERE type = 'ConflictWarningIssued' AND data->>'run' = ANY(:runs)
+        ) w WHERE n <= :limit ORDER BY position DESC
+    """
+    out: dict[str, list[Row]] = {}
+    if not runs:
+        return out
+    with engine.connect() as conn:
+        for r in conn.execute(text(sql), {"runs": list(runs), "limit": limit}):
+            out.setdefault(r.run, []).append(dict(r.data))
+    return out
+
+
 def namespaces_of(engine: Engine, name: str) -> list[str]:
     """Every namespace holding a run called ``name`` (SPEC §8: a bare name's candidates)."""
     with engine.connect() as conn:

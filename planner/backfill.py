@@ -81,6 +81,17 @@ class Holds:
         with self._lift([h for h in self.held if h.run == run.key]):
             yield
 
+    def applying(self, run: RunState) -> list[Hold]:
+        """The holds ``before(run)`` leaves on: runs ahead of it in the queue, and firm ones."""
+        pos = run.submitted_position
+        return [h for h in self.held if h.run != run.key and (h.position < pos or h.firm)]
+
+    @contextmanager
+    def without(self, holds: list[Hold]) -> Iterator[None]:
+        """Those holds lifted (their slots free) for the duration; back on what is still free after."""
+        with self._lift(holds):
+            yield
+
     @contextmanager
     def _lift(self, holds: list[Hold]) -> Iterator[None]:
         for hold in holds:

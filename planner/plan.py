@@ -229,6 +229,7 @@ def _admit(view: PlanView, now: datetime, requeued: list[str] | None = None, bat
             with reserver.holds.before(run):
                 again = attempt(view, run, now)
             message = again if isinstance(again, str) else message
+        message = reserver.behind(run) or message
         previous = None if run.key in (requeued or []) else run.deferred_message
         if message != previous:
             out.append(RunDeferred(run.key, message))

@@ -42,6 +42,7 @@ from ledger.events import (
 )
 from ledger.model import parse_duration
 from planner.backfill import Holds
+from planner.behind import Blocker, behind_message
 from planner.cover import cover
 from planner.intended import Target, cheapest, cost, staged, target_of
 from planner.losses import SPARE, Batch
@@ -201,6 +202,8 @@ class Reserver:
         self.waiting: list[Blocked] = []
         self.skipped: list[RunState] = []  # blocked runs that got no reservation in pass 1
         self.closed: set[str] = set()
+        self.published: dict[str, tuple[str, datetime]] = {}  # run -> its reservation and ETA after this call
+        self.unplaced: set[str] = set()  # runs last found with no placement even with cuts
 
     def prehold(self) -> None:
         """Firm holds for every published reservation still ahead of its earliestStart (SPEC §5.3)."""
@@ -291,7 +294,9 @@ class Reserver:
         scope = Scope(self.batch, run.spec.resources.gpu_type, run.key, self.allowed(res))
         target = findtarget_of(self.view, scope, run, res.event.slots if res is not None else None)
         if target is None:
+            self.unplaced.add(run.key)
             return "no placement exists even with cuts"
+        self.unplaced.discard(run.key)
         if res is None and target.deficit and not self._fundable(run, target):
             return "not fundable where GPUs are short: it waits without cuts"
         return scope, target
@@ -372,9 +377,32 @@ class Reserver:
             seq += 0 if item.res is not None else 1
             item = self._final(item)
             events, eta = self._publish(item, rid, scopes)
+            self.published[item.run.key] = (rid, eta)
             scopes.append((set(item.target.deficit) or set(item.target.need), eta))
             out += events
         return out
+
+    def behind(self, run: RunState) -> str | None:
+        """After ``publish``: why a run without a reservation has no ETA of its own, when every
+        placement of its minimum needs GPUs other reservations hold (``planner.behind``)."""
+        if run.key in self.published or run.key not in self.unplaced or run.key in self.state.finishing:
+            return None
+        with self.holds.before(run):
+            applied = self.holds.applying(run)
+            with self.holds.without(applied):
+                scope = Scope(self.batch, run.spec.resources.gpu_type, run.key, None)
+                target = findtarget_of(self.view, scope, run, None)
+        if target is None:
+            return None  # no placement even without the holds: the packing message stands
+        blockers: list[Blocker] = []
+        for hold in applied:
+            if hold.run not in self.published or not any(
+                set(slots) & set(target.slots.get(node, ())) for node, slots in hold.slots
+            ):
+                continue
+            rid, eta = self.published[hold.run]
+            blockers.append(Blocker(rid, self.state.runs[hold.run], eta))
+        return behind_message(run.spec.min_gpus, blockers, iso) if blockers else None
 
     def _renew(self, item: Blocked) -> tuple[list[Event], Blocked | None]:
         """A due reservation whose activation could not start the run: released, and reserved afresh.

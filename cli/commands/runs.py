@@ -130,6 +130,7 @@ def get(
     selector: SelectorOption = None,
     follow: Annotated[bool, typer.Option("-w", "--watch", help="After the list, print each run that changes")] = False,
     timeout: Annotated[float | None, typer.Option(help="With -w: stop after this many seconds")] = None,
+    interval: Annotated[float, typer.Option(min=0.0, help="With -w: seconds between refreshes")] = 2.0,
 ) -> None:
     """List runs (`get runs`)."""
     if what not in ("runs", "run"):
@@ -147,7 +148,7 @@ def get(
     if not emit_data(data, context.GLOBALS.output, kind="run"):
         table(_aged(rows), columns, empty=_no_runs(all_namespaces))
     if follow:
-        _follow(listed, columns, timeout)
+        _follow(listed, columns, timeout, interval)
 
 
 def _lister(names: list[str], all_namespaces: bool, owner: str | None) -> Callable[[], list[Row]]:
@@ -176,13 +177,13 @@ def _aged(rows: list[Row]) -> list[Row]:
     return [r | {"age": age(r.get("submittedAt"), now)} for r in rows]
 
 
-def _follow(listed: Callable[[], list[Row]], columns: list[Column], timeout: float | None) -> None:
+def _follow(listed: Callable[[], list[Row]], columns: list[Column], timeout: float | None, interval: float) -> None:
     """kubectl get -w: one line (or one document) per run whose row changed, until Ctrl-C or --timeout."""
     deadline = None if timeout is None else time.monotonic() + timeout
     seen = {row_key(r): _fingerprint(r) for r in listed()}
     try:
         while deadline is None or time.monotonic() < deadline:
-            time.sleep(2.0)
+            time.sleep(interval if deadline is None else max(0.0, min(interval, deadline - time.monotonic())))
             rows = listed()
             changed = [r for r in rows if seen.get(row_key(r)) != _fingerprint(r)]
             seen |= {row_key(r): _fingerprint(r) for r in changed}
@@ -229,7 +230,7 @@ def watch(
     timeout: Annotated[
         float | None, typer.Option(help="Stop after this many seconds; exit 1 if the run has not settled by then")
     ] = None,
-    interval: Annotated[float, typer.Option(help="Seconds between refreshes")] = 2.0,
+    interval: Annotated[float, typer.Option(min=0.0, help="Seconds between refreshes")] = 2.0,
 ) -> None:
     """Follow a run until it settles (Running at its desired width, or finished) or Ctrl-C."""
     try:

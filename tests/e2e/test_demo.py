@@ -13,3 +13,7 @@ def test_the_demo_keeps_every_promise_of_the_guide(jt: CLI) -> None:
         assert chapter in result.out
     assert result.out.count("✓") >= 26
     assert "Every promise of the guide's chapters held." in result.out
+    # issue 14: the demo says why at each step, e.g. why a run waits 15 minutes
+    whys = [line for line in result.out.splitlines() if line.startswith("# ")]
+    assert len(whys) >= 14, whys
+    assert "# the cluster is full: the trainer gets a reservation 15 minutes out" in result.out

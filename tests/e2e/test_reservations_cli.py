@@ -126,3 +126,26 @@ def _t(value: str):  # type: ignore[no-untyped-def]
     from datetime import datetime
 
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def test_a_requeued_victim_shows_its_eta_and_fifo_place_in_queue_and_get_runs(jt: CLI, tmp_path: Path) -> None:
+    """Issue 14 point 7: `queue` and `get runs -o json` give a requeued victim its ETA and its place."""
+    _setup(jt, tmp_path)
+    assert jt("clock", "advance", "2026-01-05T09:50:00Z").code == 0  # big-24 activated at 09:45
+    res = jt("plan", "rai-sys/big-24", "-o", "json").json()
+    (queued,) = jt("queue", "-A", "-o", "json").json()  # big-24 runs: its lottery's victim is what waits
+    namespace, name = queued["namespace"], queued["name"]
+    victim = f"{namespace}/{name}"
+    cut = {lease["endReason"] for lease in jt("leases", victim, "-o", "json").json()}
+    assert res["state"] == "Activated" and "RandomPreempt" in cut, cut
+    own = jt("plan", victim, "-o", "json").json()
+    assert own["state"] == "Open"
+    assert queued["queuePosition"] == 1 and queued["phase"] in ("Pending", "Reserved")
+    assert queued["eta"] == own["earliestStart"] == queued["reservation"]["earliestStart"]
+    assert queued["reservation"]["id"] == own["id"]
+    listed = {r["name"]: r for r in jt("get", "runs", "-n", namespace, "-o", "json").json()}
+    assert {k: listed[name][k] for k in ("eta", "queuePosition", "reservation")} == {
+        k: queued[k] for k in ("eta", "queuePosition", "reservation")
+    }
+    table = jt("queue", "-A").out
+    assert own["earliestStart"] in table and name in table

@@ -171,3 +171,40 @@ def test_watch_410_gone_lists_again(cluster: Cluster) -> None:
     (submitted,) = cluster.events("RunSubmitted")
     assert submitted.run == "rai-sys/resnet-small"
     assert cluster.intake.versions["runs"] != "0"
+
+
+def _statements_per_refresh(cluster: Cluster) -> list[str]:
+    from sqlalchemy import event
+
+    seen: list[str] = []
+
+    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
+        seen.append(statement)
+
+    event.listen(cluster.ledger.engine, "before_cursor_execute", record)
+    try:
+        cluster.intake.refresh()
+    finally:
+        event.remove(cluster.ledger.engine, "before_cursor_execute", record)
+    return seen
+
+
+def test_status_refresh_reads_the_queue_once_however_many_runs(cluster: Cluster) -> None:
+    """Issue 14: one status refresh costs a fixed number of ledger reads, not a queue query per Run."""
+    cluster.add_fleet("A")
+    cluster.apply(example("budget-rai-sys.yaml", namespace="rai-sys"))
+    counts = []
+    for total in (2, 9):
+        while len(cluster.intake.objects["runs"]) < total:
+            run = example("resnet-small.yaml")
+            run["metadata"]["name"] = f"resnet-{len(cluster.intake.objects['runs'])}"
+            cluster.apply(run)
+            cluster.settle()
+        statements = _statements_per_refresh(cluster)
+        counts.append((len(statements), sum("phase IN ('Pending', 'Reserved')" in s for s in statements)))
+    statuses = [cluster.status("runs", *key) for key in cluster.intake.objects["runs"]]
+    waiting = [s for s in statuses if s["phase"] in ("Pending", "Reserved")]
+    assert [s["queuePosition"] for s in waiting] == [1, 2, 3]  # 6 nodes of 8 GPUs: 3 of 9 runs wait
+    assert all(s["eta"] == s["reservation"]["earliestStart"] for s in waiting)
+    assert counts[0] == counts[1], counts  # 9 runs cost what 2 cost
+    assert counts[1][1] == 1  # the queue, read once

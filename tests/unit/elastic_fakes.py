@@ -23,6 +23,7 @@ def spec_run(
     checkpoint: str | None = None,
     opportunistic: bool = False,
     namespace: str = "ns",
+    max_duration: str | None = None,
 ) -> ev.RunSubmitted:
     spec: dict[str, Any] = {
         "owner": owner,
@@ -34,6 +35,8 @@ def spec_run(
         spec["locality"] = {"groupGPUs": group}
     if checkpoint is not None:
         spec["runtime"] = {"checkpoint": checkpoint}
+    if max_duration is not None:
+        spec["runtime"] = spec.get("runtime", {}) | {"maxDuration": max_duration}
     if malleable is not None:
         lo, hi, step = malleable
         spec["malleable"] = {"minTotalGPUs": lo, "maxTotalGPUs": hi, "stepGPUs": step}

@@ -266,3 +266,37 @@ def test_a_due_reservation_whose_announced_cut_was_taken_is_reserved_afresh() ->
     ]
     assert again and again[0].earliest_start == "2026-01-01T00:45:00Z", "reserved anew: now + the notice"
     assert again[0].reservation != first.event.reservation
+
+
+# ---------------------------------------------------------------- a run behind another reservation's holds
+
+
+def _behind(blocker_max: str | None) -> Sim:
+    """Two nodes: r0 (8) runs; r1 (16) is reserved and holds the 8 free GPUs; r2 (16) needs them too."""
+    sim = Sim(*fleet({"A": 2}), *(budget(o, envelope("west", 1000)) for o in OWNERS))
+    sim.record(spec_run("r0", 8, owner="org:a"))
+    sim.record(spec_run("r1", 16, owner="org:b", max_duration=blocker_max))
+    sim.record(spec_run("r2", 16, owner="org:c"))
+    return sim
+
+
+def test_a_run_behind_an_unbounded_reservation_names_it_and_has_no_eta() -> None:
+    """Old: r2 was Pending with no reservation and a packing message ("only 0 are free"), silent on why."""
+    sim = _behind(None)
+    r1, r2 = sim.state.runs["ns/r1"], sim.state.runs["ns/r2"]
+    assert r1.reservation == "res-000001" and r2.reservation is None
+    assert r2.deferred_message == (
+        "waits behind res-000001 (ns/r1, earliest start 2026-01-01T00:15:00Z): every placement of its 16 GPUs "
+        "needs GPUs that reservation holds; no ETA: ns/r1 has no runtime.maxDuration to bound when they are free again"
+    )
+    assert sim.decide() == []  # a fixpoint: the message is stable
+    sim.advance(16)  # r1 started at its ETA: its GPUs are leases now, and r2 is reserved as usual
+    assert sim.state.runs["ns/r1"].phase == "Running" and sim.state.runs["ns/r2"].reservation is not None
+
+
+def test_a_run_behind_bounded_reservations_states_its_expected_start() -> None:
+    """r1 ends by its maxDuration (1h) after its ETA (00:15): r2 can expect to start at 01:15."""
+    sim = _behind("1h")
+    message = sim.state.runs["ns/r2"].deferred_message or ""
+    assert message.startswith("waits behind res-000001 (ns/r1, earliest start 2026-01-01T00:15:00Z)"), message
+    assert message.endswith("; expected start 2026-01-01T01:15:00Z, when their runs have ended by runtime.maxDuration")

@@ -190,8 +190,9 @@ def test_workers_with_a_context_and_a_cluster_each(two: TwoClusters, database_ur
     db = ["--db", database_url]
 
     def worker(kind: str, cluster: str) -> int:
+        trusted = ("--no-webhook",) if kind == "intake" else ()  # no API server calls a webhook here
         return _jobtree(
-            "workers", kind, "--once", "--kubeconfig", config, "--context", cluster, "--cluster", cluster, *db
+            "workers", kind, "--once", "--kubeconfig", config, "--context", cluster, "--cluster", cluster, *trusted, *db
         )
 
     assert worker("intake", EAST) == 0 and worker("intake", WEST) == 0

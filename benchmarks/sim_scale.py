@@ -9,7 +9,8 @@ the first size unless ``--fixed-days``), the script generates a scenario
 --db URL` as its own process ``--repeat`` times, timing it from here and reading its peak
 RSS from ``os.wait4``. Every repeat's report.json must be byte-identical. The baselines,
 interleaved in the same run on the same server: the same fleet with no workload (the
-setup's fixed cost) and `python -m cli.main --help` (interpreter + CLI import).
+setup's fixed cost), and before every run a bare `python -c pass`, `python -m cli.main --help`
+and a raw psycopg INSERT + COMMIT on the same server (``grow_ledger.Baseline``).
 
     python benchmarks/sim_scale.py --nodes 160 --runs 40,120 --days 0.27 --repeat 2
 """
@@ -27,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.grow_ledger import BenchServer, load, load_note, machine, stats
+from benchmarks.grow_ledger import Baseline, BenchServer, load, load_note, machine, stats
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +65,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="jts-"))
     with BenchServer() as bench:
         assert bench.server is not None
-        help_s = [timed(cli("--help"))[0] for _ in range(parsed.repeat)]
+        baseline = Baseline(bench.server.url)  # python -c, --help, a raw INSERT: sampled before every run
         results = []
         for runs in [0, *sizes]:
             days = parsed.days if parsed.fixed_days or runs == 0 else parsed.days * runs / sizes[0]
@@ -75,6 +76,7 @@ def main() -> None:
             samples, reports = [], set()
             for index in range(parsed.repeat):
                 out_dir = work / f"r{runs}-{index}"
+                baseline.sample()
                 one = load()[0]
                 seconds, rss = timed(cli("sim", "run", str(scenario), "--report", str(out_dir), "-o", "json",
                                             "--db", bench.server.url))  # fmt: skip
@@ -84,7 +86,12 @@ def main() -> None:
                       f"load {one:.1f}{load_note(one)}", flush=True)  # fmt: skip
             lo, mid, hi = stats([s for s, _ in samples])
             results.append((runs, days, lo, mid, hi, max(r for _, r in samples), len(reports) == 1))
-        print(f"\n--help baseline: {stats(help_s)[1]:.2f} s median")
+        baseline.close()
+        print()
+        print("| what | n | min | median | max | x `python -c` | target |")
+        print("|---|---|---|---|---|---|---|")
+        print("\n".join(baseline.rows()))
+        print()
         print("| runs | days | wall min / median / max (s) | peak RSS (MB) | identical JSON |")
         print("|---|---|---|---|---|")
         for runs, days, lo, mid, hi, rss, same in results:

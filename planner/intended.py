@@ -70,7 +70,6 @@ class Target:
         return (GroupPlacement(0, allocs),)
 
 
-
 def target_of(view: PlanView, width: int, slots: dict[str, tuple[int, ...]]) -> Target:
     """Deficit per domain: GPUs the placement puts there beyond the domain's free GPUs."""
     need: dict[DomainKey, int] = {}
@@ -79,8 +78,6 @@ def target_of(view: PlanView, width: int, slots: dict[str, tuple[int, ...]]) -> 
         need[key] = need.get(key, 0) + len(taken)
     deficit = {d: n - view.domain_free(d) for d, n in need.items() if n > view.domain_free(d)}
     return Target(width, slots, need, deficit)
-
-
 
 
 class DomainView(PlanView):
@@ -127,10 +124,19 @@ def cheapest(
     view: PlanView, scope: Scope, run: RunState, stages: list[dict[str, set[int]]], first: Target | None
 ) -> Target | None:
     """The candidate that cuts least; ``first`` (the pack-rule placement) wins ties."""
-    best, best_cost = first, cost(view, scope, first) if first is not None else None
+    costs: dict[tuple[tuple[DomainKey, int], ...], tuple[float, float]] = {}
+
+    def priced(target: Target) -> tuple[float, float]:
+        """``cost`` depends on the scope (unchanged while counting) and the deficit only."""
+        key = tuple(sorted(target.deficit.items()))
+        if key not in costs:
+            costs[key] = cost(view, scope, target)
+        return costs[key]
+
+    best, best_cost = first, priced(first) if first is not None else None
     for slots in _candidates(view, run, stages):
         candidate = target_of(view, run.spec.min_gpus, slots)
-        found = cost(view, scope, candidate)
+        found = priced(candidate)
         if best_cost is None or found < best_cost:
             best, best_cost = candidate, found
     return best

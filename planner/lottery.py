@@ -114,12 +114,36 @@ class _Draw:
         return Cut(ticket, False, (ticket,))
 
 
+class _Pool:
+    """The tickets left, kept in ``Lottery.pick``'s order, so a draw needs no re-sort (same picks)."""
+
+    def __init__(self, tickets: Iterable[Ticket]) -> None:
+        self.mine: dict[str, list[Ticket]] = {}
+        for ticket in sorted(tickets, key=lambda t: (t.owner, t.run, t.group)):
+            self.mine.setdefault(ticket.owner, []).append(ticket)
+        self.owners = sorted(self.mine)
+
+    def pick(self, lottery: Lottery) -> Ticket:
+        mine = self.mine[self.owners[lottery.next(len(self.owners))]]
+        return mine[lottery.next(len(mine))]
+
+    def remove(self, tickets: Iterable[Ticket]) -> None:
+        for ticket in tickets:
+            mine = self.mine[ticket.owner]
+            mine.remove(ticket)
+            if not mine:
+                del self.mine[ticket.owner]
+                self.owners.remove(ticket.owner)
+
+
 def run_lottery(tickets: Iterable[Ticket], floors: Sequence[RunFloor], deficit: int, lottery: Lottery) -> list[Cut]:
     """Cut groups until ``deficit`` GPUs are freed or no ticket is left."""
     state = _Draw(set(tickets), {f.run: f for f in floors})
+    pool = _Pool(state.tickets)
     cuts: list[Cut] = []
     while deficit > 0 and state.tickets:
-        cut = state.cut(lottery.pick(state.tickets))
+        cut = state.cut(pool.pick(lottery))
+        pool.remove(cut.tickets)
         cuts.append(cut)
         deficit -= cut.gpus
     return cuts

@@ -95,6 +95,8 @@ class Scope:
             and r.key != exclude
             and (allowed is None or r.key in allowed or r.spec.funding.opportunistic)
         }
+        self._by_domain: dict[DomainKey, list[Group]] | None = None
+        self._indexed = (0, 0, 0)
 
     def live(self) -> list[RunState]:
         """Runs that hold leases now (a run requeued earlier in this call may be running again)."""
@@ -116,13 +118,28 @@ class Scope:
         return sum(len(x.slots) for x in self.leases(run) if x.role in ("Active", "Fill"))
 
     def groups(self, domain: DomainKey) -> list[Group]:
-        """Groups (Active and Spare leases) of live runs in ``domain``."""
-        found: dict[tuple[str, int], Group] = {}
+        """Groups (Active and Spare leases) of live runs in ``domain``.
+
+        Indexed for every domain in one walk, again only once the call ended leases, ended
+        runs or started leases for running runs since (``_version``).
+        """
+        version = self._version()
+        if self._by_domain is None or self._indexed != version:
+            self._by_domain, self._indexed = self._index(), version
+        return list(self._by_domain.get(domain, ()))
+
+    def _version(self) -> tuple[int, int, int]:
+        """What ``groups`` reads beyond this scope's fixed inputs; each only ever grows in a call."""
+        return len(self.batch.out), len(self.batch.done), self.view.ended_count()
+
+    def _index(self) -> dict[DomainKey, list[Group]]:
+        found: dict[DomainKey, dict[tuple[str, int], Group]] = {}
         for run in self.live():
             for lease in self.leases(run.key):
-                if lease.role in HOLDING_ROLES and self.view.node(lease.node).domain == domain:
-                    found.setdefault((run.key, lease.group), Group(run, lease.group)).leases.append(lease)
-        return [found[k] for k in sorted(found)]
+                if lease.role in HOLDING_ROLES:
+                    groups = found.setdefault(self.view.node(lease.node).domain, {})
+                    groups.setdefault((run.key, lease.group), Group(run, lease.group)).leases.append(lease)
+        return {d: [groups[k] for k in sorted(groups)] for d, groups in found.items()}
 
     def floor(self, run: RunState, lost: int = 0) -> RunFloor:
         width = self.width(run.key) - lost

@@ -13,7 +13,6 @@ funded GPUs, the FIFO of pending runs and the set of runs with a finish request.
 from __future__ import annotations
 
 import bisect
-import copy
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,6 +20,7 @@ from datetime import datetime
 from ledger import events as ev
 from ledger.errors import UndecodableEvent
 from ledger.model import BudgetSpec, PolicySpec, RunSpec, budget_from_spec, policy_from_spec, run_from_spec
+from planner.clone import clone
 from planner.hours import FundingIndex
 from planner.lower import shrunk_width
 
@@ -156,8 +156,8 @@ class ClusterState:
     next_reservation_seq: int = 1
 
     def copy(self) -> ClusterState:
-        """An independent copy (fold consumes its base; plan never does)."""
-        return copy.deepcopy(self)
+        """An independent copy (fold consumes its base; plan never does): ``planner.clone``."""
+        return clone(self)
 
     def pending_in_order(self) -> list[RunState]:
         return [self.runs[k] for k, _ in sorted(self.pending.items(), key=lambda kv: kv[1])]

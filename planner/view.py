@@ -79,6 +79,10 @@ class PlanView:
     def ended(self, lease_id: str) -> bool:
         return lease_id in self._ended
 
+    def ended_count(self) -> int:
+        """Leases ended in this call so far (a set that only grows: a cheap version for caches)."""
+        return len(self._ended)
+
     def node_leases(self, name: str) -> list[LeaseState]:
         """Open leases on a node as of the state, minus those ended in this call."""
         ids = self.state.nodes[name].leases - self._ended

@@ -80,7 +80,10 @@ class _Restricted(pickle.Unpickler):
         allowed = module.startswith("planner.") or module in _ALLOWED_MODULES or (module, name) in _ALLOWED_CLASSES
         if not allowed or "." in name:
             raise SnapshotUnreadable(f"snapshot refers to {module}.{name}, which snapshots may not contain")
-        found = super().find_class(module, name)
+        try:
+            found = super().find_class(module, name)
+        except AttributeError:
+            found = None
         if not isinstance(found, type) or found.__module__ != module:
             raise SnapshotUnreadable(f"snapshot refers to {module}.{name}, which is not a class defined there")
         return found

@@ -86,7 +86,9 @@ class Topology:
         self.pods = self.root / "cluster"
         cli = [sys.executable, "-c", "from cli.main import run; run()", "--db", self.url, "workers"]
         kafka = ["--kafka", self.bootstrap, "--topic", self.topic]
-        binder = ("binder", [*cli, "binder", "--backend", "sim", "--sim-dir", str(self.pods), *kafka])
+        # a consumer group of its own: members an earlier test killed never delay this one's rebalances
+        group = ["--group", f"binders-{self.topic}"]
+        binder = ("binder", [*cli, "binder", "--backend", "sim", "--sim-dir", str(self.pods), *kafka, *group])
         specs = [
             *[("planner", [*cli, "planner", "--interval", "0.5"])] * self.planners,
             ("relay", [*cli, "relay", *kafka, "--interval", "0.5"]),

@@ -68,6 +68,27 @@ class PgServer:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+def migrate_to(url: str, revision: str) -> str:
+    """Upgrade or downgrade the database at ``url`` to ``revision`` (``head``, ``-1``, ``0009``…),
+    as its owner would; return the revision it is then at."""
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    from ledger.embedded import alembic_config, sqlalchemy_url
+
+    engine = create_engine(sqlalchemy_url(url))
+    try:
+        with engine.begin() as conn:
+            config = alembic_config()
+            config.attributes["connection"] = conn
+            before = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one()
+            down = revision.startswith("-") or (revision != "head" and revision < str(before))
+            (command.downgrade if down else command.upgrade)(config, revision)
+            return str(conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one())
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _serialised_environment() -> Iterator[None]:
     """See ``tests/envguard.py``: no test's ``setenv`` races a planner thread's connect."""

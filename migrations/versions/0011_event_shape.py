@@ -31,6 +31,13 @@ down_revision: str | None = "0010"
 branch_labels: str | None = None
 depends_on: str | None = None
 
+#: ReservationCreated and ReservationChanged share their fields (``ReservationContent``)
+_RESERVATION_CONTENT: tuple[tuple[str, ...], tuple[str, ...]] = (
+    ("confidence", "conflict_set", "deficit", "domains", "earliest_start", "kill_probability", "nodes", "payers",
+     "remedies", "reservation", "run", "seed", "shrink", "width"),
+    ("message", "slots"),
+)  # fmt: skip
+
 #: type → (required keys, optional keys), as ``ledger.events`` had them at this revision
 FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "BudgetApplied": (("name", "owner", "spec"), ()),
@@ -51,44 +58,8 @@ FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "PolicyChanged": (("spec",), ()),
     "ReservationActivated": (("freed", "reservation", "run", "seed"), ()),
     "ReservationCancelled": (("reservation", "run"), ()),
-    "ReservationChanged": (
-        (
-            "confidence",
-            "conflict_set",
-            "deficit",
-            "domains",
-            "earliest_start",
-            "kill_probability",
-            "nodes",
-            "payers",
-            "remedies",
-            "reservation",
-            "run",
-            "seed",
-            "shrink",
-            "width",
-        ),
-        ("message", "slots"),
-    ),
-    "ReservationCreated": (
-        (
-            "confidence",
-            "conflict_set",
-            "deficit",
-            "domains",
-            "earliest_start",
-            "kill_probability",
-            "nodes",
-            "payers",
-            "remedies",
-            "reservation",
-            "run",
-            "seed",
-            "shrink",
-            "width",
-        ),
-        ("message", "slots"),
-    ),
+    "ReservationChanged": _RESERVATION_CONTENT,
+    "ReservationCreated": _RESERVATION_CONTENT,
     "ReservationReleased": (("reason", "reservation", "run"), ()),
     "RunAdmitted": (("run", "width"), ()),
     "RunCancelRequested": (("run",), ()),

@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 from cli.background import planner_running
 from ledger.embedded import libpq_url
 from ledger.store import Ledger
-from tests.conftest import PgServer
+from tests.conftest import PgServer, migrate_to
 from tests.e2e.conftest import EXAMPLES, Result, run_cli
 
 #: login roles in jobtree_app; ``bob`` is in the team role ``rai`` (the example budget's ``group:rai``)
@@ -163,28 +163,10 @@ def test_the_runtime_role_cannot_rewrite_bypass_or_change_the_schema(team: Runne
         assert conn.execute("SELECT count(*) FROM events").fetchone()[0] > 0  # type: ignore[index]
 
 
-def _step_back_one_revision(url: str) -> str:
-    """Downgrade the schema by one migration, as its owner would; return the revision it is at."""
-    from alembic import command
-    from sqlalchemy import create_engine
-
-    from ledger.embedded import alembic_config, sqlalchemy_url
-
-    engine = create_engine(sqlalchemy_url(url))
-    try:
-        with engine.begin() as conn:
-            config = alembic_config()
-            config.attributes["connection"] = conn
-            command.downgrade(config, "-1")
-            return str(conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one())
-    finally:
-        engine.dispose()
-
-
 def test_a_behind_schema_is_refused_with_what_to_do_and_never_migrated(cli: Runner, database_url: str) -> None:
     with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
         head = conn.execute("SELECT version_num FROM alembic_version").fetchone()[0]  # type: ignore[index]
-    behind = _step_back_one_revision(database_url)
+    behind = migrate_to(database_url, "-1")
     assert behind != head
     result = cli("ops", "get", "runs")
     assert result.code == 1 and result.err.count("\n") == 1

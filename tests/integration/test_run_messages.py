@@ -12,6 +12,7 @@ from sqlalchemy import text
 
 from ledger import events as ev
 from ledger.store import Ledger
+from tests.conftest import migrate_to
 from tests.integration.test_projections_batch import T0, plan, reservation, submit
 
 MINUTE = timedelta(minutes=1)
@@ -63,27 +64,11 @@ def _fields(event: ev.Event) -> dict[str, object]:
     return {name: getattr(event, name) for name in event.__dataclass_fields__}
 
 
-def _migrate(url: str, revision: str, down: bool) -> None:
-    from alembic import command
-    from sqlalchemy import create_engine
-
-    from ledger.embedded import alembic_config, sqlalchemy_url
-
-    engine = create_engine(sqlalchemy_url(url))
-    try:
-        with engine.begin() as conn:
-            config = alembic_config()
-            config.attributes["connection"] = conn
-            (command.downgrade if down else command.upgrade)(config, revision)
-    finally:
-        engine.dispose()
-
-
 def test_upgrading_splits_messages_written_before_the_parts_existed(database_url: str) -> None:
     ledger = Ledger.from_url(database_url)
     try:
         ledger.append([submit("r"), submit("w"), submit("p")], actor="alice", at=T0)
-        _migrate(database_url, "0009", down=True)
+        migrate_to(database_url, "0009")
         old = {
             "ns/r": ("Reserved", "short of 8 GPUs; reserved res-3: earliest start 2026-01-01T13:00:00Z"),
             "ns/w": ("Running", "you are in the conflict set of ns/big (res-4), ETA 2026-01-01T13:00:00Z, "
@@ -94,7 +79,7 @@ def test_upgrading_splits_messages_written_before_the_parts_existed(database_url
             for run, (phase, shown) in old.items():
                 conn.execute(text("UPDATE runs SET phase = :p, message = :m WHERE run = :r"),
                              {"p": phase, "m": shown, "r": run})  # fmt: skip
-        _migrate(database_url, "head", down=False)
+        migrate_to(database_url, "head")
         for run, expected in old.items():
             assert message(ledger, run) == expected
         parts = "SELECT base_message, reservation_message, warned_by FROM runs WHERE run = :r"

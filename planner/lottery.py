@@ -25,6 +25,8 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
+from planner.sampling import Sampler
+
 
 @dataclass(frozen=True, slots=True, order=True)
 class Ticket:
@@ -159,14 +161,18 @@ def kill_probabilities(tickets: Sequence[Ticket], floors: Sequence[RunFloor], de
     if deficit <= 0 or not tickets:
         return {run: 0.0 for run in runs}
     if len(tickets) <= EXACT_LIMIT:
-        odds = _exact(tuple(sorted(tickets)), tuple(sorted(floors, key=lambda f: f.run)), deficit)
+        odds, _ = _exact(tuple(sorted(tickets)), tuple(sorted(floors, key=lambda f: f.run)), deficit)
         return {run: round(dict(odds).get(run, 0.0), 6) for run in runs}
     return dict(_sampled(tuple(sorted(tickets)), tuple(sorted(floors, key=lambda f: f.run)), deficit, tuple(runs)))
 
 
 @lru_cache(maxsize=4096)
-def _exact(tickets: tuple[Ticket, ...], floors: tuple[RunFloor, ...], deficit: int) -> tuple[tuple[str, float], ...]:
-    return tuple(sorted(_exact_from(frozenset(tickets), {f.run: f for f in floors}, {}, deficit, {}).items()))
+def _exact(
+    tickets: tuple[Ticket, ...], floors: tuple[RunFloor, ...], deficit: int
+) -> tuple[tuple[tuple[str, float], ...], float]:
+    """Each run's chance of ending and the expected GPUs cut, from one enumeration of the draws."""
+    odds, gpus = _exact_from(frozenset(tickets), {f.run: f for f in floors}, {}, deficit, {})
+    return tuple(sorted(odds.items())), gpus
 
 
 def _branches(
@@ -187,22 +193,27 @@ _Memo = dict[tuple[frozenset[Ticket], frozenset[tuple[str, int]], int], Any]
 
 def _exact_from(
     tickets: frozenset[Ticket], floors: dict[str, RunFloor], lost: dict[str, int], deficit: int, memo: _Memo
-) -> dict[str, float]:
-    """Exact odds by enumeration; ``memo`` holds each (tickets left, GPUs lost, deficit) once (else exponential)."""
+) -> tuple[dict[str, float], float]:
+    """Exact odds and expected GPUs by enumeration; ``memo`` holds each (tickets left, GPUs lost,
+    deficit) once (else exponential)."""
     if deficit <= 0 or not tickets:
-        return {}
+        return {}, 0.0
     key = (tickets, frozenset(lost.items()), deficit)
     if key in memo:
-        return dict(memo[key])
-    odds: dict[str, float] = {}
+        odds, gpus = memo[key]
+        return dict(odds), gpus
+    odds = {}
+    terms: list[float] = []
     for weight, cut, state in _branches(tickets, floors, lost):
         if cut.run_ended:
             odds[cut.ticket.run] = odds.get(cut.ticket.run, 0.0) + weight
-        rest = _exact_from(frozenset(state.tickets), floors, state.lost, deficit - cut.gpus, memo)
+        rest, rest_gpus = _exact_from(frozenset(state.tickets), floors, state.lost, deficit - cut.gpus, memo)
         for run, p in rest.items():
             odds[run] = odds.get(run, 0.0) + weight * p
-    memo[key] = dict(odds)
-    return odds
+        terms.append(weight * (cut.gpus + rest_gpus))
+    gpus = float(sum(terms))
+    memo[key] = (dict(odds), gpus)
+    return odds, gpus
 
 
 @lru_cache(maxsize=1024)  # a pure function of its arguments; the planner asks again for every pass
@@ -210,12 +221,10 @@ def _sampled(
     tickets: tuple[Ticket, ...], floors: tuple[RunFloor, ...], deficit: int, runs: tuple[str, ...]
 ) -> tuple[tuple[str, float], ...]:
     ended = dict.fromkeys(runs, 0)
-    base = hashlib.sha256(repr(sorted(tickets)).encode()).hexdigest()
+    sampler = Sampler(tickets, floors)
     for sample in range(SAMPLES):
-        lottery = Lottery(seed_for(f"{base}#{sample}", datetime(1970, 1, 1, tzinfo=UTC)))
-        for cut in run_lottery(tickets, floors, deficit, lottery):
-            if cut.run_ended:
-                ended[cut.ticket.run] += 1
+        for run in sampler.run(sample, deficit).ended:
+            ended[run] += 1
     return tuple((run, round(count / SAMPLES, 6)) for run, count in ended.items())
 
 
@@ -224,34 +233,12 @@ def expected_cut(tickets: Sequence[Ticket], floors: Sequence[RunFloor], deficit:
     if deficit <= 0 or not tickets:
         return 0.0
     if len(tickets) <= EXACT_LIMIT:
-        return _exact_gpus(tuple(sorted(tickets)), tuple(sorted(floors, key=lambda f: f.run)), deficit)
+        return _exact(tuple(sorted(tickets)), tuple(sorted(floors, key=lambda f: f.run)), deficit)[1]
     return _sampled_gpus(tuple(sorted(tickets)), tuple(sorted(floors, key=lambda f: f.run)), deficit)
 
 
 @lru_cache(maxsize=1024)
 def _sampled_gpus(tickets: tuple[Ticket, ...], floors: tuple[RunFloor, ...], deficit: int) -> float:
-    total = 0
-    base = hashlib.sha256(repr(sorted(tickets)).encode()).hexdigest()
-    for sample in range(SAMPLES // 10):
-        lottery = Lottery(seed_for(f"{base}#{sample}", datetime(1970, 1, 1, tzinfo=UTC)))
-        total += sum(cut.gpus for cut in run_lottery(tickets, floors, deficit, lottery))
+    sampler = Sampler(tickets, floors)
+    total = sum(sampler.run(sample, deficit).gpus for sample in range(SAMPLES // 10))
     return total / (SAMPLES // 10)
-
-
-@lru_cache(maxsize=4096)
-def _exact_gpus(tickets: tuple[Ticket, ...], floors: tuple[RunFloor, ...], deficit: int) -> float:
-    return _gpus_from(frozenset(tickets), {f.run: f for f in floors}, {}, deficit, {})
-
-
-def _gpus_from(
-    tickets: frozenset[Ticket], floors: dict[str, RunFloor], lost: dict[str, int], deficit: int, memo: _Memo
-) -> float:
-    if deficit <= 0 or not tickets:
-        return 0.0
-    key = (tickets, frozenset(lost.items()), deficit)
-    if key not in memo:
-        memo[key] = sum(
-            weight * (cut.gpus + _gpus_from(frozenset(state.tickets), floors, state.lost, deficit - cut.gpus, memo))
-            for weight, cut, state in _branches(tickets, floors, lost)
-        )
-    return float(memo[key])

@@ -48,6 +48,7 @@ from planner.intended import Target, cheapest, cost, staged, target_of
 from planner.losses import SPARE, Batch
 from planner.lottery import Lottery, seed_for
 from planner.lower import lower
+from planner.memo import PLACEMENTS, placement_key
 from planner.payers import search_order
 from planner.rerank import funding_book
 from planner.resolve import ACTIONS, Cutter, Promise, Scope, plan_cuts, refund, shrinkable
@@ -106,8 +107,15 @@ def findtarget_of(view: PlanView, scope: Scope, run: RunState, kept: dict[str, l
     """The intended placement and its deficit, or None when no placement exists even with cuts.
 
     A published placement (``kept``) stays while each of its slots is free or held by a lease
-    an activation could cut; otherwise the staged what-if packing picks a new one.
+    an activation could cut; otherwise the staged what-if packing picks a new one. Remembered
+    across calls on a key of everything it reads (``planner.memo``).
     """
+    key = placement_key(view, scope, run, kept)
+    found: Target | None = PLACEMENTS.get_or_compute(key, lambda: _findtarget(view, scope, run, kept))
+    return found
+
+
+def _findtarget(view: PlanView, scope: Scope, run: RunState, kept: dict[str, list[int]] | None) -> Target | None:
     spec = run.spec
     stages = _stages(scope, spec.resources.gpu_type)
     fresh = cheapest(view, scope, run, stages, _staged(view, run, stages))

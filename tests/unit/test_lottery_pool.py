@@ -1,11 +1,16 @@
-"""run_lottery's ticket pool draws exactly what Lottery.pick over the remaining set draws."""
+"""run_lottery's ticket pool, and the odds' sampler, draw exactly what Lottery.pick over the remaining set draws."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from planner.lottery import Cut, Lottery, RunFloor, Ticket, _Draw, run_lottery
+from planner.lottery import Cut, Lottery, RunFloor, Ticket, _Draw, run_lottery, seed_for
+from planner.sampling import Sampler
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def reference(tickets: list[Ticket], floors: list[RunFloor], deficit: int, lottery: Lottery) -> list[Cut]:
@@ -39,3 +44,18 @@ def test_pool_draws_match_the_reference(case: tuple[list[Ticket], list[RunFloor]
     fast, slow = Lottery(seed * 8), Lottery(seed * 8)
     assert run_lottery(tickets, floors, deficit, fast) == reference(tickets, floors, deficit, slow)
     assert fast.counter == slow.counter > 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(draws(), st.integers(0, 3000))
+def test_a_sample_draws_what_run_lottery_draws(
+    case: tuple[list[Ticket], list[RunFloor], int, str], sample: int
+) -> None:
+    """``planner.sampling`` (the odds' samples) ends the same runs and cuts the same GPUs as ``run_lottery``."""
+    tickets, floors, deficit, _ = case
+    sampler = Sampler(tickets, floors)
+    cuts = run_lottery(tickets, floors, deficit, Lottery(seed_for(f"{sampler.base}#{sample}", EPOCH)))
+    outcome = sampler.run(sample, deficit)
+    assert outcome.ended == tuple(c.ticket.run for c in cuts if c.run_ended)
+    assert outcome.gpus == sum(c.gpus for c in cuts)
+    assert outcome.gpus > 0

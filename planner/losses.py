@@ -43,14 +43,26 @@ class Batch:
     requeued: list[str] = field(default_factory=list)
     started: dict[str, list[LeaseState]] = field(default_factory=dict)  # run -> leases started in this call
     _seen: int = 0  # decisions indexed into ``started`` so far
+    _known: dict[str, list[LeaseState]] = field(default_factory=dict)  # ``leases`` at ``_known_at``
+    _known_at: tuple[int, int] = (0, 0)
 
     # ------------------------------------------------------------ reads
 
+    def version(self) -> tuple[int, int]:
+        """Decisions so far and leases ended so far in this call: both only grow, and ``leases`` reads no more."""
+        return len(self.out), self.view.ended_count()
+
     def leases(self, run: str) -> list[LeaseState]:
         """The run's open leases, counting every lease started (and ended) so far in this call."""
-        self._sync()
-        fresh = [lease for lease in self.started.get(run, ()) if not self.view.ended(lease.lease_id)]
-        return self.view.open_leases(run) + fresh
+        version = self.version()
+        if version != self._known_at:
+            self._known, self._known_at = {}, version
+        found = self._known.get(run)
+        if found is None:
+            self._sync()
+            fresh = [lease for lease in self.started.get(run, ()) if not self.view.ended(lease.lease_id)]
+            found = self._known[run] = self.view.open_leases(run) + fresh
+        return list(found)
 
     def _sync(self) -> None:
         """Index the LeaseStarted decisions of this call (ours, admission's, re-ranking's) by run."""

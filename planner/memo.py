@@ -7,8 +7,8 @@ calls at each funding edge. Its result is a pure function of:
 
 - the GPU type's nodes as the call's view sees them (domain, size, schedulable, free slots,
   including the holds of runs ahead in the queue) and each domain's free count;
-- the scope's cuttable groups (run, group, owner, leases with node, slots, role and payer
-  class) and each scope run's width, FIFO place, minimum, malleability and opportunism;
+- the scope's live runs (FIFO place, owner, minimum, malleability) and their open leases
+  (node, group, slots, role, payer class): its groups per domain, widths and floors;
 - the run's shape (GPU type, minimum width, groups as lowered, spares) and the placement
   its published reservation keeps.
 
@@ -81,25 +81,16 @@ def capacity_print(view: PlanView, gpu_type: str) -> bytes:
     return _digest(parts)
 
 
-def scope_print(scope: Scope, gpu_type: str) -> bytes:
-    """What the scope's counted cuts read: its groups per domain and its runs' floors and order."""
-    groups = []
-    for key in scope.view.domains_of(gpu_type):
-        for group in scope.groups(key):
-            leases = tuple((x.lease_id, x.node, tuple(x.slots), x.role, x.payer_class) for x in group.leases)
-            groups.append((key, group.run.key, group.index, group.run.spec.owner, leases))
-    runs = tuple(
-        (
-            key,
-            scope.width(key),
-            run.submitted_position,
-            run.spec.min_gpus,
-            run.spec.malleable is not None,
-            run.spec.funding.opportunistic,
+def scope_print(scope: Scope) -> bytes:
+    """What the scope's counted cuts read: each live run's FIFO place, owner, floor and open leases."""
+    runs = []
+    for run in scope.live():
+        spec = run.spec
+        leases = tuple(
+            (x.lease_id, x.node, x.group, tuple(x.slots), x.role, x.payer_class) for x in scope.leases(run.key)
         )
-        for key, run in sorted(scope.runs.items())
-    )
-    return _digest((groups, runs))
+        runs.append((run.key, run.submitted_position, spec.owner, spec.min_gpus, spec.malleable is not None, leases))
+    return _digest(runs)
 
 
 def placement_key(view: PlanView, scope: Scope, run: RunState, kept: dict[str, list[int]] | None) -> Key:
@@ -107,4 +98,4 @@ def placement_key(view: PlanView, scope: Scope, run: RunState, kept: dict[str, l
     gpu_type = spec.resources.gpu_type
     shape = (gpu_type, spec.min_gpus, spec.locality.group_gpus, spec.spares, tuple(lower(spec, spec.min_gpus)))
     held = None if kept is None else tuple(sorted((n, tuple(s)) for n, s in kept.items()))
-    return capacity_print(view, gpu_type), scope_print(scope, gpu_type), shape, held
+    return capacity_print(view, gpu_type), scope_print(scope), shape, held

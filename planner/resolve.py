@@ -97,6 +97,8 @@ class Scope:
         }
         self._by_domain: dict[DomainKey, list[Group]] | None = None
         self._indexed = (0, 0, 0)
+        self._leases: dict[str, list[LeaseState]] = {}
+        self._leases_at = (0, 0)
 
     def live(self) -> list[RunState]:
         """Runs that hold leases now (a run requeued earlier in this call may be running again)."""
@@ -108,11 +110,17 @@ class Scope:
 
     def leases(self, run: str) -> list[LeaseState]:
         """The run's open leases, counting every lease started (and ended) so far in this call."""
-        out = {lease.lease_id: lease for lease in self.batch.leases(run)}
-        for lid, lease in self.fresh.get(run, {}).items():
-            if not self.view.ended(lid):
-                out.setdefault(lid, lease)
-        return [out[k] for k in sorted(out)]
+        version = self.batch.version()
+        if version != self._leases_at:
+            self._leases, self._leases_at = {}, version
+        found = self._leases.get(run)
+        if found is None:
+            out = {lease.lease_id: lease for lease in self.batch.leases(run)}
+            for lid, lease in self.fresh.get(run, {}).items():
+                if not self.view.ended(lid):
+                    out.setdefault(lid, lease)
+            found = self._leases[run] = [out[k] for k in sorted(out)]
+        return list(found)
 
     def width(self, run: str) -> int:
         return sum(len(x.slots) for x in self.leases(run) if x.role in ("Active", "Fill"))

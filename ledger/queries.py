@@ -7,7 +7,7 @@ shapes the CLI prints with ``-o json`` (keep the key names).
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Engine, text
 
@@ -268,11 +268,19 @@ def list_nodes(engine: Engine) -> list[Row]:
     ]
 
 
-def node_registrations(engine: Engine) -> dict[str, tuple[str, int, dict[str, str]]]:
-    """Each node's registration as the ledger holds it: (gpu type, GPUs, labels); ``apply`` skips equal ones."""
+class NodeRegistration(NamedTuple):
+    """A node as its latest ``NodeRegistered`` describes it."""
+
+    gpu_type: str
+    gpus: int
+    labels: dict[str, str]
+
+
+def node_registrations(engine: Engine) -> dict[str, NodeRegistration]:
+    """Each node's registration as the ledger holds it; ``apply`` skips equal ones."""
     with engine.connect() as conn:
         rows = conn.execute(text("SELECT name, gpu_type, gpus, labels FROM nodes")).all()
-    return {r.name: (r.gpu_type, r.gpus, dict(r.labels)) for r in rows}
+    return {r.name: NodeRegistration(r.gpu_type, r.gpus, dict(r.labels)) for r in rows}
 
 
 def max_held_slot(engine: Engine, node: str) -> int:

@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine
-
 from ledger import queries
 from ledger.events import (
     CLOCK_STREAM,
@@ -53,10 +51,12 @@ from ledger.model import (
     parse_manifests,
     run_from_spec,
 )
+from ledger.readmodels import PostgresReadModels
 from ledger.store import Ledger
-from service.errors import BadInput, Forbidden, NotFound
+from service.errors import BadInput, Forbidden, NotFound, PlannerUnavailable
 from service.identity import Identity, may_impersonate
-from service.planning import PlannerWait, Planning, stopped_at_row
+from service.planning import PlannerWait, Planning, postgres
+from service.ports import EventStore, ReadModels
 
 Row = dict[str, Any]
 #: How far ahead of the wall clock anyone may write (clock skew between machines).
@@ -106,11 +106,14 @@ class JobtreeApp:
     plan in this process (``sim run``, the intake). ``caller`` is already authenticated
     (``service.identity``); ``bootstrap`` names whom a ledger without a policy makes its
     first admins when this caller writes first (default: the caller; ``[]``: nobody).
+
+    ``ledger`` and ``reads`` are ports (``service.ports``): the Postgres ledger and its read
+    models by default, or ``ledger.memory.MemoryEventStore`` and ``service.memory`` in tests.
     """
 
     def __init__(
         self,
-        ledger: Ledger,
+        ledger: EventStore,
         caller: Identity,
         now: datetime,
         as_user: str | None = None,
@@ -118,16 +121,17 @@ class JobtreeApp:
         planning: Planning | None = None,
         requested: datetime | None = None,
         bootstrap: list[str] | None = None,
+        reads: ReadModels | None = None,
     ) -> None:
         self.ledger = ledger
-        self.engine = ledger.engine
+        self.reads: ReadModels = reads if reads is not None else PostgresReadModels(postgres(ledger).engine)
         self.now = now
         self.requested = requested
         self.planning: Planning = planning or PlannerWait()
         self._stack = ExitStack()
-        self._scratch: Ledger | None = None
+        self._scratch: ReadModels | None = None
         self._policy: PolicySpec | None = None
-        self._fresh = queries.current_policy(self.engine) is None
+        self._fresh = self.reads.current_policy() is None
         self._bootstrap = [caller.user] if bootstrap is None else bootstrap
         if as_user is not None and as_user != caller.user:
             if not may_impersonate(caller, self.policy().dump()):
@@ -137,6 +141,11 @@ class JobtreeApp:
             caller = Identity(as_user, frozenset())
         self.identity = caller
 
+    @property
+    def pg(self) -> Ledger:
+        """The Postgres ledger itself: reports and metrics query its SQL views (``ledger.accounting``)."""
+        return postgres(self.ledger)
+
     def close(self) -> None:
         self._stack.close()
         self.planning.close()
@@ -144,7 +153,7 @@ class JobtreeApp:
     # ------------------------------------------------------------ time and policy
 
     @staticmethod
-    def resolve_now(ledger: Ledger, requested: str | None, wall: datetime) -> datetime:
+    def resolve_now(ledger: EventStore, requested: str | None, wall: datetime) -> datetime:
         """--now if given (never before the newest event), else the wall clock.
 
         The wall clock is clamped to the newest event: time never runs backwards
@@ -171,7 +180,7 @@ class JobtreeApp:
 
     def policy(self) -> PolicySpec:
         if self._policy is None:
-            data = queries.current_policy(self.engine)
+            data = self.reads.current_policy()
             if data is None:  # a fresh ledger: its first writer's bootstrap admins
                 self._policy = PolicySpec(admins=self._bootstrap)
             else:
@@ -244,21 +253,24 @@ class JobtreeApp:
 
     # ------------------------------------------------------------ reads
 
-    def _reader(self) -> Engine:
+    def _reader(self) -> ReadModels:
         """Where reads look: the ledger, or a what-if planned to a later ``--now`` (rolled back)."""
         if self._scratch is not None:
-            return self._scratch.engine
-        stopped_at_row(self.ledger)
+            return self._scratch
+        stuck = self.reads.planner_stopped_at()
+        if stuck:  # SPEC §12: a read never shows projections the planner stopped folding
+            raise PlannerUnavailable(f"{stuck}; the planner stopped there, so nothing newer is shown "
+                                     "(`jobtree audit verify` lists every such row)")  # fmt: skip
         latest = self.ledger.latest_time()
         if self.requested is None or latest is None or self.now <= latest:
-            return self.engine
+            return self.reads
         from ledger import whatif  # a what-if plans in this process: load the planner only now
         from service.inprocess import what_if_pass
 
-        scratch = self._stack.enter_context(whatif.scratch(self.ledger))
+        scratch = self._stack.enter_context(whatif.scratch(postgres(self.ledger)))
         what_if_pass(scratch, self.now, self.identity.user, bind=self.policy().binder == "sim")
-        self._scratch = scratch
-        return scratch.engine
+        self._scratch = PostgresReadModels(scratch.engine)
+        return self._scratch
 
     # ------------------------------------------------------------ manifests
 
@@ -278,10 +290,10 @@ class JobtreeApp:
         events: list[NewEvent] = []
         expected: dict[str, int] = {}
         applied: list[Applied] = []
-        budgets = queries.list_budgets(self.engine)  # once: the family tree and the submitters
+        budgets = self.reads.list_budgets()  # once: the family tree and the submitters
         pending_parents = {b["owner"]: list(b["spec"].get("parents", [])) for b in budgets}
         current = {b["owner"]: b for b in budgets}
-        runs = _RunChecks.load(self.engine, manifests, budgets)
+        runs = _RunChecks.load(self.reads, manifests, budgets)
         for manifest in manifests:
             if allowed is not None and manifest.kind not in allowed:
                 raise BadInput("kind", f"this command takes {' or '.join(allowed)} manifests, not {manifest.kind}")
@@ -318,7 +330,7 @@ class JobtreeApp:
     def require_submitter(self, owner: str) -> None:
         """The submit rule alone (an admin, or listed in the owner's Budget ``submitters``):
         the intake's admission webhook asks it before a Run object is stored."""
-        self._require_submitter(owner, queries.budget_submitters(self.engine, owner) or [])
+        self._require_submitter(owner, self.reads.budget_submitters(owner) or [])
 
     def _policy_with_admins(self, manifest: PolicyManifest) -> dict[str, Any]:
         spec = manifest.spec.dump()
@@ -356,14 +368,14 @@ class JobtreeApp:
     def _node_events(self, manifest: ClusterManifest) -> list[tuple[str, NewEvent | None]]:
         """Each node's ``NodeRegistered``, or None for a node registered exactly so already."""
         self._require_admin("nodes")
-        known = queries.node_registrations(self.engine)
+        known = self.reads.node_registrations()
         out: list[tuple[str, NewEvent | None]] = []
         for index, node in enumerate(manifest.spec.nodes):
             registered = NodeRegistered(node.name, node.gpu_type, node.gpus, node.label_map())
             if known.get(node.name) == (registered.gpu_type, registered.gpus, dict(registered.labels)):
                 out.append((node.name, None))
                 continue
-            held = queries.max_held_slot(self.engine, node.name)
+            held = self.reads.max_held_slot(node.name)
             if held >= node.gpus:
                 raise BadInput(
                     f"spec.nodes[{index}].gpus",
@@ -376,16 +388,16 @@ class JobtreeApp:
 
     def runs(self, namespace: str | None, owner: str | None = None) -> list[Row]:
         """Runs with their place in the queue: ``queuePosition``, ``eta``, ``reservation`` (None: not waiting)."""
-        return queries.list_runs(self._reader(), namespace=namespace, owner=owner)
+        return self._reader().list_runs(namespace=namespace, owner=owner)
 
     def run(self, namespace: str, name: str) -> Row:
         return self._find_run(self._reader(), namespace, name)
 
     def queue(self, namespace: str | None) -> list[Row]:
         """Every waiting run in FIFO order (requeued runs in their old place), with ETA and what is short."""
-        engine = self._reader()
-        places = queries.waiting_queue(engine)
-        rows = queries.runs_by_key(engine, list(places))
+        reads = self._reader()
+        places = reads.waiting_queue()
+        rows = reads.runs_by_key(list(places))
         out = [rows[k] | {"run": k} | places[k] for k in places if k in rows]
         return [r for r in out if namespace is None or r["namespace"] == namespace]
 
@@ -399,8 +411,8 @@ class JobtreeApp:
             return ns, name
         if explicit and namespace is not None:
             return namespace, ref
-        engine = self._reader()
-        found = queries.namespaces_of(engine, ref)
+        reads = self._reader()
+        found = reads.namespaces_of(ref)
         if namespace is not None and (namespace in found or not found):
             return namespace, ref
         if len(found) == 1:
@@ -412,38 +424,38 @@ class JobtreeApp:
 
     def runs_named(self, keys: list[str]) -> dict[str, Row]:
         """Several runs in one query (``submit``'s output rows)."""
-        return queries.runs_by_key(self._reader(), keys)
+        return self._reader().runs_by_key(keys)
 
     @staticmethod
-    def _find_run(engine: Engine, namespace: str, name: str) -> Row:
-        found = queries.get_run(engine, run_key(namespace, name))
+    def _find_run(reads: ReadModels, namespace: str, name: str) -> Row:
+        found = reads.get_run(run_key(namespace, name))
         if found is None:
             raise NotFound(f"run {namespace}/{name} not found (try -n NAMESPACE or `get runs -A`)")
         return found
 
     def leases(self, namespace: str | None, name: str | None, owner: str | None = None) -> list[Row]:
-        engine = self._reader()
+        reads = self._reader()
         if name is None:
-            return queries.list_leases(engine, owner=owner)
-        self._find_run(engine, namespace or "default", name)
+            return reads.list_leases(owner=owner)
+        self._find_run(reads, namespace or "default", name)
         key = run_key(namespace or "default", name)
-        since = queries.latest_submission_position(engine, key)
-        return queries.list_leases(engine, run=key, since_position=since)
+        since = reads.latest_submission_position(key)
+        return reads.list_leases(run=key, since_position=since)
 
     def history(self, namespace: str, name: str) -> list[Row]:
-        engine = self._reader()
+        reads = self._reader()
         key = run_key(namespace, name)
-        self._find_run(engine, namespace, name)
-        return queries.run_history(engine, key, queries.latest_submission_position(engine, key))
+        self._find_run(reads, namespace, name)
+        return reads.run_history(key, reads.latest_submission_position(key))
 
     def reservations(self, run: str | None = None, state: str | None = None) -> list[Row]:
-        return queries.list_reservations(self._reader(), run=run, state=state)
+        return self._reader().list_reservations(run=run, state=state)
 
     def _may_act(self, namespace: str, name: str, what: str) -> Row:
-        found = self._find_run(self.engine, namespace, name)
+        found = self._find_run(self.reads, namespace, name)
         if found["phase"] in queries.FINISHED_PHASES:
             raise BadInput("RUN", f"run {namespace}/{name} is already {found['phase']}")
-        allowed = {found["submitter"]} | set(queries.budget_submitters(self.engine, found["owner"]) or [])
+        allowed = {found["submitter"]} | set(self.reads.budget_submitters(found["owner"]) or [])
         if not (self.identity.listed_in(sorted(allowed)) or self._is_admin()):
             raise Forbidden("RUN", f"{self.identity.user} may not {what} {namespace}/{name}")
         return found
@@ -451,7 +463,7 @@ class JobtreeApp:
     def _act_on_run(self, namespace: str, name: str, what: str, event: Event) -> Row:
         self._may_act(namespace, name, what)
         self._append([NewEvent(run_stream(run_key(namespace, name)), event)])
-        return self._find_run(self.engine, namespace, name)
+        return self._find_run(self.reads, namespace, name)
 
     def cancel(self, namespace: str, name: str) -> Row:
         return self.end_runs("cancel", [(namespace, name)])[0]
@@ -468,12 +480,12 @@ class JobtreeApp:
         events = [NewEvent(run_stream(run_key(ns, n)), kind(run_key(ns, n))) for ns, n in unique]
         if events:
             self._append(events)
-        found = queries.runs_by_key(self.engine, [run_key(ns, n) for ns, n in unique])
+        found = self.reads.runs_by_key([run_key(ns, n) for ns, n in unique])
         return [found[run_key(ns, n)] for ns, n in unique]
 
     def active_runs(self, namespace: str | None, owner: str | None) -> list[tuple[str, str]]:
         """The unfinished runs in ``namespace`` (None: every namespace), of ``owner`` if given (``--all``, ``-l``)."""
-        rows = queries.list_runs(self.engine, namespace=namespace, owner=owner)
+        rows = self.reads.list_runs(namespace=namespace, owner=owner)
         return [(r["namespace"], r["name"]) for r in rows if r["phase"] not in queries.FINISHED_PHASES]
 
     def shrink(self, namespace: str, name: str, by: int) -> Row:
@@ -482,10 +494,10 @@ class JobtreeApp:
 
         if by <= 0:
             raise BadInput("--by", "must be a positive number of GPUs")
-        found = self._find_run(self.engine, namespace, name)
+        found = self._find_run(self.reads, namespace, name)
         key = run_key(namespace, name)
         width = found["width"]
-        spec = run_from_spec(queries.run_spec(self.engine, key))
+        spec = run_from_spec(self.reads.run_spec(key))
         refusal = shrink_refusal(key, spec, width["allocated"], width["desired"], by)
         if refusal is not None:
             if spec.malleable is None:
@@ -496,11 +508,11 @@ class JobtreeApp:
     # ------------------------------------------------------------ nodes and budgets
 
     def nodes(self) -> list[Row]:
-        return queries.list_nodes(self._reader())
+        return self._reader().list_nodes()
 
     def node_action(self, node: str, action: str) -> Row:
         self._require_admin("nodes")
-        known = {n["name"]: n for n in queries.list_nodes(self.engine)}
+        known = {n["name"]: n for n in self.reads.list_nodes()}
         if node not in known:
             raise NotFound(f"node {node} not found (see `jobtree nodes list`)")
         event: Event = {
@@ -510,13 +522,13 @@ class JobtreeApp:
             "uncordon": NodeUncordoned(node),
         }[action]
         self._append([NewEvent(node_stream(node), event)])
-        return {n["name"]: n for n in queries.list_nodes(self.engine)}[node]
+        return {n["name"]: n for n in self.reads.list_nodes()}[node]
 
     def budgets(self) -> list[Row]:
-        return queries.list_budgets(self._reader())
+        return self._reader().list_budgets()
 
     def usage(self, owner: str | None) -> list[Row]:
-        rows = queries.funding_usage(self._reader(), self.now, self.policy().spare_charge_rate)
+        rows = self._reader().funding_usage(self.now, self.policy().spare_charge_rate)
         return [r for r in rows if owner is None or r["owner"] == owner]
 
     def event_count(self) -> int:
@@ -541,21 +553,21 @@ class _RunChecks:
     gpu_types: set[str] = field(default_factory=set)
 
     @classmethod
-    def load(cls, engine: Engine, manifests: list[Manifest], budgets: list[Row]) -> _RunChecks:
+    def load(cls, reads: ReadModels, manifests: list[Manifest], budgets: list[Row]) -> _RunChecks:
         keys = [run_key(m.metadata.namespace, m.metadata.name) for m in manifests if isinstance(m, RunManifest)]
         if not keys:
             return cls(set(), {}, {})
         submitters = {b["owner"]: list(b["spec"].get("submitters", [])) for b in budgets}
         types = {e["gpuType"] for b in budgets for e in b["spec"].get("envelopes", [])}
-        types |= queries.node_gpu_types(engine)
+        types |= reads.node_gpu_types()
         for m in manifests:
             if isinstance(m, BudgetManifest):
                 submitters[m.spec.owner] = list(m.spec.submitters)
                 types |= {e.gpu_type for e in m.spec.envelopes}
             elif isinstance(m, ClusterManifest):
                 types |= {n.gpu_type for n in m.spec.nodes}
-        versions = queries.stream_versions(engine, [run_stream(k) for k in keys])
-        return cls(queries.active_runs(engine, keys), versions, submitters, types)
+        versions = reads.stream_versions([run_stream(k) for k in keys])
+        return cls(reads.active_runs(keys), versions, submitters, types)
 
     def submitters(self, owner: str) -> list[str] | None:
         return self.budgets.get(owner)

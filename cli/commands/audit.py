@@ -65,7 +65,7 @@ def gpu_hours(
         raise BadInput(field if rule else "--from/--to", rule or str(exc)) from None
     service = open_app()
     service.sync()
-    rows = [r | period.as_row() for r in accounting.gpu_hours(service.engine, by, period, service.now)]
+    rows = [r | period.as_row() for r in accounting.gpu_hours(service.pg.engine, by, period, service.now)]
     if context.GLOBALS.output == "csv":  # a flat file names unfunded use instead of leaving a blank
         rows = [r | {k: UNFUNDED for k in ("owner", "envelope") if k in r and r[k] is None} for r in rows]
     if not emit_data(rows, context.GLOBALS.output):
@@ -307,7 +307,7 @@ def budget_period_usage(owner: str | None, period: str) -> None:
         parsed = accounting.parse_period(period, service.now)
     except ValueError as exc:
         raise BadInput("--period", str(exc)) from None
-    rows = accounting.envelope_period_usage(service.engine, parsed, service.now, owner)
+    rows = accounting.envelope_period_usage(service.pg.engine, parsed, service.now, owner)
     if context.GLOBALS.output == "csv":
         rows = [r | {"envelope": r["envelope"] or UNFUNDED} for r in rows]
     if not emit_data(rows, context.GLOBALS.output):

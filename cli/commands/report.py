@@ -142,9 +142,9 @@ def report(
         raise BadInput("--png", f"directory {png.parent} does not exist")
     service = open_app()
     service.sync()
-    nodes = queries.list_nodes(service.engine)
-    leases = accounting.lease_hours(service.engine, accounting.Period(), service.now)
-    reservations = accounting.reservation_timeline(service.engine)
+    nodes = queries.list_nodes(service.pg.engine)
+    leases = accounting.lease_hours(service.pg.engine, accounting.Period(), service.now)
+    reservations = accounting.reservation_timeline(service.pg.engine)
     domains = draw(png, nodes, leases, reservations, service.now)
     summary = {"file": str(png), "domains": domains, "leases": len(leases), "reservations": len(reservations)}
     if not emit_data(summary, context.GLOBALS.output):

@@ -73,7 +73,7 @@ class IntakeService:
 
     @property
     def ledger(self) -> Ledger:
-        return self.app.ledger
+        return self.app.pg
 
     @property
     def now(self) -> datetime:

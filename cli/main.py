@@ -197,10 +197,11 @@ def run(argv: list[str] | None = None) -> None:
     prog = Path(sys.argv[0]).name if argv is None else "jobtree"
     if prog == "kubectl-runs":
         prog = "kubectl runs"
+    invocation: context.Invocation | None = None
     try:
-        context.GLOBALS = context.split_globals(args)
-        # standalone mode: typer prints usage errors itself and exits 2
-        click_command().main(args=context.GLOBALS.rest, prog_name=prog)
+        with context.invoked(context.split_globals(args)) as invocation:
+            # standalone mode: typer prints usage errors itself and exits 2
+            click_command().main(args=invocation.options.rest, prog_name=prog)
     except ServiceError as exc:
         from cli.render import errors
 
@@ -209,13 +210,19 @@ def run(argv: list[str] | None = None) -> None:
     except Exception as exc:
         _database_error(exc)
     finally:
-        notices = context.notices()
-        if notices:
-            from cli.render import errors
+        if invocation is not None:
+            _finish(invocation, prog)
 
-            for notice in notices:
-                errors.print(as_invoked(f"note: {notice}", prog), markup=False)
-        context.close()
+
+def _finish(invocation: context.Invocation, prog: str) -> None:
+    """Print the service's notices on stderr, then dispose of the invocation's ledger (its one engine)."""
+    notices = invocation.notices()
+    if notices:
+        from cli.render import errors
+
+        for notice in notices:
+            errors.print(as_invoked(f"note: {notice}", prog), markup=False)
+    invocation.close()
 
 
 def as_invoked(message: str, prog: str) -> str:

@@ -60,7 +60,7 @@ def plan(run: Annotated[str, typer.Argument(help="Run name, or NAMESPACE/NAME", 
     app = open_app()
     found = app.run(namespace, name)
     res = latest(app.reservations(run=run_key(namespace, name)))
-    if emit_data(res, context.GLOBALS.output):
+    if emit_data(res, context.options().output):
         return
     if res is None:
         console.print(f"{namespace}/{name} is {found['phase']}: no reservation", markup=False)

@@ -147,5 +147,5 @@ def report(
     reservations = accounting.reservation_timeline(service.pg.engine)
     domains = draw(png, nodes, leases, reservations, service.now)
     summary = {"file": str(png), "domains": domains, "leases": len(leases), "reservations": len(reservations)}
-    if not emit_data(summary, context.GLOBALS.output):
+    if not emit_data(summary, context.options().output):
         console.print(f"wrote {png}: {domains} domain(s), {len(leases)} lease(s), {len(reservations)} reservation(s)")

@@ -52,7 +52,7 @@ def split_run(ref: str) -> tuple[str, str]:
     if "/" in ref:
         namespace, _, name = ref.partition("/")
         return namespace, name
-    g = context.GLOBALS
+    g = context.options()
     if g.namespace is not None:
         return g.namespace, ref
     return open_app().resolve(ref, g.configured_ns, explicit=False)
@@ -107,7 +107,7 @@ def submit(file: FileOption, wait: Annotated[bool, typer.Option(help="Wait until
     applied = app.apply(manifests)
     states = app.runs_named([a.name for a in applied if a.kind == "Run"])
     rows = [a.as_row() | _run_state(states.get(a.name)) for a in applied]
-    if emit_data(rows, context.GLOBALS.output):
+    if emit_data(rows, context.options().output):
         return
     for row in rows:
         phase = f" — {row['phase']}" if row.get("phase") else ""
@@ -145,7 +145,7 @@ def get(
     rows = listed()
     columns = run_columns(all_namespaces or bool(names and any("/" in n for n in names)))
     data = rows[0] if names and len(names) == 1 else rows  # kubectl: one name, one object
-    if not emit_data(data, context.GLOBALS.output, kind="run"):
+    if not emit_data(data, context.options().output, kind="run"):
         table(_aged(rows), columns, empty=_no_runs(all_namespaces))
     if follow:
         _follow(listed, columns, timeout, interval)
@@ -157,14 +157,14 @@ def _lister(names: list[str], all_namespaces: bool, owner: str | None) -> Callab
     if names:
         refs = [split_run(n) for n in names]
         return lambda: [app.run(ns, name) for ns, name in refs]
-    namespace = None if all_namespaces else context.GLOBALS.ns
+    namespace = None if all_namespaces else context.options().ns
     return lambda: app.runs(namespace, owner)
 
 
 def _no_runs(all_namespaces: bool) -> str:
     if all_namespaces:
         return "No runs."
-    return f"No runs in namespace {context.GLOBALS.ns} (every namespace: `get runs -A`)."
+    return f"No runs in namespace {context.options().ns} (every namespace: `get runs -A`)."
 
 
 def run_columns(with_namespace: bool) -> list[Column]:
@@ -187,8 +187,9 @@ def _follow(listed: Callable[[], list[Row]], columns: list[Column], timeout: flo
             rows = listed()
             changed = [r for r in rows if seen.get(row_key(r)) != _fingerprint(r)]
             seen |= {row_key(r): _fingerprint(r) for r in changed}
-            if changed and not emit_data(changed, context.GLOBALS.output, kind="run"):
-                for line in format_table(_aged(changed), columns, output_width(), context.GLOBALS.output == "wide")[1:]:
+            output = context.options().output
+            if changed and not emit_data(changed, output, kind="run"):
+                for line in format_table(_aged(changed), columns, output_width(), output == "wide")[1:]:
                     print(line, flush=True)
     except KeyboardInterrupt:
         return
@@ -213,10 +214,10 @@ def _watch(namespace: str, name: str, timeout: float | None, interval: float = 2
         run = app.run(namespace, name)
         line = run_summary(run)
         if line != last:
-            if context.GLOBALS.output in ("table", "wide"):
+            if context.options().output in ("table", "wide"):
                 console.print(line, markup=False)
             else:
-                emit_data(run, context.GLOBALS.output, kind="run")
+                emit_data(run, context.options().output, kind="run")
             last = line
         if run_settled(run):
             return True
@@ -267,7 +268,7 @@ def _explain(run: str) -> None:
     data = {
         "run": found, "leases": leases, "history": history, "story": told, "widthHistory": widths, "payers": split,
     }  # fmt: skip
-    if emit_data(data, context.GLOBALS.output):
+    if emit_data(data, context.options().output):
         return
     width, funding = found["width"], found["funding"]
     payers = [_payer(p) for p in split]
@@ -365,7 +366,7 @@ def leases(
     kubeswitch.refuse("leases")
     app = open_app()
     rows = app.leases(*split_run(run)) if run is not None else app.leases(None, None, owner=owner)
-    if not emit_data(rows, context.GLOBALS.output, kind="lease"):
+    if not emit_data(rows, context.options().output, kind="lease"):
         table(rows, LEASE_COLUMNS, empty="No leases.")
 
 
@@ -373,7 +374,7 @@ def shrink(run: RunArg, by: Annotated[int, typer.Option("--by", help="GPUs to gi
     """Lower a malleable run's desired width and end its highest groups now."""
     kubeswitch.refuse("shrink")
     result = open_app().shrink(*split_run(run), by=by)
-    if not emit_data(result, context.GLOBALS.output, kind="run"):
+    if not emit_data(result, context.options().output, kind="run"):
         console.print(run_summary(result), markup=False)
 
 
@@ -399,10 +400,10 @@ def _end(action: str, names: list[str] | None, selector: str | None, every: bool
     if names:
         targets = [split_run(n) for n in names]
     else:
-        targets = app.active_runs(None if all_namespaces else context.GLOBALS.ns, owner)
+        targets = app.active_runs(None if all_namespaces else context.options().ns, owner)
     results = app.end_runs(action, targets)
     one = len(names) == 1  # kubectl: one name, one object; several or a selection, a list
-    if emit_data(results[0] if one else results, context.GLOBALS.output, kind="run"):
+    if emit_data(results[0] if one else results, context.options().output, kind="run"):
         return
     if not results:
         console.print("No unfinished runs selected.", markup=False)
@@ -431,8 +432,8 @@ def queue(all_namespaces: AllNamespaces = False) -> None:
     """Every waiting run in FIFO order: position, phase, ETA, confidence and what is short (`squeue --start`)."""
     kubeswitch.refuse("queue")
     app = open_app()
-    rows = app.queue(None if all_namespaces else context.GLOBALS.ns)
-    if emit_data(rows, context.GLOBALS.output, kind="run"):
+    rows = app.queue(None if all_namespaces else context.options().ns)
+    if emit_data(rows, context.options().output, kind="run"):
         return
     columns: list[Column] = [
         Col("POS", lambda r: r["queuePosition"]),

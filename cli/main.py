@@ -232,7 +232,7 @@ def as_invoked(message: str, prog: str) -> str:
 
 def _database_error(exc: Exception) -> None:
     """Undecodable rows, timeouts, a lost race, a dead server: one line and exit 1; anything else re-raised."""
-    if "sqlalchemy" not in sys.modules and "psycopg" not in sys.modules:
+    if "ledger.errors" not in sys.modules and "psycopg" not in sys.modules:  # no database was touched
         raise exc
     from cli.render import errors
     from ledger.errors import DATABASE_ERRORS, one_line

@@ -35,7 +35,7 @@ def list_nodes(
     service = open_app()
     rows = service.nodes()
     if show_map:
-        slotmap.show(rows, service.pg.engine, context.options().output)
+        slotmap.show(rows, service.pg, context.options().output)
         return
     if not emit_data(rows, context.options().output):
         table(rows, NODE_COLUMNS, empty="No nodes. Apply a Cluster manifest: jobtree nodes apply -f cluster.yaml")

@@ -12,16 +12,14 @@ from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
 
 from cli import context
 from cli.errors import BadInput, CommandError
 from cli.render import LEASE_COLUMNS, RUN_COLUMNS, Column, console, emit_data, errors, short_time, table
 from ledger import manifest_yaml
-from ledger.databases import drop_database, fresh_database
+from ledger.databases import drop_database, fresh_database, shown_url
 from ledger.embedded import migrate, resolve_database_url
-from ledger.errors import ManifestError
+from ledger.errors import LedgerError, ManifestError
 from ledger.model import format_duration
 from ledger.store import Ledger
 from service import generate, sacct
@@ -119,7 +117,7 @@ def run(
     elif not emit_data(result.as_json(), context.options().output):
         render_story(result)
     if kept:
-        shown = make_url(kept).render_as_string(hide_password=True)
+        shown = shown_url(kept)
         errors.print(f"kept the simulation's ledger: --db {shown}", markup=False)
 
 
@@ -175,8 +173,8 @@ def _simulate_in_throwaway(
     name = f"jobtree_sim_{os.getpid()}_{secrets.token_hex(3)}"
     try:
         url = fresh_database(base_url, name)
-    except SQLAlchemyError as exc:
-        raise CommandError(f"cannot create the simulation's database {name}: {str(exc).splitlines()[0]}") from exc
+    except LedgerError as exc:
+        raise CommandError(f"the simulation's ledger: {exc}") from exc
     ok = False
     try:
         migrate(url)

@@ -122,7 +122,7 @@ def run(
 
 
 def _report(data: dict[str, Any], directory: Path, result: SimResult) -> None:
-    from cli.simplots import write_report  # matplotlib only when a report is asked for
+    from cli.plots import write_report  # matplotlib only when a report is asked for
 
     try:
         files = write_report(data, directory)

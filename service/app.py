@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from ledger import queries
@@ -47,58 +46,24 @@ from ledger.model import (
     PolicyManifest,
     PolicySpec,
     RunManifest,
-    RunSpec,
     parse_manifests,
     run_from_spec,
 )
 from ledger.readmodels import PostgresReadModels
 from ledger.store import Ledger
+from service.checks import Applied, RunChecks, budget_changed, has_cycle, resolve_now
 from service.errors import BadInput, Forbidden, NotFound, PlannerUnavailable
 from service.identity import Identity, may_impersonate
 from service.planning import PlannerWait, Planning, postgres
-from service.ports import EventStore, ReadModels
+from service.ports import Clock, EventStore, ReadModels, WallClock
+from service.reading import RunReads
 
 Row = dict[str, Any]
 #: How far ahead of the wall clock anyone may write (clock skew between machines).
 CLOCK_SKEW = timedelta(seconds=5)
 
 
-@dataclass(frozen=True, slots=True)
-class Applied:
-    kind: str
-    name: str
-    action: str
-
-    def as_row(self) -> Row:
-        return {"kind": self.kind, "name": self.name, "action": self.action}
-
-
-def parse_time(value: str, field: str = "--now") -> datetime:
-    try:
-        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise BadInput(field, f"{value!r} is not an RFC 3339 time (e.g. 2026-01-01T12:00:00Z)") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
-
-
-def _has_cycle(parents: dict[str, list[str]], start: str) -> list[str] | None:
-    """Return a cycle through ``start`` in the parents graph, or None."""
-    stack: list[tuple[str, list[str]]] = [(start, [start])]
-    seen: set[str] = set()
-    while stack:
-        owner, path = stack.pop()
-        for parent in parents.get(owner, []):
-            if parent == start:
-                return [*path, parent]
-            if parent not in seen:
-                seen.add(parent)
-                stack.append((parent, [*path, parent]))
-    return None
-
-
-class JobtreeApp:
+class JobtreeApp(RunReads):
     """Every user action, against one ledger, as one identity, at one logical time.
 
     ``requested`` is the ``--now`` the caller gave (None: the wall clock). ``planning``
@@ -122,10 +87,12 @@ class JobtreeApp:
         requested: datetime | None = None,
         bootstrap: list[str] | None = None,
         reads: ReadModels | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.ledger = ledger
         self.reads: ReadModels = reads if reads is not None else PostgresReadModels(postgres(ledger).engine)
         self.now = now
+        self.clock: Clock = clock or WallClock()
         self.requested = requested
         self.planning: Planning = planning or PlannerWait()
         self._stack = ExitStack()
@@ -152,31 +119,7 @@ class JobtreeApp:
 
     # ------------------------------------------------------------ time and policy
 
-    @staticmethod
-    def resolve_now(ledger: EventStore, requested: str | None, wall: datetime) -> datetime:
-        """--now if given (never before the newest event), else the wall clock.
-
-        The wall clock is clamped to the newest event: time never runs backwards
-        in one ledger, even after someone moved it ahead with --now.
-        """
-        latest = ledger.latest_time()
-        if requested is None:
-            return max(wall, latest) if latest else wall
-        if requested.startswith("+"):
-            from ledger.model import parse_duration
-
-            try:
-                return max(wall, latest or wall) + parse_duration(requested[1:])
-            except ValueError as exc:
-                raise BadInput("--now", str(exc)) from None
-        now = parse_time(requested)
-        if latest is not None and now < latest:
-            raise BadInput(
-                "--now",
-                f"time never runs backwards: {queries.iso_utc(now)} is before the newest event "
-                f"({queries.iso_utc(latest)})",
-            )
-        return now
+    resolve_now = staticmethod(resolve_now)
 
     def policy(self) -> PolicySpec:
         if self._policy is None:
@@ -234,7 +177,7 @@ class JobtreeApp:
         latest = self.ledger.latest_time()
         if latest is not None and self.now <= latest:
             return []
-        wall = datetime.now(UTC)
+        wall = self.clock.now()
         if self.now > wall + CLOCK_SKEW and self.planning.clock(self.ledger) == "wall" and not self._is_admin():
             raise Forbidden(
                 "--now",
@@ -293,7 +236,7 @@ class JobtreeApp:
         budgets = self.reads.list_budgets()  # once: the family tree and the submitters
         pending_parents = {b["owner"]: list(b["spec"].get("parents", [])) for b in budgets}
         current = {b["owner"]: b for b in budgets}
-        runs = _RunChecks.load(self.reads, manifests, budgets)
+        runs = RunChecks.load(self.reads, manifests, budgets)
         for manifest in manifests:
             if allowed is not None and manifest.kind not in allowed:
                 raise BadInput("kind", f"this command takes {' or '.join(allowed)} manifests, not {manifest.kind}")
@@ -304,7 +247,7 @@ class JobtreeApp:
                 )
             elif isinstance(manifest, BudgetManifest):
                 budget = self._budget_event(manifest, pending_parents)
-                changed = _budget_changed(current.get(manifest.spec.owner), budget.event)  # type: ignore[arg-type]
+                changed = budget_changed(current.get(manifest.spec.owner), budget.event)  # type: ignore[arg-type]
                 events.extend([budget] if changed else [])
                 applied.append(Applied("Budget", manifest.spec.owner, "applied" if changed else "unchanged"))
             elif isinstance(manifest, ClusterManifest):
@@ -340,7 +283,7 @@ class JobtreeApp:
             spec["impersonators"] = self.policy().impersonators
         return spec
 
-    def _run_event(self, manifest: RunManifest, expected: dict[str, int], checks: _RunChecks) -> NewEvent:
+    def _run_event(self, manifest: RunManifest, expected: dict[str, int], checks: RunChecks) -> NewEvent:
         spec = manifest.spec
         key = run_key(manifest.metadata.namespace, manifest.metadata.name)
         checks.refuse_unknown(spec)
@@ -360,7 +303,7 @@ class JobtreeApp:
         self._require_admin("budgets")
         spec = manifest.spec
         parents[spec.owner] = list(spec.parents)
-        cycle = _has_cycle(parents, spec.owner)
+        cycle = has_cycle(parents, spec.owner)
         if cycle:
             raise BadInput("spec.parents", f"the family tree must stay acyclic: {' -> '.join(cycle)}")
         return NewEvent(budget_stream(spec.owner), BudgetApplied(spec.owner, manifest.metadata.name, spec.dump()))
@@ -384,72 +327,7 @@ class JobtreeApp:
             out.append((node.name, NewEvent(node_stream(node.name), registered)))
         return out
 
-    # ------------------------------------------------------------ runs
-
-    def runs(self, namespace: str | None, owner: str | None = None) -> list[Row]:
-        """Runs with their place in the queue: ``queuePosition``, ``eta``, ``reservation`` (None: not waiting)."""
-        return self._reader().list_runs(namespace=namespace, owner=owner)
-
-    def run(self, namespace: str, name: str) -> Row:
-        return self._find_run(self._reader(), namespace, name)
-
-    def queue(self, namespace: str | None) -> list[Row]:
-        """Every waiting run in FIFO order (requeued runs in their old place), with ETA and what is short."""
-        reads = self._reader()
-        places = reads.waiting_queue()
-        rows = reads.runs_by_key(list(places))
-        out = [rows[k] | {"run": k} | places[k] for k in places if k in rows]
-        return [r for r in out if namespace is None or r["namespace"] == namespace]
-
-    def resolve(self, ref: str, namespace: str | None, explicit: bool) -> tuple[str, str]:
-        """SPEC §8: ``NAMESPACE/NAME``; ``NAME`` in an explicit ``-n``; else in ``namespace`` (the
-        environment's or kubeconfig's) when it is there; else the one run of that name anywhere.
-        An ambiguous name lists its candidates (exit 2)."""
-        ref = ref.removeprefix("runs/").removeprefix("run/")
-        if "/" in ref:
-            ns, _, name = ref.partition("/")
-            return ns, name
-        if explicit and namespace is not None:
-            return namespace, ref
-        reads = self._reader()
-        found = reads.namespaces_of(ref)
-        if namespace is not None and (namespace in found or not found):
-            return namespace, ref
-        if len(found) == 1:
-            return found[0], ref
-        if not found:
-            raise NotFound(f"run {ref} not found in any namespace (see `get runs -A`)")
-        candidates = ", ".join(f"{ns}/{ref}" for ns in found)
-        raise BadInput("RUN", f"{ref!r} names runs in several namespaces: {candidates}; name one as NAMESPACE/NAME")
-
-    def runs_named(self, keys: list[str]) -> dict[str, Row]:
-        """Several runs in one query (``submit``'s output rows)."""
-        return self._reader().runs_by_key(keys)
-
-    @staticmethod
-    def _find_run(reads: ReadModels, namespace: str, name: str) -> Row:
-        found = reads.get_run(run_key(namespace, name))
-        if found is None:
-            raise NotFound(f"run {namespace}/{name} not found (try -n NAMESPACE or `get runs -A`)")
-        return found
-
-    def leases(self, namespace: str | None, name: str | None, owner: str | None = None) -> list[Row]:
-        reads = self._reader()
-        if name is None:
-            return reads.list_leases(owner=owner)
-        self._find_run(reads, namespace or "default", name)
-        key = run_key(namespace or "default", name)
-        since = reads.latest_submission_position(key)
-        return reads.list_leases(run=key, since_position=since)
-
-    def history(self, namespace: str, name: str) -> list[Row]:
-        reads = self._reader()
-        key = run_key(namespace, name)
-        self._find_run(reads, namespace, name)
-        return reads.run_history(key, reads.latest_submission_position(key))
-
-    def reservations(self, run: str | None = None, state: str | None = None) -> list[Row]:
-        return self._reader().list_reservations(run=run, state=state)
+    # ------------------------------------------------------------ runs (the reads: service.reading)
 
     def _may_act(self, namespace: str, name: str, what: str) -> Row:
         found = self._find_run(self.reads, namespace, name)
@@ -507,9 +385,6 @@ class JobtreeApp:
 
     # ------------------------------------------------------------ nodes and budgets
 
-    def nodes(self) -> list[Row]:
-        return self._reader().list_nodes()
-
     def node_action(self, node: str, action: str) -> Row:
         self._require_admin("nodes")
         known = {n["name"]: n for n in self.reads.list_nodes()}
@@ -523,78 +398,3 @@ class JobtreeApp:
         }[action]
         self._append([NewEvent(node_stream(node), event)])
         return {n["name"]: n for n in self.reads.list_nodes()}[node]
-
-    def budgets(self) -> list[Row]:
-        return self._reader().list_budgets()
-
-    def usage(self, owner: str | None) -> list[Row]:
-        rows = self._reader().funding_usage(self.now, self.policy().spare_charge_rate)
-        return [r for r in rows if owner is None or r["owner"] == owner]
-
-    def event_count(self) -> int:
-        return self.ledger.count()
-
-
-def _budget_changed(current: Row | None, applied: BudgetApplied) -> bool:
-    """Would this ``BudgetApplied`` change the budget the ledger holds?"""
-    return current is None or current["name"] != applied.name or current["spec"] != applied.spec
-
-
-@dataclass(frozen=True, slots=True)
-class _RunChecks:
-    """What validating N run manifests needs from the read models, in O(1) queries.
-
-    ``budgets`` and ``gpu_types`` include what the same apply registers (its Budget and
-    Cluster documents): a file may bring a team's budget and its first run together."""
-
-    active: set[str]
-    versions: dict[str, int]
-    budgets: dict[str, list[str]]
-    gpu_types: set[str] = field(default_factory=set)
-
-    @classmethod
-    def load(cls, reads: ReadModels, manifests: list[Manifest], budgets: list[Row]) -> _RunChecks:
-        keys = [run_key(m.metadata.namespace, m.metadata.name) for m in manifests if isinstance(m, RunManifest)]
-        if not keys:
-            return cls(set(), {}, {})
-        submitters = {b["owner"]: list(b["spec"].get("submitters", [])) for b in budgets}
-        types = {e["gpuType"] for b in budgets for e in b["spec"].get("envelopes", [])}
-        types |= reads.node_gpu_types()
-        for m in manifests:
-            if isinstance(m, BudgetManifest):
-                submitters[m.spec.owner] = list(m.spec.submitters)
-                types |= {e.gpu_type for e in m.spec.envelopes}
-            elif isinstance(m, ClusterManifest):
-                types |= {n.gpu_type for n in m.spec.nodes}
-        versions = reads.stream_versions([run_stream(k) for k in keys])
-        return cls(reads.active_runs(keys), versions, submitters, types)
-
-    def submitters(self, owner: str) -> list[str] | None:
-        return self.budgets.get(owner)
-
-    def refuse_unknown(self, spec: RunSpec) -> None:
-        """SPEC §10: an owner with no Budget is refused for everyone (a typo never runs); so is a
-        gpuType no node and no envelope has (it could never be placed nor paid for)."""
-        if spec.owner not in self.budgets:
-            raise BadInput(
-                "spec.owner",
-                f"no Budget exists for owner {spec.owner!r}{did_you_mean(spec.owner, self.budgets)}; "
-                "ask an admin to apply one",
-            )
-        gpu_type = spec.resources.gpu_type
-        if gpu_type not in self.gpu_types:
-            raise BadInput(
-                "spec.resources.gpuType",
-                f"no node and no envelope has GPU type {gpu_type!r}{did_you_mean(gpu_type, self.gpu_types)}",
-            )
-
-
-def did_you_mean(word: str, known: Iterable[str]) -> str:
-    """`` (did you mean X?)`` from what is registered, or ``` (known: A, B)``, or nothing."""
-    import difflib
-
-    names = sorted(known)
-    close = difflib.get_close_matches(word, names, n=1, cutoff=0.6)
-    if close:
-        return f" (did you mean {close[0]}?)"
-    return f" (known: {', '.join(names[:8])})" if names else ""

@@ -7,6 +7,7 @@ from cli.commands.runs import RunArg, split_run
 from cli.context import open_app
 from cli.render import LEASE_COLUMNS, Row, console, emit_data, key_values, short_time, table
 from cli.story import story, width_history
+from ledger.audit import summarize
 
 
 def explain(run: RunArg) -> None:
@@ -62,7 +63,9 @@ def _explain(run: str) -> None:
     console.print()
     console.print("[bold]History[/bold]")
     for event in history:
-        console.print(f"  {short_time(event['at'])}  {event['type']:<20} {_describe(event)}", markup=False)
+        console.print(
+            f"  {short_time(event['at'])}  {event['type']:<20} {summarize(event['type'], event['data'])}", markup=False
+        )
 
 
 def funding_split(leases: list[Row]) -> list[Row]:
@@ -87,25 +90,6 @@ def funding_split(leases: list[Row]) -> list[Row]:
 def _payer(p: Row) -> str:
     spares = f" (+{p['spareGPUs']} spare)" if p["spareGPUs"] else ""
     return f"{p['envelope'] or 'nobody'} {p['class']} {p['gpus']}{spares}"
-
-
-def _describe(event: Row) -> str:
-    data = event["data"]
-    kind = event["type"]
-    if kind == "LeaseStarted":
-        payer = data["envelope"] or "nobody"
-        return (
-            f"{data['lease_id']} group {data['group']} {data['role']} on {data['node']} "
-            f"GPUs {data['slots']} paid by {payer} ({data['payer_class']}), {data['reason']}"
-        )
-    if kind == "LeaseEnded":
-        seed = f" seed {data['seed']}" if data.get("seed") else ""
-        return f"{data['lease_id']} ended: {data['reason']}{seed}"
-    if kind == "RunSubmitted":
-        return f"by {data['submitter']}"
-    if kind == "PodBound":
-        return f"{data['lease_id']} pods {', '.join(data['pods'])} on {data['node']}"
-    return ", ".join(f"{k}={v}" for k, v in data.items() if k not in ("run", "spec"))
 
 
 def _queue_line(run: Row) -> str:

@@ -1,10 +1,12 @@
-"""Global options and the lazily opened application for one CLI invocation."""
+"""Global options and the lazily opened ledger and application of one CLI invocation (``Invocation``)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from cli.errors import BadInput
@@ -76,13 +78,6 @@ def kubeconfig_namespace(path: str | None, chosen: str | None) -> str | None:
     return None
 
 
-GLOBALS = Globals()
-_OPEN: list[Ledger] = []
-_APPS: list[JobtreeApp] = []
-#: ``id(ledger)`` of the ledgers opened on the embedded default (their caller is the OS user)
-_EMBEDDED: set[int] = set()
-
-
 def split_globals(args: list[str]) -> Globals:
     """Lift global options out of argv wherever they stand (kubectl style)."""
     found = Globals()
@@ -125,35 +120,120 @@ def split_globals(args: list[str]) -> Globals:
     return found
 
 
-def open_ledger(db: str | None = None, *, services: bool = False) -> Ledger:
-    """The ledger of this invocation (opened once). On the embedded default, ``services``
-    also makes sure its planner service runs in the background (``service.daemon``).
+class Invocation:
+    """One CLI invocation's state: its global options, its ledger (one engine, so one
+    connection pool for the whole process run, reused by every `watch` refresh) and its
+    application service. ``cli.main.run`` makes one per invocation and hands it to click
+    as the root context's ``obj``; ``close`` disposes of everything at exit."""
 
-    The embedded default connects as its runtime role and migrates (as its superuser)
-    when the schema is behind; a shared ledger (``--db``) is only checked, never migrated.
-    """
-    from ledger import schema
-    from ledger.embedded import resolve_database_url, runtime_url
-    from ledger.store import Ledger
-    from service import daemon
+    def __init__(self, options: Globals) -> None:
+        self.options = options
+        self._ledger: Ledger | None = None
+        self._embedded = False
+        self._app: JobtreeApp | None = None
 
-    if _OPEN and db is None:
-        return _OPEN[0]
-    url, embedded = resolve_database_url(db if db is not None else GLOBALS.db)
-    if embedded:
-        ledger = _open_embedded(url)
-        _EMBEDDED.add(id(ledger))
-    else:
-        ledger = Ledger.from_url(url)
-        try:
-            schema.require(ledger.engine)
-        except BaseException:
-            ledger.engine.dispose()
-            raise
-    _OPEN.append(ledger)
-    if embedded and services:
-        daemon.ensure_running(ledger, runtime_url(url))  # the service runs as the runtime role too
-    return ledger
+    def ledger(self, *, services: bool = False) -> Ledger:
+        """The ledger (opened once). On the embedded default, ``services`` also makes sure its
+        planner service runs in the background (``service.daemon``).
+
+        The embedded default connects as its runtime role and migrates (as its superuser)
+        when the schema is behind; a shared ledger (``--db``) is only checked, never migrated.
+        """
+        from ledger import schema
+        from ledger.embedded import resolve_database_url, runtime_url
+        from ledger.store import Ledger
+        from service import daemon
+
+        if self._ledger is not None:
+            return self._ledger
+        url, embedded = resolve_database_url(self.options.db)
+        if embedded:
+            ledger = _open_embedded(url)
+        else:
+            ledger = Ledger.from_url(url)
+            try:
+                schema.require(ledger.engine)
+            except BaseException:
+                ledger.dispose()
+                raise
+        self._ledger, self._embedded = ledger, embedded
+        if embedded and services:
+            daemon.ensure_running(ledger, runtime_url(url))  # the service runs as the runtime role too
+        return ledger
+
+    def app(self) -> JobtreeApp:
+        """The application service (one per invocation, reused by `watch`)."""
+        from service.app import JobtreeApp
+        from service.identity import authenticate, bootstrap_admins, resolve_caller
+        from service.ports import WallClock
+
+        if self._app is not None:
+            return self._app
+        ledger = self.ledger(services=True)
+        auth = authenticate(ledger, embedded=self._embedded)
+        caller = resolve_caller(ledger, auth)
+        now = JobtreeApp.resolve_now(ledger, self.options.now, WallClock().now())
+        requested = now if self.options.now is not None else None
+        self._app = JobtreeApp(
+            ledger,
+            caller,
+            now,
+            as_user=self.options.as_user,
+            requested=requested,
+            bootstrap=bootstrap_admins(auth, caller),
+        )
+        return self._app
+
+    def notices(self) -> list[str]:
+        """What the service wants the user to know (e.g. no planner is running), printed on stderr."""
+        return list(self._app.planning.notices) if self._app is not None else []
+
+    def close(self) -> None:
+        if self._app is not None:
+            self._app.close()
+            self._app = None
+        if self._ledger is not None:
+            self._ledger.dispose()
+            self._ledger = None
+        set_timeouts(None)  # --db-timeout lasts one invocation (tests run many in one process)
+
+
+#: The invocation whose command is running: bound by ``invoked`` for the length of one
+#: invocation (a context variable, so nested invocations — `demo` — each see their own).
+_CURRENT: ContextVar[Invocation] = ContextVar("jobtree_invocation")
+
+
+@contextmanager
+def invoked(options: Globals) -> Iterator[Invocation]:
+    """Make ``options``' invocation the current one while the command runs (the caller closes it)."""
+    invocation = Invocation(options)
+    token = _CURRENT.set(invocation)
+    try:
+        yield invocation
+    finally:
+        _CURRENT.reset(token)
+
+
+def current() -> Invocation:
+    """The invocation whose command is running."""
+    found = _CURRENT.get(None)
+    if found is None:
+        raise RuntimeError("no CLI invocation is running (cli.main.run makes one)")
+    return found
+
+
+def options() -> Globals:
+    """This invocation's global options (the defaults outside one: rendering helpers in tests)."""
+    found = _CURRENT.get(None)
+    return found.options if found is not None else Globals()
+
+
+def open_ledger(*, services: bool = False) -> Ledger:
+    return current().ledger(services=services)
+
+
+def open_app() -> JobtreeApp:
+    return current().app()
 
 
 def _open_embedded(owner_url: str) -> Ledger:
@@ -165,48 +245,9 @@ def _open_embedded(owner_url: str) -> Ledger:
 
     ledger = Ledger.from_url(runtime_url(owner_url))
     try:
-        current = schema.up_to_date(ledger.engine)
+        fresh = schema.up_to_date(ledger.engine)
     except LedgerError:  # the runtime role does not exist yet, or may not read the version
-        current = False
-    if not current and prepare_embedded(owner_url):
+        fresh = False
+    if not fresh and prepare_embedded(owner_url):
         record_creator(ledger)
     return ledger
-
-
-def open_app(ledger: Ledger | None = None) -> JobtreeApp:
-    """The application service for this invocation (one per process run, reused by `watch`)."""
-    from service.app import JobtreeApp
-    from service.identity import authenticate, bootstrap_admins, resolve_caller
-
-    if _APPS and ledger is None:
-        return _APPS[0]
-    ledger = ledger or open_ledger(services=True)
-    auth = authenticate(ledger, embedded=id(ledger) in _EMBEDDED)
-    caller = resolve_caller(ledger, auth)
-    wall = datetime.now(UTC).replace(microsecond=0)
-    now = JobtreeApp.resolve_now(ledger, GLOBALS.now, wall)
-    requested = now if GLOBALS.now is not None else None
-    app = JobtreeApp(
-        ledger,
-        caller,
-        now,
-        as_user=GLOBALS.as_user,
-        requested=requested,
-        bootstrap=bootstrap_admins(auth, caller),
-    )
-    _APPS.append(app)
-    return app
-
-
-def notices() -> list[str]:
-    """What the service wants the user to know (e.g. no planner is running), printed on stderr."""
-    return [n for app in _APPS for n in app.planning.notices]
-
-
-def close() -> None:
-    while _APPS:
-        _APPS.pop().close()
-    while _OPEN:
-        _EMBEDDED.discard(id(_OPEN[-1]))
-        _OPEN.pop().engine.dispose()
-    set_timeouts(None)  # --db-timeout lasts one invocation (tests run many in one process)

@@ -36,7 +36,7 @@ __all__ = ["LEDGER_ONLY", "SWITCH", "active", "refuse"]
 
 
 def namespace() -> str:
-    g = context.GLOBALS
+    g = context.options()
     return (
         g.namespace
         or os.environ.get("JOBTREE_NAMESPACE")
@@ -55,7 +55,7 @@ def split(ref: str) -> tuple[str, str]:
 @contextmanager
 def connected() -> Iterator[KubeApi]:
     """The API client for this invocation; Kubernetes errors become the CLI's one-line errors."""
-    g = context.GLOBALS
+    g = context.options()
     try:
         api = kube_runs.connect(g.kubeconfig, g.kube_context, g.as_user)
     except KubeError as exc:
@@ -116,7 +116,7 @@ def submit(text_value: str, source: str, wait: bool) -> None:
                 found = kube_runs.run_row(kube_runs.get_run(api, ns, name))
                 row |= {"phase": found["phase"], "message": found["message"]}
             rows.append(row)
-    if not emit_data(rows, context.GLOBALS.output):
+    if not emit_data(rows, context.options().output):
         for row in rows:
             phase = f" — {row['phase']}" if row.get("phase") else ""
             message = f": {row['message']}" if row.get("message") else ""
@@ -136,7 +136,7 @@ def get(all_namespaces: bool, owner: str | None) -> None:
     rows = [kube_runs.run_row(o) for o in objects]
     rows = [r for r in rows if owner is None or r["owner"] == owner]
     rows.sort(key=lambda r: (r["namespace"], r["name"]))
-    if not emit_data(rows, context.GLOBALS.output):
+    if not emit_data(rows, context.options().output):
         table(rows, RUN_COLUMNS, empty="No runs.")
 
 
@@ -157,7 +157,7 @@ def watch(ref: str, timeout: float | None, interval: float = 2.0) -> None:
             run = kube_runs.run_row(_read(api, ns, name))
             line = run_summary(run)
             if line != last:
-                if not emit_data(run, context.GLOBALS.output):
+                if not emit_data(run, context.options().output):
                     console.print(line, markup=False)
                 last = line
             if run_settled(run) or (deadline is not None and time.monotonic() >= deadline):
@@ -172,7 +172,7 @@ def explain(ref: str) -> None:
         obj = _read(api, ns, name)
     run, status = kube_runs.run_row(obj), dict(obj.get("status") or {})
     conditions = list(status.get("conditions") or [])
-    if emit_data({"run": run, "status": status, "conditions": conditions}, context.GLOBALS.output):
+    if emit_data({"run": run, "status": status, "conditions": conditions}, context.options().output):
         return
     width = run["width"]
     reservation = status.get("reservation") or {}
@@ -208,5 +208,5 @@ def cancel(ref: str) -> None:
         run = kube_runs.run_row(_read(api, ns, name))
         with suppress(KubeNotFound):  # deleted meanwhile: the same outcome
             kube_runs.delete_run(api, ns, name)
-    if not emit_data(run | {"action": "deleted"}, context.GLOBALS.output):
+    if not emit_data(run | {"action": "deleted"}, context.options().output):
         console.print(f"run/{ns}/{name} deleted (the Jobtree intake cancels it in the ledger)", markup=False)

@@ -12,7 +12,7 @@ LEDGER_ONLY = "reads the ledger; against a cluster use `explain` (or pass --db U
 
 
 def active() -> bool:
-    g = context.GLOBALS
+    g = context.options()
     flags = bool(g.kubeconfig or g.kube_context)
     if flags and g.db:
         raise BadInput("--db", "choose the ledger (--db) or a cluster (--kubeconfig/--context), not both")

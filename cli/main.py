@@ -55,8 +55,8 @@ COMMANDS: dict[str, Entry] = {
         "runs", "watch",
         "Follow a run until it settles (Running at its desired width, or finished) or Ctrl-C.",
     ),
-    "explain": _cmd("runs", "explain", "Why the run is where it is: width, funding split, leases and its history."),
-    "describe": _cmd("runs", "explain", "Why the run is where it is (the same as `explain`, for kubectl hands)."),
+    "explain": _cmd("explain", "explain", "Why the run is where it is: width, funding split, leases and its history."),
+    "describe": _cmd("explain", "explain", "Why the run is where it is (the same as `explain`, for kubectl hands)."),
     "leases": _cmd("runs", "leases", "Who paid for each lease of a run (or of every run of an owner)."),
     "shrink": _cmd("runs", "shrink", "Lower a malleable run's desired width and end its highest groups now."),
     "cancel": _cmd("runs", "cancel", "Cancel runs: every lease ends (Cancelled)."),
@@ -197,10 +197,11 @@ def run(argv: list[str] | None = None) -> None:
     prog = Path(sys.argv[0]).name if argv is None else "jobtree"
     if prog == "kubectl-runs":
         prog = "kubectl runs"
+    invocation: context.Invocation | None = None
     try:
-        context.GLOBALS = context.split_globals(args)
-        # standalone mode: typer prints usage errors itself and exits 2
-        click_command().main(args=context.GLOBALS.rest, prog_name=prog)
+        with context.invoked(context.split_globals(args)) as invocation:
+            # standalone mode: typer prints usage errors itself and exits 2
+            click_command().main(args=invocation.options.rest, prog_name=prog)
     except ServiceError as exc:
         from cli.render import errors
 
@@ -209,13 +210,19 @@ def run(argv: list[str] | None = None) -> None:
     except Exception as exc:
         _database_error(exc)
     finally:
-        notices = context.notices()
-        if notices:
-            from cli.render import errors
+        if invocation is not None:
+            _finish(invocation, prog)
 
-            for notice in notices:
-                errors.print(as_invoked(f"note: {notice}", prog), markup=False)
-        context.close()
+
+def _finish(invocation: context.Invocation, prog: str) -> None:
+    """Print the service's notices on stderr, then dispose of the invocation's ledger (its one engine)."""
+    notices = invocation.notices()
+    if notices:
+        from cli.render import errors
+
+        for notice in notices:
+            errors.print(as_invoked(f"note: {notice}", prog), markup=False)
+    invocation.close()
 
 
 def as_invoked(message: str, prog: str) -> str:
@@ -225,7 +232,7 @@ def as_invoked(message: str, prog: str) -> str:
 
 def _database_error(exc: Exception) -> None:
     """Undecodable rows, timeouts, a lost race, a dead server: one line and exit 1; anything else re-raised."""
-    if "sqlalchemy" not in sys.modules and "psycopg" not in sys.modules:
+    if "ledger.errors" not in sys.modules and "psycopg" not in sys.modules:  # no database was touched
         raise exc
     from cli.render import errors
     from ledger.errors import DATABASE_ERRORS, one_line

@@ -168,7 +168,7 @@ def table(rows: Sequence[Row], columns: Sequence[Column], title: str | None = No
         return
     if title:
         print(title)
-    wide = context.GLOBALS.output == "wide"
+    wide = context.options().output == "wide"
     sys.stdout.write("".join(f"{line}\n" for line in format_table(rows, columns, output_width(), wide)))
     sys.stdout.flush()
 

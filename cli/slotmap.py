@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine
-
 from cli.render import console, emit_data
 from ledger.accounting import slot_holders
+from ledger.store import Ledger
 
 Row = dict[str, Any]
 RUN_SYMBOLS = "123456789@$%&*=?!"
@@ -75,8 +74,8 @@ def _note(node: Row) -> str:
     return f"  ({'; '.join(parts)})" if parts else ""
 
 
-def show(nodes: list[Row], engine: Engine, output: str) -> None:
-    data = build_map(nodes, slot_holders(engine))
+def show(nodes: list[Row], ledger: Ledger, output: str) -> None:
+    data = build_map(nodes, slot_holders(ledger.engine))
     if emit_data(data, output):
         return
     if not data["domains"]:

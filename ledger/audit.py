@@ -328,7 +328,7 @@ def run_timeline(ledger: Ledger, run: str) -> list[Row]:
 
 
 def summarize(kind: str, data: Row) -> str:
-    """One readable line per event of a run's timeline."""
+    """One readable line per event of a run's timeline (`audit history` and `explain` both print it)."""
     if kind == "LeaseStarted":
         payer = data.get("envelope") or "nobody"
         slots = ",".join(str(s) for s in data.get("slots", []))
@@ -347,5 +347,7 @@ def summarize(kind: str, data: Row) -> str:
         return f"admitted at {data['width']} GPUs"
     if kind == "RunFinished":
         return f"{data['phase']} ({data['reason']})"
+    if kind == "PodBound":
+        return f"{data['lease_id']} pods {', '.join(data['pods'])} on {data['node']}"
     parts = [f"{k}={v}" for k, v in data.items() if k not in ("run", "spec")]
     return ", ".join(parts)

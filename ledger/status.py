@@ -51,6 +51,14 @@ class PlannerStatus:
         return (wall or datetime.now(UTC)) - self.heartbeat <= STALE_AFTER
 
 
+def stopped_reason(status: PlannerStatus | None) -> str | None:
+    """What stops a live planner (an undecodable row), if anything."""
+    if status is None or not status.alive():
+        return None
+    error = status.data.get("error")
+    return str(error) if error else None
+
+
 def publish(ledger: Ledger, status: PlannerStatus) -> None:
     """Upsert the shard's row and NOTIFY waiting commands (delivered on commit)."""
     values = {

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from sqlalchemy import Connection, Engine, create_engine, func, select, text
@@ -144,6 +144,23 @@ def _recorded(row: Any) -> ev.Recorded:
     )
 
 
+class EventLog(Protocol):
+    """Append and read: what the planner's loop needs of a store (``service.ports.EventStore`` extends it)."""
+
+    def append(
+        self,
+        events: Sequence[ev.NewEvent],
+        *,
+        actor: str,
+        at: datetime,
+        expected: Mapping[str, int] | None = None,
+        idempotency_key: str | None = None,
+        fence: int | None = None,
+    ) -> list[ev.Recorded]: ...
+
+    def read(self, after: int = 0, limit: int | None = None) -> list[ev.Recorded]: ...
+
+
 class Ledger:
     """The append-only, hash-chained event log and its projections."""
 
@@ -235,9 +252,7 @@ class Ledger:
 
     def stream_version(self, stream: str) -> int:
         return int(
-            self._scalar(
-                select(func.coalesce(func.max(t.events.c.version), 0)).where(t.events.c.stream == stream)
-            )
+            self._scalar(select(func.coalesce(func.max(t.events.c.version), 0)).where(t.events.c.stream == stream))
         )
 
     def last_position(self) -> int:
@@ -250,6 +265,21 @@ class Ledger:
 
     def count(self) -> int:
         return int(self._scalar(select(func.count()).select_from(t.events)))
+
+    def wait(self, after: int, timeout: float) -> int | None:
+        """Block until an event beyond ``after`` is committed (the newest position), or None on timeout.
+
+        LISTENs on ``EVENTS_CHANNEL`` (``ledger.listen``) before looking at the tip, so an
+        append committed in between is never missed."""
+        from ledger.listen import Listener  # it imports this module
+
+        with Listener(self) as listener:
+            tip = self.last_position()
+            if tip > after:
+                return tip
+            if listener.wait(after, timeout) is None:
+                return None
+            return self.last_position()
 
     # ------------------------------------------------------------ integrity
 
@@ -427,9 +457,7 @@ def _lock_only(raw: Any) -> None:
     raw.execute(_LOCK, (LOCK_NAMESPACE, APPEND_LOCK_KEY))
 
 
-def _lock_and_read_tip(
-    raw: Any, events: Sequence[ev.NewEvent], expected: Mapping[str, int], lock: bool = True
-) -> _Tip:
+def _lock_and_read_tip(raw: Any, events: Sequence[ev.NewEvent], expected: Mapping[str, int], lock: bool = True) -> _Tip:
     """Take the append lock, read the tip and versions and queue the NOTIFY: one round trip.
 
     The statements are pipelined but run one after the other, so the tip is read
@@ -451,8 +479,7 @@ def _start(tip: _Tip, expected: Mapping[str, int]) -> _Start:
     for stream, version in sorted(expected.items()):
         if versions[stream] != version:
             raise ConcurrencyError(
-                f"stream {stream!r} is at version {versions[stream]}, the caller expected {version}; "
-                "re-read and retry"
+                f"stream {stream!r} is at version {versions[stream]}, the caller expected {version}; re-read and retry"
             )
     if tip.position is None or tip.hash is None:
         return _Start(0, GENESIS_HASH, versions)

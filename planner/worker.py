@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from ledger import status as planner_status
 from ledger.errors import ConcurrencyError, UndecodableEvent
 from ledger.events import NewEvent, plan_stream
-from ledger.store import Ledger
+from ledger.store import EventLog, Ledger
 from planner.edges import next_due, next_edge
 from planner.plan import plan
 from planner.restore import load_state, snapshot_every
@@ -46,7 +46,7 @@ class CatchUp:
     rounds: int = 0
 
 
-def plan_once(ledger: Ledger, state: ClusterState, now: datetime) -> tuple[ClusterState, int]:
+def plan_once(ledger: EventLog, state: ClusterState, now: datetime) -> tuple[ClusterState, int]:
     """Plan at ``now`` and append the decisions, fenced; return the new state and how many.
 
     When an input landed after ``state`` was folded, the append is refused; the tail is
@@ -98,8 +98,16 @@ def catch_up(
     return result
 
 
+def plan_through(log: EventLog, state: ClusterState, now: datetime) -> tuple[ClusterState, CatchUp]:
+    """Plan from ``state`` through every funding edge up to ``now`` (no lock, no restore, no binder):
+    the loop of ``catch_up`` for a caller that keeps its own state (``service.memory``)."""
+    result = CatchUp()
+    state = _through_edges(log, state, state.last_time or now, now, None, result)
+    return state, result
+
+
 def _through_edges(
-    ledger: Ledger, state: ClusterState, cursor: datetime, now: datetime, bind: BindFn | None, result: CatchUp
+    ledger: EventLog, state: ClusterState, cursor: datetime, now: datetime, bind: BindFn | None, result: CatchUp
 ) -> ClusterState:
     """Plan and bind at each funding edge in ``(cursor, now)`` at its own instant, then at ``now``.
 
@@ -116,9 +124,7 @@ def _through_edges(
     raise PlannerStuck(f"no fixpoint after {MAX_ROUNDS} rounds at {now.isoformat()}")
 
 
-def _settle(
-    ledger: Ledger, state: ClusterState, at: datetime, bind: BindFn | None, result: CatchUp
-) -> ClusterState:
+def _settle(ledger: EventLog, state: ClusterState, at: datetime, bind: BindFn | None, result: CatchUp) -> ClusterState:
     """Plan and bind at ``at`` until neither has anything left to do."""
     while result.rounds < MAX_ROUNDS:
         result.rounds += 1

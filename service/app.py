@@ -12,11 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
-
-from sqlalchemy import Engine
 
 from ledger import queries
 from ledger.events import (
@@ -49,56 +46,24 @@ from ledger.model import (
     PolicyManifest,
     PolicySpec,
     RunManifest,
-    RunSpec,
     parse_manifests,
     run_from_spec,
 )
+from ledger.readmodels import PostgresReadModels
 from ledger.store import Ledger
-from service.errors import BadInput, Forbidden, NotFound
+from service.checks import Applied, RunChecks, budget_changed, has_cycle, resolve_now
+from service.errors import BadInput, Forbidden, NotFound, PlannerUnavailable
 from service.identity import Identity, may_impersonate
-from service.planning import PlannerWait, Planning, stopped_at_row
+from service.planning import PlannerWait, Planning, postgres
+from service.ports import Clock, EventStore, ReadModels, WallClock
+from service.reading import RunReads
 
 Row = dict[str, Any]
 #: How far ahead of the wall clock anyone may write (clock skew between machines).
 CLOCK_SKEW = timedelta(seconds=5)
 
 
-@dataclass(frozen=True, slots=True)
-class Applied:
-    kind: str
-    name: str
-    action: str
-
-    def as_row(self) -> Row:
-        return {"kind": self.kind, "name": self.name, "action": self.action}
-
-
-def parse_time(value: str, field: str = "--now") -> datetime:
-    try:
-        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise BadInput(field, f"{value!r} is not an RFC 3339 time (e.g. 2026-01-01T12:00:00Z)") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
-
-
-def _has_cycle(parents: dict[str, list[str]], start: str) -> list[str] | None:
-    """Return a cycle through ``start`` in the parents graph, or None."""
-    stack: list[tuple[str, list[str]]] = [(start, [start])]
-    seen: set[str] = set()
-    while stack:
-        owner, path = stack.pop()
-        for parent in parents.get(owner, []):
-            if parent == start:
-                return [*path, parent]
-            if parent not in seen:
-                seen.add(parent)
-                stack.append((parent, [*path, parent]))
-    return None
-
-
-class JobtreeApp:
+class JobtreeApp(RunReads):
     """Every user action, against one ledger, as one identity, at one logical time.
 
     ``requested`` is the ``--now`` the caller gave (None: the wall clock). ``planning``
@@ -106,11 +71,14 @@ class JobtreeApp:
     plan in this process (``sim run``, the intake). ``caller`` is already authenticated
     (``service.identity``); ``bootstrap`` names whom a ledger without a policy makes its
     first admins when this caller writes first (default: the caller; ``[]``: nobody).
+
+    ``ledger`` and ``reads`` are ports (``service.ports``): the Postgres ledger and its read
+    models by default, or ``ledger.memory.MemoryEventStore`` and ``service.memory`` in tests.
     """
 
     def __init__(
         self,
-        ledger: Ledger,
+        ledger: EventStore,
         caller: Identity,
         now: datetime,
         as_user: str | None = None,
@@ -118,16 +86,19 @@ class JobtreeApp:
         planning: Planning | None = None,
         requested: datetime | None = None,
         bootstrap: list[str] | None = None,
+        reads: ReadModels | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.ledger = ledger
-        self.engine = ledger.engine
+        self.reads: ReadModels = reads if reads is not None else PostgresReadModels(postgres(ledger).engine)
         self.now = now
+        self.clock: Clock = clock or WallClock()
         self.requested = requested
         self.planning: Planning = planning or PlannerWait()
         self._stack = ExitStack()
-        self._scratch: Ledger | None = None
+        self._scratch: ReadModels | None = None
         self._policy: PolicySpec | None = None
-        self._fresh = queries.current_policy(self.engine) is None
+        self._fresh = self.reads.current_policy() is None
         self._bootstrap = [caller.user] if bootstrap is None else bootstrap
         if as_user is not None and as_user != caller.user:
             if not may_impersonate(caller, self.policy().dump()):
@@ -137,41 +108,22 @@ class JobtreeApp:
             caller = Identity(as_user, frozenset())
         self.identity = caller
 
+    @property
+    def pg(self) -> Ledger:
+        """The Postgres ledger itself: reports and metrics query its SQL views (``ledger.accounting``)."""
+        return postgres(self.ledger)
+
     def close(self) -> None:
         self._stack.close()
         self.planning.close()
 
     # ------------------------------------------------------------ time and policy
 
-    @staticmethod
-    def resolve_now(ledger: Ledger, requested: str | None, wall: datetime) -> datetime:
-        """--now if given (never before the newest event), else the wall clock.
-
-        The wall clock is clamped to the newest event: time never runs backwards
-        in one ledger, even after someone moved it ahead with --now.
-        """
-        latest = ledger.latest_time()
-        if requested is None:
-            return max(wall, latest) if latest else wall
-        if requested.startswith("+"):
-            from ledger.model import parse_duration
-
-            try:
-                return max(wall, latest or wall) + parse_duration(requested[1:])
-            except ValueError as exc:
-                raise BadInput("--now", str(exc)) from None
-        now = parse_time(requested)
-        if latest is not None and now < latest:
-            raise BadInput(
-                "--now",
-                f"time never runs backwards: {queries.iso_utc(now)} is before the newest event "
-                f"({queries.iso_utc(latest)})",
-            )
-        return now
+    resolve_now = staticmethod(resolve_now)
 
     def policy(self) -> PolicySpec:
         if self._policy is None:
-            data = queries.current_policy(self.engine)
+            data = self.reads.current_policy()
             if data is None:  # a fresh ledger: its first writer's bootstrap admins
                 self._policy = PolicySpec(admins=self._bootstrap)
             else:
@@ -225,7 +177,7 @@ class JobtreeApp:
         latest = self.ledger.latest_time()
         if latest is not None and self.now <= latest:
             return []
-        wall = datetime.now(UTC)
+        wall = self.clock.now()
         if self.now > wall + CLOCK_SKEW and self.planning.clock(self.ledger) == "wall" and not self._is_admin():
             raise Forbidden(
                 "--now",
@@ -244,21 +196,24 @@ class JobtreeApp:
 
     # ------------------------------------------------------------ reads
 
-    def _reader(self) -> Engine:
+    def _reader(self) -> ReadModels:
         """Where reads look: the ledger, or a what-if planned to a later ``--now`` (rolled back)."""
         if self._scratch is not None:
-            return self._scratch.engine
-        stopped_at_row(self.ledger)
+            return self._scratch
+        stuck = self.reads.planner_stopped_at()
+        if stuck:  # SPEC §12: a read never shows projections the planner stopped folding
+            raise PlannerUnavailable(f"{stuck}; the planner stopped there, so nothing newer is shown "
+                                     "(`jobtree audit verify` lists every such row)")  # fmt: skip
         latest = self.ledger.latest_time()
         if self.requested is None or latest is None or self.now <= latest:
-            return self.engine
+            return self.reads
         from ledger import whatif  # a what-if plans in this process: load the planner only now
         from service.inprocess import what_if_pass
 
-        scratch = self._stack.enter_context(whatif.scratch(self.ledger))
+        scratch = self._stack.enter_context(whatif.scratch(postgres(self.ledger)))
         what_if_pass(scratch, self.now, self.identity.user, bind=self.policy().binder == "sim")
-        self._scratch = scratch
-        return scratch.engine
+        self._scratch = PostgresReadModels(scratch.engine)
+        return self._scratch
 
     # ------------------------------------------------------------ manifests
 
@@ -278,10 +233,10 @@ class JobtreeApp:
         events: list[NewEvent] = []
         expected: dict[str, int] = {}
         applied: list[Applied] = []
-        budgets = queries.list_budgets(self.engine)  # once: the family tree and the submitters
+        budgets = self.reads.list_budgets()  # once: the family tree and the submitters
         pending_parents = {b["owner"]: list(b["spec"].get("parents", [])) for b in budgets}
         current = {b["owner"]: b for b in budgets}
-        runs = _RunChecks.load(self.engine, manifests, budgets)
+        runs = RunChecks.load(self.reads, manifests, budgets)
         for manifest in manifests:
             if allowed is not None and manifest.kind not in allowed:
                 raise BadInput("kind", f"this command takes {' or '.join(allowed)} manifests, not {manifest.kind}")
@@ -292,7 +247,7 @@ class JobtreeApp:
                 )
             elif isinstance(manifest, BudgetManifest):
                 budget = self._budget_event(manifest, pending_parents)
-                changed = _budget_changed(current.get(manifest.spec.owner), budget.event)  # type: ignore[arg-type]
+                changed = budget_changed(current.get(manifest.spec.owner), budget.event)  # type: ignore[arg-type]
                 events.extend([budget] if changed else [])
                 applied.append(Applied("Budget", manifest.spec.owner, "applied" if changed else "unchanged"))
             elif isinstance(manifest, ClusterManifest):
@@ -318,7 +273,7 @@ class JobtreeApp:
     def require_submitter(self, owner: str) -> None:
         """The submit rule alone (an admin, or listed in the owner's Budget ``submitters``):
         the intake's admission webhook asks it before a Run object is stored."""
-        self._require_submitter(owner, queries.budget_submitters(self.engine, owner) or [])
+        self._require_submitter(owner, self.reads.budget_submitters(owner) or [])
 
     def _policy_with_admins(self, manifest: PolicyManifest) -> dict[str, Any]:
         spec = manifest.spec.dump()
@@ -328,7 +283,7 @@ class JobtreeApp:
             spec["impersonators"] = self.policy().impersonators
         return spec
 
-    def _run_event(self, manifest: RunManifest, expected: dict[str, int], checks: _RunChecks) -> NewEvent:
+    def _run_event(self, manifest: RunManifest, expected: dict[str, int], checks: RunChecks) -> NewEvent:
         spec = manifest.spec
         key = run_key(manifest.metadata.namespace, manifest.metadata.name)
         checks.refuse_unknown(spec)
@@ -348,7 +303,7 @@ class JobtreeApp:
         self._require_admin("budgets")
         spec = manifest.spec
         parents[spec.owner] = list(spec.parents)
-        cycle = _has_cycle(parents, spec.owner)
+        cycle = has_cycle(parents, spec.owner)
         if cycle:
             raise BadInput("spec.parents", f"the family tree must stay acyclic: {' -> '.join(cycle)}")
         return NewEvent(budget_stream(spec.owner), BudgetApplied(spec.owner, manifest.metadata.name, spec.dump()))
@@ -356,14 +311,14 @@ class JobtreeApp:
     def _node_events(self, manifest: ClusterManifest) -> list[tuple[str, NewEvent | None]]:
         """Each node's ``NodeRegistered``, or None for a node registered exactly so already."""
         self._require_admin("nodes")
-        known = queries.node_registrations(self.engine)
+        known = self.reads.node_registrations()
         out: list[tuple[str, NewEvent | None]] = []
         for index, node in enumerate(manifest.spec.nodes):
             registered = NodeRegistered(node.name, node.gpu_type, node.gpus, node.label_map())
             if known.get(node.name) == (registered.gpu_type, registered.gpus, dict(registered.labels)):
                 out.append((node.name, None))
                 continue
-            held = queries.max_held_slot(self.engine, node.name)
+            held = self.reads.max_held_slot(node.name)
             if held >= node.gpus:
                 raise BadInput(
                     f"spec.nodes[{index}].gpus",
@@ -372,78 +327,13 @@ class JobtreeApp:
             out.append((node.name, NewEvent(node_stream(node.name), registered)))
         return out
 
-    # ------------------------------------------------------------ runs
-
-    def runs(self, namespace: str | None, owner: str | None = None) -> list[Row]:
-        """Runs with their place in the queue: ``queuePosition``, ``eta``, ``reservation`` (None: not waiting)."""
-        return queries.list_runs(self._reader(), namespace=namespace, owner=owner)
-
-    def run(self, namespace: str, name: str) -> Row:
-        return self._find_run(self._reader(), namespace, name)
-
-    def queue(self, namespace: str | None) -> list[Row]:
-        """Every waiting run in FIFO order (requeued runs in their old place), with ETA and what is short."""
-        engine = self._reader()
-        places = queries.waiting_queue(engine)
-        rows = queries.runs_by_key(engine, list(places))
-        out = [rows[k] | {"run": k} | places[k] for k in places if k in rows]
-        return [r for r in out if namespace is None or r["namespace"] == namespace]
-
-    def resolve(self, ref: str, namespace: str | None, explicit: bool) -> tuple[str, str]:
-        """SPEC §8: ``NAMESPACE/NAME``; ``NAME`` in an explicit ``-n``; else in ``namespace`` (the
-        environment's or kubeconfig's) when it is there; else the one run of that name anywhere.
-        An ambiguous name lists its candidates (exit 2)."""
-        ref = ref.removeprefix("runs/").removeprefix("run/")
-        if "/" in ref:
-            ns, _, name = ref.partition("/")
-            return ns, name
-        if explicit and namespace is not None:
-            return namespace, ref
-        engine = self._reader()
-        found = queries.namespaces_of(engine, ref)
-        if namespace is not None and (namespace in found or not found):
-            return namespace, ref
-        if len(found) == 1:
-            return found[0], ref
-        if not found:
-            raise NotFound(f"run {ref} not found in any namespace (see `get runs -A`)")
-        candidates = ", ".join(f"{ns}/{ref}" for ns in found)
-        raise BadInput("RUN", f"{ref!r} names runs in several namespaces: {candidates}; name one as NAMESPACE/NAME")
-
-    def runs_named(self, keys: list[str]) -> dict[str, Row]:
-        """Several runs in one query (``submit``'s output rows)."""
-        return queries.runs_by_key(self._reader(), keys)
-
-    @staticmethod
-    def _find_run(engine: Engine, namespace: str, name: str) -> Row:
-        found = queries.get_run(engine, run_key(namespace, name))
-        if found is None:
-            raise NotFound(f"run {namespace}/{name} not found (try -n NAMESPACE or `get runs -A`)")
-        return found
-
-    def leases(self, namespace: str | None, name: str | None, owner: str | None = None) -> list[Row]:
-        engine = self._reader()
-        if name is None:
-            return queries.list_leases(engine, owner=owner)
-        self._find_run(engine, namespace or "default", name)
-        key = run_key(namespace or "default", name)
-        since = queries.latest_submission_position(engine, key)
-        return queries.list_leases(engine, run=key, since_position=since)
-
-    def history(self, namespace: str, name: str) -> list[Row]:
-        engine = self._reader()
-        key = run_key(namespace, name)
-        self._find_run(engine, namespace, name)
-        return queries.run_history(engine, key, queries.latest_submission_position(engine, key))
-
-    def reservations(self, run: str | None = None, state: str | None = None) -> list[Row]:
-        return queries.list_reservations(self._reader(), run=run, state=state)
+    # ------------------------------------------------------------ runs (the reads: service.reading)
 
     def _may_act(self, namespace: str, name: str, what: str) -> Row:
-        found = self._find_run(self.engine, namespace, name)
+        found = self._find_run(self.reads, namespace, name)
         if found["phase"] in queries.FINISHED_PHASES:
             raise BadInput("RUN", f"run {namespace}/{name} is already {found['phase']}")
-        allowed = {found["submitter"]} | set(queries.budget_submitters(self.engine, found["owner"]) or [])
+        allowed = {found["submitter"]} | set(self.reads.budget_submitters(found["owner"]) or [])
         if not (self.identity.listed_in(sorted(allowed)) or self._is_admin()):
             raise Forbidden("RUN", f"{self.identity.user} may not {what} {namespace}/{name}")
         return found
@@ -451,7 +341,7 @@ class JobtreeApp:
     def _act_on_run(self, namespace: str, name: str, what: str, event: Event) -> Row:
         self._may_act(namespace, name, what)
         self._append([NewEvent(run_stream(run_key(namespace, name)), event)])
-        return self._find_run(self.engine, namespace, name)
+        return self._find_run(self.reads, namespace, name)
 
     def cancel(self, namespace: str, name: str) -> Row:
         return self.end_runs("cancel", [(namespace, name)])[0]
@@ -468,12 +358,12 @@ class JobtreeApp:
         events = [NewEvent(run_stream(run_key(ns, n)), kind(run_key(ns, n))) for ns, n in unique]
         if events:
             self._append(events)
-        found = queries.runs_by_key(self.engine, [run_key(ns, n) for ns, n in unique])
+        found = self.reads.runs_by_key([run_key(ns, n) for ns, n in unique])
         return [found[run_key(ns, n)] for ns, n in unique]
 
     def active_runs(self, namespace: str | None, owner: str | None) -> list[tuple[str, str]]:
         """The unfinished runs in ``namespace`` (None: every namespace), of ``owner`` if given (``--all``, ``-l``)."""
-        rows = queries.list_runs(self.engine, namespace=namespace, owner=owner)
+        rows = self.reads.list_runs(namespace=namespace, owner=owner)
         return [(r["namespace"], r["name"]) for r in rows if r["phase"] not in queries.FINISHED_PHASES]
 
     def shrink(self, namespace: str, name: str, by: int) -> Row:
@@ -482,10 +372,10 @@ class JobtreeApp:
 
         if by <= 0:
             raise BadInput("--by", "must be a positive number of GPUs")
-        found = self._find_run(self.engine, namespace, name)
+        found = self._find_run(self.reads, namespace, name)
         key = run_key(namespace, name)
         width = found["width"]
-        spec = run_from_spec(queries.run_spec(self.engine, key))
+        spec = run_from_spec(self.reads.run_spec(key))
         refusal = shrink_refusal(key, spec, width["allocated"], width["desired"], by)
         if refusal is not None:
             if spec.malleable is None:
@@ -495,12 +385,9 @@ class JobtreeApp:
 
     # ------------------------------------------------------------ nodes and budgets
 
-    def nodes(self) -> list[Row]:
-        return queries.list_nodes(self._reader())
-
     def node_action(self, node: str, action: str) -> Row:
         self._require_admin("nodes")
-        known = {n["name"]: n for n in queries.list_nodes(self.engine)}
+        known = {n["name"]: n for n in self.reads.list_nodes()}
         if node not in known:
             raise NotFound(f"node {node} not found (see `jobtree nodes list`)")
         event: Event = {
@@ -510,79 +397,4 @@ class JobtreeApp:
             "uncordon": NodeUncordoned(node),
         }[action]
         self._append([NewEvent(node_stream(node), event)])
-        return {n["name"]: n for n in queries.list_nodes(self.engine)}[node]
-
-    def budgets(self) -> list[Row]:
-        return queries.list_budgets(self._reader())
-
-    def usage(self, owner: str | None) -> list[Row]:
-        rows = queries.funding_usage(self._reader(), self.now, self.policy().spare_charge_rate)
-        return [r for r in rows if owner is None or r["owner"] == owner]
-
-    def event_count(self) -> int:
-        return self.ledger.count()
-
-
-def _budget_changed(current: Row | None, applied: BudgetApplied) -> bool:
-    """Would this ``BudgetApplied`` change the budget the ledger holds?"""
-    return current is None or current["name"] != applied.name or current["spec"] != applied.spec
-
-
-@dataclass(frozen=True, slots=True)
-class _RunChecks:
-    """What validating N run manifests needs from the read models, in O(1) queries.
-
-    ``budgets`` and ``gpu_types`` include what the same apply registers (its Budget and
-    Cluster documents): a file may bring a team's budget and its first run together."""
-
-    active: set[str]
-    versions: dict[str, int]
-    budgets: dict[str, list[str]]
-    gpu_types: set[str] = field(default_factory=set)
-
-    @classmethod
-    def load(cls, engine: Engine, manifests: list[Manifest], budgets: list[Row]) -> _RunChecks:
-        keys = [run_key(m.metadata.namespace, m.metadata.name) for m in manifests if isinstance(m, RunManifest)]
-        if not keys:
-            return cls(set(), {}, {})
-        submitters = {b["owner"]: list(b["spec"].get("submitters", [])) for b in budgets}
-        types = {e["gpuType"] for b in budgets for e in b["spec"].get("envelopes", [])}
-        types |= queries.node_gpu_types(engine)
-        for m in manifests:
-            if isinstance(m, BudgetManifest):
-                submitters[m.spec.owner] = list(m.spec.submitters)
-                types |= {e.gpu_type for e in m.spec.envelopes}
-            elif isinstance(m, ClusterManifest):
-                types |= {n.gpu_type for n in m.spec.nodes}
-        versions = queries.stream_versions(engine, [run_stream(k) for k in keys])
-        return cls(queries.active_runs(engine, keys), versions, submitters, types)
-
-    def submitters(self, owner: str) -> list[str] | None:
-        return self.budgets.get(owner)
-
-    def refuse_unknown(self, spec: RunSpec) -> None:
-        """SPEC §10: an owner with no Budget is refused for everyone (a typo never runs); so is a
-        gpuType no node and no envelope has (it could never be placed nor paid for)."""
-        if spec.owner not in self.budgets:
-            raise BadInput(
-                "spec.owner",
-                f"no Budget exists for owner {spec.owner!r}{did_you_mean(spec.owner, self.budgets)}; "
-                "ask an admin to apply one",
-            )
-        gpu_type = spec.resources.gpu_type
-        if gpu_type not in self.gpu_types:
-            raise BadInput(
-                "spec.resources.gpuType",
-                f"no node and no envelope has GPU type {gpu_type!r}{did_you_mean(gpu_type, self.gpu_types)}",
-            )
-
-
-def did_you_mean(word: str, known: Iterable[str]) -> str:
-    """`` (did you mean X?)`` from what is registered, or ``` (known: A, B)``, or nothing."""
-    import difflib
-
-    names = sorted(known)
-    close = difflib.get_close_matches(word, names, n=1, cutoff=0.6)
-    if close:
-        return f" (did you mean {close[0]}?)"
-    return f" (known: {', '.join(names[:8])})" if names else ""
+        return {n["name"]: n for n in self.reads.list_nodes()}[node]

@@ -14,6 +14,8 @@ from binder.worker import bind_pending
 from ledger.events import CLOCK_STREAM, ClockAdvanced, NewEvent
 from ledger.store import Ledger
 from planner.worker import PlannerService, catch_up
+from service.planning import postgres
+from service.ports import EventStore
 
 
 @dataclass
@@ -24,11 +26,12 @@ class InProcess:
     simulated: bool = True
     notices: list[str] = field(default_factory=list)
 
-    def before_append(self, ledger: Ledger, now: datetime) -> None:
+    def before_append(self, ledger: EventStore, now: datetime) -> None:
         """Catch up to ``now`` first, so the funding edges before it are planned without the new input."""
         self.settle(ledger, ledger.last_position(), now)
 
-    def settle(self, ledger: Ledger, position: int, now: datetime) -> None:
+    def settle(self, store: EventStore, position: int, now: datetime) -> None:
+        ledger = postgres(store)
         binder: Callable[[datetime], int] | None = None
         if self.bind:
             backend = SimulatedCluster()
@@ -38,10 +41,10 @@ class InProcess:
 
         catch_up(ledger, now, bind=binder)
 
-    def clock(self, ledger: Ledger) -> str:
+    def clock(self, ledger: EventStore) -> str:
         return "simulated" if self.simulated else "wall"
 
-    def advance(self, ledger: Ledger, now: datetime) -> None:
+    def advance(self, ledger: EventStore, now: datetime) -> None:
         self.settle(ledger, ledger.last_position(), now)
 
     def close(self) -> None:

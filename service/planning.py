@@ -15,9 +15,10 @@ from datetime import datetime
 from typing import Protocol
 
 from ledger import status as planner_status
-from ledger.status import PlannerStatus, StatusWaiter
+from ledger.status import PlannerStatus, StatusWaiter, stopped_reason
 from ledger.store import Ledger
 from service.errors import PlannerUnavailable
+from service.ports import EventStore
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -34,15 +35,15 @@ def planner_timeout() -> float:
 class Planning(Protocol):
     notices: list[str]
 
-    def before_append(self, ledger: Ledger, now: datetime) -> None: ...
+    def before_append(self, ledger: EventStore, now: datetime) -> None: ...
 
-    def settle(self, ledger: Ledger, position: int, now: datetime) -> None: ...
+    def settle(self, ledger: EventStore, position: int, now: datetime) -> None: ...
 
-    def clock(self, ledger: Ledger) -> str:
+    def clock(self, ledger: EventStore) -> str:
         """``wall`` or ``simulated``: the clock of whoever plans this ledger."""
         ...
 
-    def advance(self, ledger: Ledger, now: datetime) -> None:
+    def advance(self, ledger: EventStore, now: datetime) -> None:
         """Let time pass to ``now`` with no input (only an in-process planner has work to do)."""
         ...
 
@@ -57,14 +58,16 @@ class PlannerWait:
     notices: list[str] = field(default_factory=list)
     _waiter: StatusWaiter | None = None
 
-    def before_append(self, ledger: Ledger, now: datetime) -> None:
+    def before_append(self, ledger: EventStore, now: datetime) -> None:
+        ledger = postgres(ledger)
         if self._waiter is None:  # LISTEN before the append, so its pass is never missed
             self._waiter = StatusWaiter(ledger)
-        stuck = _stuck(planner_status.read(ledger))
+        stuck = stopped_reason(planner_status.read(ledger))
         if stuck:
             raise PlannerUnavailable(f"nothing was recorded: the planner is stopped: {stuck}")
 
-    def settle(self, ledger: Ledger, position: int, now: datetime) -> None:
+    def settle(self, ledger: EventStore, position: int, now: datetime) -> None:
+        ledger = postgres(ledger)
         self.before_append(ledger, now)
         assert self._waiter is not None
         done = self._waiter.wait_for(position, self.timeout)
@@ -82,11 +85,11 @@ class PlannerWait:
             f"within {self.timeout:g} s (it is at {status.position}); `jobtree get runs` shows the answer later"
         )
 
-    def clock(self, ledger: Ledger) -> str:
-        status = planner_status.read(ledger)
+    def clock(self, ledger: EventStore) -> str:
+        status = planner_status.read(postgres(ledger))
         return _clock_of(status)
 
-    def advance(self, ledger: Ledger, now: datetime) -> None:
+    def advance(self, ledger: EventStore, now: datetime) -> None:
         """The planner service moves with the wall clock by itself."""
 
     def close(self) -> None:
@@ -95,25 +98,11 @@ class PlannerWait:
             self._waiter = None
 
 
-def stopped_at_row(ledger: Ledger) -> None:
-    """A read refuses to show projections the planner stopped folding (an undecodable row): one line, exit 1.
-
-    SPEC §12: every command but ``audit verify`` fails clearly. Only a live planner's
-    status is consulted (one small SELECT): with no planner running, reads show the
-    projections as they are and ``audit verify`` is the way to find such a row.
-    """
-    stuck = _stuck(planner_status.read(ledger))
-    if stuck:
-        raise PlannerUnavailable(f"{stuck}; the planner stopped there, so nothing newer is shown "
-                                 "(`jobtree audit verify` lists every such row)")  # fmt: skip
-
-
-def _stuck(status: PlannerStatus | None) -> str | None:
-    """What stops a live planner (an undecodable row), if anything."""
-    if status is None or not status.alive():
-        return None
-    error = status.data.get("error")
-    return str(error) if error else None
+def postgres(store: EventStore) -> Ledger:
+    """The Postgres ledger behind ``store`` (the planner service's status and what-if reads live there)."""
+    if not isinstance(store, Ledger):
+        raise TypeError(f"{type(store).__name__} is not the Postgres ledger: use service.memory.MemoryPlanning")
+    return store
 
 
 def _clock_of(status: PlannerStatus | None) -> str:

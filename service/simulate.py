@@ -35,7 +35,8 @@ from planner.elastic import shrink_refusal
 from planner.restore import load_state
 from planner.state import ClusterState, fold
 from planner.worker import CatchUp, _through_edges
-from service.app import JobtreeApp, _has_cycle
+from service.app import JobtreeApp
+from service.checks import has_cycle
 from service.errors import BadInput, ServiceError
 from service.identity import Identity
 from service.inprocess import InProcess
@@ -283,7 +284,7 @@ class Simulation:
             assert isinstance(manifest, BudgetManifest)
             spec = manifest.spec
             parents[spec.owner] = list(spec.parents)
-            cycle = _has_cycle(parents, spec.owner)
+            cycle = has_cycle(parents, spec.owner)
             if cycle:
                 raise BadInput("spec.parents", f"the family tree must stay acyclic: {' -> '.join(cycle)}")
             applied = ev.BudgetApplied(spec.owner, manifest.metadata.name, spec.dump())

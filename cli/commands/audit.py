@@ -65,10 +65,10 @@ def gpu_hours(
         raise BadInput(field if rule else "--from/--to", rule or str(exc)) from None
     service = open_app()
     service.sync()
-    rows = [r | period.as_row() for r in accounting.gpu_hours(service.engine, by, period, service.now)]
-    if context.GLOBALS.output == "csv":  # a flat file names unfunded use instead of leaving a blank
+    rows = [r | period.as_row() for r in accounting.gpu_hours(service.pg.engine, by, period, service.now)]
+    if context.options().output == "csv":  # a flat file names unfunded use instead of leaving a blank
         rows = [r | {k: UNFUNDED for k in ("owner", "envelope") if k in r and r[k] is None} for r in rows]
-    if not emit_data(rows, context.GLOBALS.output):
+    if not emit_data(rows, context.options().output):
         table(rows, [*_GROUP_COLUMNS[by], *_SUM_COLUMNS], empty="No leases in the period.")
 
 
@@ -106,7 +106,7 @@ def verify(
     if from_stream and config is not None:
         checkpoints += _stream_checkpoints(config)
     report = audit.verify(open_ledger(), checkpoints, pinned)
-    if not emit_data(report.as_row(), context.GLOBALS.output):
+    if not emit_data(report.as_row(), context.options().output):
         table([c.as_row() for c in report.checks],
               [("CHECK", lambda r: r["check"]), ("OK", lambda r: "yes" if r["ok"] else "NO"),
                ("RESULT", lambda r: r["message"])])  # fmt: skip
@@ -206,7 +206,7 @@ def checkpoint(
     published = _publish(config, data, path) if config is not None else None
     row = {"file": str(path), "position": data["position"], "hash": data["hash"], "keyId": data["keyId"],
            "key": str(key_path), "keyCreated": created, "published": published}  # fmt: skip
-    if not emit_data(row, context.GLOBALS.output):
+    if not emit_data(row, context.options().output):
         key_values([("checkpoint", row["file"]), ("position", row["position"]), ("hash", row["hash"]),
                     ("key", f"{row['key']} (id {row['keyId']}{', created now' if created else ''})"),
                     *([("published", published)] if published else [])])  # fmt: skip
@@ -243,7 +243,7 @@ def keygen(
     public = anchors.public_key_text(created.public_key())
     row = {"key": str(path), "keyId": anchors.key_id(public), "publicKey": public,
            "publicKeyPem": anchors.public_key_pem(created)}  # fmt: skip
-    if not emit_data(row, context.GLOBALS.output):
+    if not emit_data(row, context.options().output):
         key_values([("key", row["key"]), ("key id", row["keyId"]), ("public key", row["publicKey"])])
         console.print(row["publicKeyPem"], markup=False, end="")
 
@@ -261,7 +261,7 @@ def replay_cmd() -> None:
             for d in result.differences
         ],
     }
-    if not emit_data(data, context.GLOBALS.output):
+    if not emit_data(data, context.options().output):
         key_values([("events", result.events), ("decision points", result.decision_points),
                     ("decisions", result.decisions), ("differences", len(result.differences))])  # fmt: skip
         for d in result.differences[:20]:
@@ -278,7 +278,7 @@ def history(run: RunArg) -> None:
     rows = audit.run_timeline(open_ledger(), run_key(namespace, name))
     if not rows:
         raise NotFound(f"no events mention run {namespace}/{name}")
-    if not emit_data(rows, context.GLOBALS.output):
+    if not emit_data(rows, context.options().output):
         table(rows, [("#", lambda r: r["incarnation"]), ("POS", lambda r: r["position"]),
                      ("AT", lambda r: r["at"]), ("EVENT", lambda r: r["type"]),
                      ("ACTOR", lambda r: r["actor"]), ("WHAT", lambda r: r["summary"])])  # fmt: skip
@@ -307,9 +307,9 @@ def budget_period_usage(owner: str | None, period: str) -> None:
         parsed = accounting.parse_period(period, service.now)
     except ValueError as exc:
         raise BadInput("--period", str(exc)) from None
-    rows = accounting.envelope_period_usage(service.engine, parsed, service.now, owner)
-    if context.GLOBALS.output == "csv":
+    rows = accounting.envelope_period_usage(service.pg.engine, parsed, service.now, owner)
+    if context.options().output == "csv":
         rows = [r | {"envelope": r["envelope"] or UNFUNDED} for r in rows]
-    if not emit_data(rows, context.GLOBALS.output):
+    if not emit_data(rows, context.options().output):
         span = f"{parsed.as_row()['from'] or 'the beginning'} .. {parsed.as_row()['to'] or 'now'}"
         table(rows, _PERIOD_COLUMNS, title=f"GPU-hours {span}")

@@ -51,7 +51,7 @@ def apply(file: FileOption) -> None:
     manifests = read_manifests(file)
     service = open_app()
     applied = service.apply(manifests, allowed=("Budget",))
-    if not emit_data([a.as_row() for a in applied], context.GLOBALS.output):
+    if not emit_data([a.as_row() for a in applied], context.options().output):
         for a in applied:
             console.print(f"budget/{a.name} {a.action}")
 
@@ -60,7 +60,7 @@ def apply(file: FileOption) -> None:
 def list_budgets() -> None:
     """List budgets and their envelopes."""
     rows = open_app().budgets()
-    if emit_data(rows, context.GLOBALS.output):
+    if emit_data(rows, context.options().output):
         return
     flat = [
         {
@@ -95,5 +95,5 @@ def usage(
         audit.budget_period_usage(owner, period)
         return
     rows = open_app().usage(owner)
-    if not emit_data(rows, context.GLOBALS.output):
+    if not emit_data(rows, context.options().output):
         table(rows, FUNDING_USAGE_COLUMNS, empty="No envelopes.")

@@ -28,7 +28,7 @@ def show() -> None:
         "nextWake": queries.iso_utc(status.next_wake) if status else None,
         "alive": status.alive() if status else False,
     }
-    if not emit_data(row, context.GLOBALS.output):
+    if not emit_data(row, context.options().output):
         key_values(list(row.items()))
 
 
@@ -37,9 +37,9 @@ def advance(
     when: Annotated[str, typer.Argument(help="RFC 3339 time, or +DURATION from now (e.g. +20m)", metavar="WHEN")],
 ) -> None:
     """Move the ledger's clock to WHEN (a ClockAdvanced event) and let the planner act on it."""
-    context.GLOBALS.now = when
+    context.options().now = when
     app_ = context.open_app()
     app_.sync()
     row = {"ledgerTime": queries.iso_utc(app_.ledger.latest_time()), "position": app_.ledger.last_position()}
-    if not emit_data(row, context.GLOBALS.output):
+    if not emit_data(row, context.options().output):
         console.print(f"clock at {row['ledgerTime']}", markup=False)

@@ -34,24 +34,36 @@ def migrate_command(
 
     Commands never migrate a shared ledger: they check its revision and refuse until this ran.
     """
-    from service.identity import record_first_admins
-
-    url, embedded = resolve_database_url(owner_url or context.GLOBALS.db)
+    url, embedded = resolve_database_url(owner_url or context.options().db)
     if embedded:
         context.open_ledger()  # migrates as the embedded superuser; a new data dir records its creator
     else:
         migrate(url)
     console.print(f"migrated {'embedded ' if embedded else ''}database")
     if admin:
-        ledger = context.open_ledger(owner_url) if owner_url else context.open_ledger()
-        recorded = record_first_admins(ledger, admin)
+        recorded = _first_admins(owner_url, admin)
         console.print(f"first admins: {', '.join(admin)}" if recorded else "the ledger has a policy already: unchanged")
+
+
+def _first_admins(owner_url: str | None, admin: list[str]) -> bool:
+    """Record the first admins as ``--owner-url``'s role if given (its own engine, disposed here), else as --db's."""
+    from service.identity import record_first_admins
+
+    if not owner_url:
+        return record_first_admins(context.open_ledger(), admin)
+    from ledger.store import Ledger
+
+    owner = Ledger.from_url(resolve_database_url(owner_url)[0])
+    try:
+        return record_first_admins(owner, admin)
+    finally:
+        owner.dispose()
 
 
 @app.command("url")
 def url() -> None:
     """Print the database URL in use (starting the embedded server if needed; there, its runtime role's)."""
-    found, embedded = resolve_database_url(context.GLOBALS.db)
+    found, embedded = resolve_database_url(context.options().db)
     if embedded:
         context.open_ledger()  # the runtime role exists once the embedded database is migrated
         found = runtime_url(found)

@@ -52,18 +52,21 @@ class Demo:
         return json.loads(buffer.getvalue())
 
     def _invoke(self, command: str, output: str) -> None:
+        args = [*shlex.split(command), "--db", self.url, "-o", output]
+        with context.invoked(context.split_globals(args)) as invocation:
+            self._run(invocation)
+
+    def _run(self, invocation: context.Invocation) -> None:
         from cli.main import app
 
-        args = [*shlex.split(command), "--db", self.url, "-o", output]
-        context.GLOBALS = context.split_globals(args)
         try:
-            typer.main.get_command(app).main(args=context.GLOBALS.rest, prog_name="jobtree", standalone_mode=False)
+            typer.main.get_command(app).main(args=invocation.options.rest, prog_name="jobtree", standalone_mode=False)
         except NotSettled as exc:  # `watch --timeout`: a malleable run below its maximum keeps growing
             console.print(f"(still changing: {exc})", markup=False)
         except ServiceError as exc:
             console.print(f"error: {exc}", markup=False)
         finally:
-            context.close()
+            invocation.close()
 
     def why(self, text_value: str) -> None:
         """One line on why the next step happens (or what it shows)."""
@@ -282,7 +285,7 @@ def demo(
     keep: Annotated[bool, typer.Option(help="Keep the last chapter's database afterwards")] = False,
 ) -> None:
     """Run the researcher guide end to end, each chapter on a throw-away ledger."""
-    base_url, embedded = resolve_database_url(context.GLOBALS.db)
+    base_url, embedded = resolve_database_url(context.options().db)
     where = "the embedded PostgreSQL" if embedded else "your PostgreSQL"
     console.print(f"[bold]Jobtree demo[/bold] — each chapter on a throw-away ledger ({DEMO_DB}) on {where}")
     broken: list[str] = []

@@ -61,7 +61,7 @@ def from_stream(
 
 
 def _run_ref(run: str) -> str:
-    return run if "/" in run else f"{context.GLOBALS.ns}/{run}"
+    return run if "/" in run else f"{context.options().ns}/{run}"
 
 
 def _summary(record: StreamRecord) -> str:
@@ -92,7 +92,7 @@ def tail_cmd(
         records = from_ledger(open_ledger(), start, follow, seconds)
     else:
         records = from_stream(config, start, follow, seconds, idle)
-    output = context.GLOBALS.output
+    output = context.options().output
     for record in records:
         if types and record.type not in types:
             continue

@@ -22,12 +22,12 @@ def metrics_cmd(
     service = open_app()
     service.sync()
     if serve is None:
-        print(metrics.exposition(service.engine, service.now), end="")
+        print(metrics.exposition(service.pg.engine, service.now), end="")
         return
     if not 0 < serve < 65536:
         raise BadInput("--serve", f"must be a TCP port in 1..65535 (got {serve})")
     try:
-        server = metrics.serve(service.engine, serve)
+        server = metrics.serve(service.pg.engine, serve)
     except OSError as exc:
         raise BadInput("--serve", f"cannot listen on 127.0.0.1:{serve}: {exc.strerror}") from None
     errors.print(f"serving http://127.0.0.1:{serve}/metrics (Ctrl-C to stop)", markup=False)

@@ -21,7 +21,7 @@ def apply(file: FileOption) -> None:
     manifests = read_manifests(file)
     service = open_app()
     applied = service.apply(manifests, allowed=("Cluster",))
-    if not emit_data([a.as_row() for a in applied], context.GLOBALS.output):
+    if not emit_data([a.as_row() for a in applied], context.options().output):
         registered = sum(a.action == "registered" for a in applied)
         unchanged = len(applied) - registered
         console.print(f"{registered} node(s) registered" + (f", {unchanged} unchanged" if unchanged else ""))
@@ -35,15 +35,15 @@ def list_nodes(
     service = open_app()
     rows = service.nodes()
     if show_map:
-        slotmap.show(rows, service.engine, context.GLOBALS.output)
+        slotmap.show(rows, service.pg, context.options().output)
         return
-    if not emit_data(rows, context.GLOBALS.output):
+    if not emit_data(rows, context.options().output):
         table(rows, NODE_COLUMNS, empty="No nodes. Apply a Cluster manifest: jobtree nodes apply -f cluster.yaml")
 
 
 def _node_action(action: str, node: str) -> None:
     row = open_app().node_action(node, action)
-    if not emit_data(row, context.GLOBALS.output):
+    if not emit_data(row, context.options().output):
         table([row], NODE_COLUMNS)
 
 

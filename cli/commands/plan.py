@@ -16,7 +16,6 @@ import typer
 from cli import context
 from cli.context import open_app
 from cli.render import Row, console, emit_data
-from ledger import queries
 from ledger.events import run_key
 
 REMEDY_WORDS = {
@@ -60,8 +59,8 @@ def plan(run: Annotated[str, typer.Argument(help="Run name, or NAMESPACE/NAME", 
     namespace, name = split_run(run)
     app = open_app()
     found = app.run(namespace, name)
-    res = latest(queries.list_reservations(app.engine, run=run_key(namespace, name)))
-    if emit_data(res, context.GLOBALS.output):
+    res = latest(app.reservations(run=run_key(namespace, name)))
+    if emit_data(res, context.options().output):
         return
     if res is None:
         console.print(f"{namespace}/{name} is {found['phase']}: no reservation", markup=False)

@@ -24,14 +24,11 @@ from cli.render import (
     console,
     emit_data,
     format_table,
-    key_values,
     output_width,
     run_settled,
     run_summary,
-    short_time,
     table,
 )
-from cli.story import story, width_history
 from ledger import manifest_yaml
 from ledger.errors import ManifestError
 from ledger.model import Manifest, parse_manifests
@@ -52,7 +49,7 @@ def split_run(ref: str) -> tuple[str, str]:
     if "/" in ref:
         namespace, _, name = ref.partition("/")
         return namespace, name
-    g = context.GLOBALS
+    g = context.options()
     if g.namespace is not None:
         return g.namespace, ref
     return open_app().resolve(ref, g.configured_ns, explicit=False)
@@ -107,7 +104,7 @@ def submit(file: FileOption, wait: Annotated[bool, typer.Option(help="Wait until
     applied = app.apply(manifests)
     states = app.runs_named([a.name for a in applied if a.kind == "Run"])
     rows = [a.as_row() | _run_state(states.get(a.name)) for a in applied]
-    if emit_data(rows, context.GLOBALS.output):
+    if emit_data(rows, context.options().output):
         return
     for row in rows:
         phase = f" — {row['phase']}" if row.get("phase") else ""
@@ -145,7 +142,7 @@ def get(
     rows = listed()
     columns = run_columns(all_namespaces or bool(names and any("/" in n for n in names)))
     data = rows[0] if names and len(names) == 1 else rows  # kubectl: one name, one object
-    if not emit_data(data, context.GLOBALS.output, kind="run"):
+    if not emit_data(data, context.options().output, kind="run"):
         table(_aged(rows), columns, empty=_no_runs(all_namespaces))
     if follow:
         _follow(listed, columns, timeout, interval)
@@ -157,14 +154,14 @@ def _lister(names: list[str], all_namespaces: bool, owner: str | None) -> Callab
     if names:
         refs = [split_run(n) for n in names]
         return lambda: [app.run(ns, name) for ns, name in refs]
-    namespace = None if all_namespaces else context.GLOBALS.ns
+    namespace = None if all_namespaces else context.options().ns
     return lambda: app.runs(namespace, owner)
 
 
 def _no_runs(all_namespaces: bool) -> str:
     if all_namespaces:
         return "No runs."
-    return f"No runs in namespace {context.GLOBALS.ns} (every namespace: `get runs -A`)."
+    return f"No runs in namespace {context.options().ns} (every namespace: `get runs -A`)."
 
 
 def run_columns(with_namespace: bool) -> list[Column]:
@@ -187,8 +184,9 @@ def _follow(listed: Callable[[], list[Row]], columns: list[Column], timeout: flo
             rows = listed()
             changed = [r for r in rows if seen.get(row_key(r)) != _fingerprint(r)]
             seen |= {row_key(r): _fingerprint(r) for r in changed}
-            if changed and not emit_data(changed, context.GLOBALS.output, kind="run"):
-                for line in format_table(_aged(changed), columns, output_width(), context.GLOBALS.output == "wide")[1:]:
+            output = context.options().output
+            if changed and not emit_data(changed, output, kind="run"):
+                for line in format_table(_aged(changed), columns, output_width(), output == "wide")[1:]:
                     print(line, flush=True)
     except KeyboardInterrupt:
         return
@@ -213,10 +211,10 @@ def _watch(namespace: str, name: str, timeout: float | None, interval: float = 2
         run = app.run(namespace, name)
         line = run_summary(run)
         if line != last:
-            if context.GLOBALS.output in ("table", "wide"):
+            if context.options().output in ("table", "wide"):
                 console.print(line, markup=False)
             else:
-                emit_data(run, context.GLOBALS.output, kind="run")
+                emit_data(run, context.options().output, kind="run")
             last = line
         if run_settled(run):
             return True
@@ -246,115 +244,6 @@ def watch(
         return
 
 
-def explain(run: RunArg) -> None:
-    """Why the run is where it is: width, funding split, leases and its history."""
-    _explain(run)
-
-
-def _explain(run: str) -> None:
-    if kubeswitch.active():
-        from cli import kubemode
-
-        kubemode.explain(run)
-        return
-    namespace, name = split_run(run)
-    app = open_app()
-    found = app.run(namespace, name)
-    leases = app.leases(namespace, name)
-    history = app.history(namespace, name)
-    told, widths = story(history), width_history(history)
-    split = funding_split(leases)
-    data = {
-        "run": found, "leases": leases, "history": history, "story": told, "widthHistory": widths, "payers": split,
-    }  # fmt: skip
-    if emit_data(data, context.GLOBALS.output):
-        return
-    width, funding = found["width"], found["funding"]
-    payers = [_payer(p) for p in split]
-    lenders = [f"{p['payerOwner']} ({p['envelope']}, {p['gpus']} GPUs)" for p in split if p["class"] == "borrowed"]
-    key_values(
-        [
-            ("Run", f"{namespace}/{name}"),
-            ("Owner", found["owner"]),
-            ("Submitted by", found["submitter"]),
-            ("Phase", found["phase"]),
-            (
-                "Width",
-                f"{width['allocated']} allocated / {width['desired']} desired (min {width['min']}, max {width['max']})",
-            ),
-            ("Funding", ", ".join(f"{k} {v}" for k, v in funding.items())),
-            ("Queue", _queue_line(found)),
-            ("Paid by", ", ".join(payers) or "-"),
-            ("Lenders", ", ".join(lenders) or "-"),
-            ("Message", found["message"] or "-"),
-        ]
-    )
-    console.print()
-    table(leases, LEASE_COLUMNS, title="Leases", empty="No leases.")
-    console.print()
-    console.print("[bold]Width[/bold]  " + (" → ".join(f"{w['width']} ({w['reason']})" for w in widths) or "-"))
-    console.print("[bold]Story[/bold]")
-    for line in told:
-        console.print(f"  {short_time(line['at'])}  {line['text']}", markup=False)
-    console.print()
-    console.print("[bold]History[/bold]")
-    for event in history:
-        console.print(f"  {short_time(event['at'])}  {event['type']:<20} {_describe(event)}", markup=False)
-
-
-def funding_split(leases: list[Row]) -> list[Row]:
-    """GPUs held now per payer envelope and class, counted as ``Funding`` counts them: ``gpus`` are the
-    workload's (Active; a Fill lease is unfunded), ``spareGPUs`` the hot spares the same payer holds."""
-    split: dict[tuple[str | None, str | None, str], list[int]] = {}
-    for lease in leases:
-        if lease["end"] is not None:
-            continue
-        payer_class = "unfunded" if lease["role"] == "Fill" else lease["class"]
-        envelope = None if lease["role"] == "Fill" else lease["envelope"]
-        owner = None if lease["role"] == "Fill" else lease["payerOwner"]
-        counts = split.setdefault((envelope, owner, payer_class), [0, 0])
-        counts[1 if lease["role"] == "Spare" else 0] += lease["gpus"]
-    order = {"owned": 0, "shared": 1, "borrowed": 2, "unfunded": 3}
-    return [
-        {"envelope": e, "payerOwner": o, "class": c, "gpus": g, "spareGPUs": sp}
-        for (e, o, c), (g, sp) in sorted(split.items(), key=lambda kv: (order.get(kv[0][2], 4), kv[0][0] or ""))
-    ]
-
-
-def _payer(p: Row) -> str:
-    spares = f" (+{p['spareGPUs']} spare)" if p["spareGPUs"] else ""
-    return f"{p['envelope'] or 'nobody'} {p['class']} {p['gpus']}{spares}"
-
-
-def _describe(event: Row) -> str:
-    data = event["data"]
-    kind = event["type"]
-    if kind == "LeaseStarted":
-        payer = data["envelope"] or "nobody"
-        return (
-            f"{data['lease_id']} group {data['group']} {data['role']} on {data['node']} "
-            f"GPUs {data['slots']} paid by {payer} ({data['payer_class']}), {data['reason']}"
-        )
-    if kind == "LeaseEnded":
-        seed = f" seed {data['seed']}" if data.get("seed") else ""
-        return f"{data['lease_id']} ended: {data['reason']}{seed}"
-    if kind == "RunSubmitted":
-        return f"by {data['submitter']}"
-    if kind == "PodBound":
-        return f"{data['lease_id']} pods {', '.join(data['pods'])} on {data['node']}"
-    return ", ".join(f"{k}={v}" for k, v in data.items() if k not in ("run", "spec"))
-
-
-def _queue_line(run: Row) -> str:
-    if run.get("queuePosition") is None:
-        return "-"
-    res = run.get("reservation")
-    where = f"position {run['queuePosition']}"
-    if res is None:
-        return f"{where}, no reservation yet"
-    return f"{where}, ETA {res['earliestStart']} ({res['confidence']}), reservation {res['id']}"
-
-
 def leases(
     run: Annotated[str | None, typer.Argument(help="Run: NAMESPACE/NAME or NAME", metavar="[RUN]")] = None,
     owner: Annotated[str | None, typer.Option(help="All leases of runs of this owner")] = None,
@@ -365,7 +254,7 @@ def leases(
     kubeswitch.refuse("leases")
     app = open_app()
     rows = app.leases(*split_run(run)) if run is not None else app.leases(None, None, owner=owner)
-    if not emit_data(rows, context.GLOBALS.output, kind="lease"):
+    if not emit_data(rows, context.options().output, kind="lease"):
         table(rows, LEASE_COLUMNS, empty="No leases.")
 
 
@@ -373,7 +262,7 @@ def shrink(run: RunArg, by: Annotated[int, typer.Option("--by", help="GPUs to gi
     """Lower a malleable run's desired width and end its highest groups now."""
     kubeswitch.refuse("shrink")
     result = open_app().shrink(*split_run(run), by=by)
-    if not emit_data(result, context.GLOBALS.output, kind="run"):
+    if not emit_data(result, context.options().output, kind="run"):
         console.print(run_summary(result), markup=False)
 
 
@@ -399,10 +288,10 @@ def _end(action: str, names: list[str] | None, selector: str | None, every: bool
     if names:
         targets = [split_run(n) for n in names]
     else:
-        targets = app.active_runs(None if all_namespaces else context.GLOBALS.ns, owner)
+        targets = app.active_runs(None if all_namespaces else context.options().ns, owner)
     results = app.end_runs(action, targets)
     one = len(names) == 1  # kubectl: one name, one object; several or a selection, a list
-    if emit_data(results[0] if one else results, context.GLOBALS.output, kind="run"):
+    if emit_data(results[0] if one else results, context.options().output, kind="run"):
         return
     if not results:
         console.print("No unfinished runs selected.", markup=False)
@@ -431,8 +320,8 @@ def queue(all_namespaces: AllNamespaces = False) -> None:
     """Every waiting run in FIFO order: position, phase, ETA, confidence and what is short (`squeue --start`)."""
     kubeswitch.refuse("queue")
     app = open_app()
-    rows = app.queue(None if all_namespaces else context.GLOBALS.ns)
-    if emit_data(rows, context.GLOBALS.output, kind="run"):
+    rows = app.queue(None if all_namespaces else context.options().ns)
+    if emit_data(rows, context.options().output, kind="run"):
         return
     columns: list[Column] = [
         Col("POS", lambda r: r["queuePosition"]),

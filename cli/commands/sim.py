@@ -12,16 +12,14 @@ from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
 
 from cli import context
 from cli.errors import BadInput, CommandError
 from cli.render import LEASE_COLUMNS, RUN_COLUMNS, Column, console, emit_data, errors, short_time, table
 from ledger import manifest_yaml
-from ledger.databases import drop_database, fresh_database
+from ledger.databases import drop_database, fresh_database, shown_url
 from ledger.embedded import migrate, resolve_database_url
-from ledger.errors import ManifestError
+from ledger.errors import LedgerError, ManifestError
 from ledger.model import format_duration
 from ledger.store import Ledger
 from service import generate, sacct
@@ -64,7 +62,7 @@ def check(scenario: ScenarioArg) -> None:
     parsed = read_scenario(scenario)
     end = _offset(parsed.end - parsed.start)
     summary = {"name": parsed.name, "start": _iso(parsed), "steps": len(parsed.steps), "end": end}
-    if not emit_data(summary, context.GLOBALS.output):
+    if not emit_data(summary, context.options().output):
         console.print(f"scenario {parsed.name}: valid, {len(parsed.steps)} steps, ends at +{summary['end']}")
 
 
@@ -109,28 +107,28 @@ def run(
     ] = None,
 ) -> None:
     """Run a scenario (nodes, budgets, timed steps) on a throw-away ledger; print the story and final state."""
-    if context.GLOBALS.now is not None:
+    if context.options().now is not None:
         raise BadInput("--now", "a scenario runs on its own clock (spec.start plus each step's `at`)")
     parsed = read_scenario(scenario)  # before any database is touched
     collector = Collector(parsed) if report is not None else None
     result, kept = _simulate_in_throwaway(parsed, verbose, keep, collector)
     if collector is not None and report is not None:
         _report(collector.report(parsed.end), report, result)
-    elif not emit_data(result.as_json(), context.GLOBALS.output):
+    elif not emit_data(result.as_json(), context.options().output):
         render_story(result)
     if kept:
-        shown = make_url(kept).render_as_string(hide_password=True)
+        shown = shown_url(kept)
         errors.print(f"kept the simulation's ledger: --db {shown}", markup=False)
 
 
 def _report(data: dict[str, Any], directory: Path, result: SimResult) -> None:
-    from cli.simplots import write_report  # matplotlib only when a report is asked for
+    from cli.plots import write_report  # matplotlib only when a report is asked for
 
     try:
         files = write_report(data, directory)
     except OSError as exc:
         raise BadInput("--report", f"cannot write into {directory}: {exc.strerror}") from None
-    if emit_data(data, context.GLOBALS.output):
+    if emit_data(data, context.options().output):
         return
     waits = data["waitMinutes"]["overall"]
     console.print(
@@ -171,12 +169,12 @@ def import_sacct(
 def _simulate_in_throwaway(
     parsed: Scenario, verbose: bool, keep: bool, collector: Collector | None = None
 ) -> tuple[SimResult, str | None]:
-    base_url, _embedded = resolve_database_url(context.GLOBALS.db)
+    base_url, _embedded = resolve_database_url(context.options().db)
     name = f"jobtree_sim_{os.getpid()}_{secrets.token_hex(3)}"
     try:
         url = fresh_database(base_url, name)
-    except SQLAlchemyError as exc:
-        raise CommandError(f"cannot create the simulation's database {name}: {str(exc).splitlines()[0]}") from exc
+    except LedgerError as exc:
+        raise CommandError(f"the simulation's ledger: {exc}") from exc
     ok = False
     try:
         migrate(url)
@@ -200,7 +198,7 @@ def _progress(verbose: bool) -> Iterator[Any]:
     if verbose:
         yield _line
         return
-    if not errors.is_terminal or context.GLOBALS.output != "table":
+    if not errors.is_terminal or context.options().output != "table":
         yield None
         return
     columns = (TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"))

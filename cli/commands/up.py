@@ -301,7 +301,7 @@ def up(
         anchoring.bus = bus
     ledger = context.open_ledger()
     service = Up(ledger, Leadership(ledger, name=name or default_name()), simulated=clock == "simulated")
-    output = context.GLOBALS.output
+    output = context.options().output
     if once:
         with service.leadership:
             done = _guarded(service.step, once=True)

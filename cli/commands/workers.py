@@ -73,7 +73,7 @@ class IntakeService:
 
     @property
     def ledger(self) -> Ledger:
-        return self.app.ledger
+        return self.app.pg
 
     @property
     def now(self) -> datetime:
@@ -140,8 +140,8 @@ def _connect(kubeconfig: str | None, kube_context: str | None) -> KubeApi:
     from binder.kube import KubeApi, KubeError
 
     # --kubeconfig/--context are lifted out of argv as global options (cli/context.py)
-    kubeconfig = context.GLOBALS.kubeconfig or kubeconfig
-    kube_context = context.GLOBALS.kube_context or kube_context
+    kubeconfig = context.options().kubeconfig or kubeconfig
+    kube_context = context.options().kube_context or kube_context
     try:
         return KubeApi.connect(kubeconfig, kube_context)
     except KubeError as exc:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import matplotlib.image as mpimg
 
-from cli.commands.report import draw, series
+from cli.plots import draw, series
 from ledger.store import Ledger
 from tests.e2e.conftest import CLI, EXAMPLES
 from tests.integration.test_accounting import build

@@ -182,7 +182,7 @@ def open_app(ledger: Ledger | None = None) -> JobtreeApp:
         return _APPS[0]
     ledger = ledger or open_ledger(services=True)
     auth = authenticate(ledger, embedded=id(ledger) in _EMBEDDED)
-    caller = resolve_caller(ledger, auth)
+    caller = resolve_caller(ledger, auth, as_user=GLOBALS.as_user)
     wall = datetime.now(UTC).replace(microsecond=0)
     now = JobtreeApp.resolve_now(ledger, GLOBALS.now, wall)
     requested = now if GLOBALS.now is not None else None
@@ -190,7 +190,6 @@ def open_app(ledger: Ledger | None = None) -> JobtreeApp:
         ledger,
         caller,
         now,
-        as_user=GLOBALS.as_user,
         requested=requested,
         bootstrap=bootstrap_admins(auth, caller),
     )

@@ -15,6 +15,10 @@ planner acted on it. Now:
   migration ran): rule 2's text with ``recorded_by`` before ``data``
   (``jobtree_event_text3``; ``ledger.store.event_text_v3`` builds the same bytes). Rows
   before keep their rule-1/rule-2 hashes, so old ledgers verify as they did.
+- the event type ``AdmissionReviewed`` (the intake's webhook admitted a Kubernetes Run for
+  the user the API server authenticated; ``service``): the admission record outlives the
+  intake's memory, and only the services (or the policy's admins and impersonators) may
+  record one.
 - ``event_types.writer``: ``user`` (a person may record it for themselves), ``admin`` or
   ``service`` (the planner's and binder's decisions and facts). A later migration that
   adds a type sets it; the default is the strictest, ``service``.
@@ -79,6 +83,8 @@ ALTER TABLE event_types ADD COLUMN writer text NOT NULL DEFAULT 'service'
     CHECK (writer IN ('user', 'admin', 'service'));
 INSERT INTO event_chain_rules (rule, first_position)
     VALUES (3, (SELECT COALESCE(max(position), 0) + 1 FROM events));
+INSERT INTO event_types (type, since, required, optional, writer)
+    VALUES ('AdmissionReviewed', '0012', '{groups,uid,user}', '{name,namespace}', 'service');
 """
 
 _STAMP = """'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'"""
@@ -272,5 +278,6 @@ def downgrade() -> None:
     op.execute(f"DROP FUNCTION IF EXISTS jobtree_event_hash3({_SIGNATURE_TYPES})")
     op.execute(f"DROP FUNCTION IF EXISTS jobtree_event_text3({_SIGNATURE_TYPES})")
     op.execute("DELETE FROM event_chain_rules WHERE rule = 3")
+    op.execute("DELETE FROM event_types WHERE type = 'AdmissionReviewed'")
     op.execute("ALTER TABLE event_types DROP COLUMN IF EXISTS writer")
     op.execute("ALTER TABLE events DROP COLUMN IF EXISTS recorded_by")

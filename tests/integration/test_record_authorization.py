@@ -169,6 +169,9 @@ def test_admin_and_service_types_need_an_admin_or_a_service(setup: str, insert: 
     assert "only admins may record PolicyChanged" in refused(FORBIDDEN, policy)
     decision = lambda: mallory("RunAdmitted", admitted, actor="rb_mallory", stream="plan:0")  # noqa: E731
     assert "RunAdmitted is recorded by the services" in refused(FORBIDDEN, decision)
+    review = {"uid": "u1", "user": "rb_alice", "groups": []}
+    admission = lambda: mallory("AdmissionReviewed", review, actor="rb_mallory", stream="admission:u1")  # noqa: E731
+    assert "AdmissionReviewed is recorded by the services" in refused(FORBIDDEN, admission)
     before = count(setup)
     insert("rb_ops")("BudgetApplied", budget, actor="rb_ops", stream="budget:org:b")
     insert("rb_planner")("RunAdmitted", admitted, actor="jobtree-planner", stream="plan:0")

@@ -225,5 +225,6 @@ def test_reapplying_unchanged_objects_writes_nothing_and_says_unchanged(
 def test_the_intake_starts_only_for_a_role_that_may_impersonate(team: Runner) -> None:
     refused = team("mallory", "workers", "intake", "--once", "--no-webhook", "--kubeconfig", "/nonexistent/kubeconfig")
     assert refused.code == 2 and "impersonators" in refused.err and "mallory" in refused.err
-    allowed = team("ops", "workers", "intake", "--once", "--no-webhook", "--kubeconfig", "/nonexistent/kubeconfig")
-    assert allowed.code == 2 and "--kubeconfig" in allowed.err, "ops passed the identity check"
+    for role in ("ops", "svc"):  # an admin; a member of jobtree_service
+        allowed = team(role, "workers", "intake", "--once", "--no-webhook", "--kubeconfig", "/nonexistent/kubeconfig")
+        assert allowed.code == 2 and "--kubeconfig" in allowed.err, f"{role} passed the identity check"

@@ -136,11 +136,12 @@ def chain(schema: str) -> str:
     """0007's chain trigger, stamping and authorising the row (``AUTHORIZE``) and hashing it under rule 3."""
     rule2 = _0007.HASH.format(text=_0007.TEXT.format(**_0007._NEW))
     body = chain_0007(schema)
-    anchors = (rule2, "    digest text;\n", "    IF NEW.position = 1 THEN")  # where 0012 edits it
+    anchors = (rule2, "    digest text;\n", "    IF NEW.position = 1 THEN", "\n" + _LOOKUP_0007)  # 0012's edits
     if any(body.count(anchor) != 1 for anchor in anchors):
         raise RuntimeError("migration 0007's chain function is not the one migration 0012 extends")
     body = body.replace(rule2, HASH.format(text=TEXT.format(**_NEW)))
     body = body.replace("    digest text;\n", "    digest text;\n" + _DECLARE)
+    body = body.replace("\n" + _LOOKUP_0007, LOOKUP.replace("{schema}", schema))
     return body.replace(
         "    IF NEW.position = 1 THEN", AUTHORIZE.replace("{schema}", schema) + "    IF NEW.position = 1 THEN"
     )
@@ -165,10 +166,19 @@ $$;
 #: variables the authorisation block needs (added to the chain function's DECLARE)
 _DECLARE = """    me name := session_user;
     writer text;
+    trusted boolean;
     policy jsonb;
     submitted jsonb;
     owner text;
 """
+#: 0007's one lookup per row also reads the type's writer and whether the session is trusted
+#: (the owner's member, a superuser, or a service), so that path costs no extra query.
+_LOOKUP_0007 = """      INTO prev, known;"""
+LOOKUP = f""",
+           (SELECT c.writer FROM {{schema}}.event_types c WHERE c.type = NEW.type),
+           pg_has_role(session_user, (SELECT r.relowner FROM pg_class r WHERE r.oid = '{{schema}}.events'::regclass),
+                       'MEMBER') OR pg_has_role(session_user, '{SERVICE_ROLE}', 'MEMBER')
+      INTO prev, known, writer, trusted;"""
 #: Inside the chain function, after its catalog and payload checks: stamp ``recorded_by``
 #: and authorise the row (``EXIT authorize`` = allowed). One function with one pinned
 #: ``search_path`` per row: a second trigger function with its own ``SET search_path`` (a
@@ -180,11 +190,9 @@ AUTHORIZE = f"""    <<authorize>>
             USING ERRCODE = 'JT002';
     END IF;
     NEW.recorded_by := me::text;
-    IF pg_has_role(me, (SELECT c.relowner FROM pg_class c WHERE c.oid = '{{schema}}.events'::regclass), 'MEMBER')
-       OR pg_has_role(me, '{SERVICE_ROLE}', 'MEMBER') THEN
+    IF trusted THEN
         EXIT authorize;  -- the owner (or a superuser) could disable this trigger; the services record for everyone
     END IF;
-    SELECT c.writer INTO writer FROM {{schema}}.event_types c WHERE c.type = NEW.type;
     SELECT e.data->'spec' INTO policy FROM {{schema}}.events e
      WHERE e.type = 'PolicyChanged' ORDER BY e.position DESC LIMIT 1;
     IF {{schema}}.jobtree_listed(policy->'admins', me) OR {{schema}}.jobtree_listed(policy->'impersonators', me) THEN

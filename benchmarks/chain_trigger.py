@@ -1,4 +1,4 @@
-"""What the chain trigger (migration 0007) costs the server per row, beside the same INSERT without it.
+"""What the chain trigger (migrations 0007 and 0012) costs the server per row, beside the same INSERT without it.
 
 Starts an embedded Postgres (durability off unless ``--durable``), migrates two databases
 and inserts, interleaved over ``--repeat`` rounds, ``--rows`` events per statement the way
@@ -6,7 +6,11 @@ and inserts, interleaved over ``--repeat`` rounds, ``--rows`` events per stateme
 
 - ``with trigger``: ``prev_hash`` and ``hash`` NULL, the trigger links, checks and hashes;
 - ``trigger disabled``: ``ALTER TABLE events DISABLE TRIGGER events_chain`` and a dummy hash
-  (what the INSERT costs without any chain work in the server).
+  (what the INSERT costs without any chain work in the server);
+- ``0011 trigger``: a database downgraded to 0011 (0007's trigger: no ``recorded_by``, no
+  authorisation), the baseline for what 0012 adds;
+- ``as a service login``: the 0012 trigger for a ``LOGIN`` member of ``jobtree_service``
+  (the planner's and binder's path); the others connect as the superuser (the owner path).
 
 No projections, so the difference is the trigger alone. Prints rows/s (min / median /
 max), µs per row of each, and the machine.
@@ -28,15 +32,41 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from alembic import command
 from append_rate import SPEC, bench_server, spread  # the shared embedded-server setup
+from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
 
-from ledger.embedded import create_database, libpq_url, migrate
+from ledger.embedded import alembic_config, create_database, libpq_url, migrate, sqlalchemy_url
 
 INSERT = (
     "INSERT INTO events (position, stream, version, type, data, actor, idempotency_key, occurred_at, prev_hash, hash) "
     "SELECT position, stream, version, type, data, actor, idempotency_key, occurred_at, prev_hash, hash "
     "FROM jsonb_populate_recordset(NULL::events, %s::jsonb)"
 )
+
+
+def database(url: str, name: str, revision: str = "head") -> str:
+    """Another migrated database on the same server (downgraded to ``revision``)."""
+    create_database(url, name)
+    other = url.replace("/bench?", f"/{name}?")
+    migrate(other)
+    if revision != "head":
+        engine = create_engine(sqlalchemy_url(other))
+        with engine.begin() as conn:
+            config = alembic_config()
+            config.attributes["connection"] = conn
+            command.downgrade(config, revision)
+        engine.dispose()
+    return other
+
+
+def service_login(url: str) -> str:
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'bench_service'").fetchone() is None:
+            conn.execute("CREATE ROLE bench_service LOGIN")
+        conn.execute("GRANT jobtree_service TO bench_service")
+    return make_url(url).set(username="bench_service").render_as_string(hide_password=False)
 
 
 class Contender:
@@ -73,10 +103,9 @@ def main() -> None:
     args = parser.parse_args()
     with bench_server(args.durable) as url:
         contenders: dict[str, Contender] = {"with trigger": Contender(url, chained=True)}
-        create_database(url, "bench_plain")
-        plain = url.replace("/bench?", "/bench_plain?")
-        migrate(plain)
-        contenders["trigger disabled"] = Contender(plain, chained=False)
+        contenders["trigger disabled"] = Contender(database(url, "bench_plain"), chained=False)
+        contenders["0011 trigger"] = Contender(database(url, "bench_0011", "0011"), chained=True)
+        contenders["as a service login"] = Contender(service_login(database(url, "bench_service")), chained=True)
         rates: dict[str, list[float]] = {name: [] for name in contenders}
         for contender in contenders.values():  # warm-up
             contender.batch(args.rows)
@@ -90,6 +119,9 @@ def main() -> None:
         extra = 1e6 / med["with trigger"] - 1e6 / med["trigger disabled"]
         ratio = med["with trigger"] / med["trigger disabled"]
         print(f"ratio of medians: {ratio:.2f}x; the trigger adds {extra:.1f} µs/row")
+        for name in ("with trigger", "as a service login"):
+            added = 1e6 / med[name] - 1e6 / med["0011 trigger"]
+            print(f"{name} against 0011's trigger: {med[name] / med['0011 trigger']:.2f}x, {added:+.1f} µs/row")
         for contender in contenders.values():
             contender.conn.close()
 

@@ -10,9 +10,10 @@ message when not, and records the user and groups under the object's ``uid``. Th
 reconcile then submits the Run as that user (``Intake._run``).
 
 Only ``runs`` (not ``runs/status``) go through the webhook, so the intake's own status
-writes are not recorded. The record is kept in the intake's memory: a Run admitted before
-an intake restart and not yet submitted is refused for want of an admission (the user
-re-applies, or touches the object, to be admitted again).
+writes are not recorded. The record is an ``AdmissionReviewed`` event in the ledger
+(appended before the webhook allows the request; if it cannot be, the request is denied),
+so a Run admitted before an intake restart, or by another replica's webhook, is still
+submitted as its user.
 """
 
 from __future__ import annotations
@@ -24,11 +25,16 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from ledger import queries
+from ledger.errors import LedgerError
+from ledger.events import AdmissionReviewed, NewEvent, admission_stream
 from ledger.model import API_VERSION
+from ledger.store import Ledger
 
 log = logging.getLogger("jobtree.admission")
 Obj = dict[str, Any]
@@ -36,6 +42,8 @@ REVIEW_API = "admission.k8s.io/v1"
 MAX_BODY = 4 * 1024 * 1024  # the API server sends at most ~3 MiB objects
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 GROUP = API_VERSION.split("/")[0]
+#: the actor of the intake's own events (its admissions, Budgets, Nodes)
+INTAKE_ACTOR = "jobtree-intake"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,20 +60,41 @@ Authorize = Callable[[str, str, frozenset[str]], str | None]
 
 @dataclass
 class Admissions:
-    """Admitted users by object uid (thread-safe: the webhook thread writes, the intake reads)."""
+    """Admitted users by object uid (thread-safe: the webhook thread writes, the intake reads).
 
+    With a ``ledger`` each admission is an ``AdmissionReviewed`` event, appended before the
+    webhook answers: a restarted intake, or another replica, finds it there. Without one
+    (unit tests) the record lives in this object only.
+    """
+
+    ledger: Ledger | None = None
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     _by_uid: dict[str, Admitted] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def record(self, uid: str, who: Admitted) -> None:
+    def record(self, uid: str, who: Admitted, namespace: str = "", name: str = "") -> None:
+        if self.ledger is not None:
+            event = AdmissionReviewed(uid, who.user, tuple(sorted(who.groups)), namespace, name)
+            at = max(self.clock(), self.ledger.latest_time() or self.clock())  # time never runs backwards
+            self.ledger.append([NewEvent(admission_stream(uid), event)], actor=INTAKE_ACTOR, at=at)
         with self._lock:
             self._by_uid[uid] = who
 
     def get(self, uid: str) -> Admitted | None:
         with self._lock:
-            return self._by_uid.get(uid)
+            found = self._by_uid.get(uid)
+        if found is not None or self.ledger is None:
+            return found
+        stored = queries.latest_admission(self.ledger.engine, uid)
+        if stored is None:
+            return None
+        found = Admitted(str(stored["user"]), frozenset(str(g) for g in stored["groups"]))
+        with self._lock:
+            self._by_uid[uid] = found
+        return found
 
     def forget(self, uid: str) -> None:
+        """Drop the cached record (a deleted Run's uid never comes back; the event stays in the log)."""
         with self._lock:
             self._by_uid.pop(uid, None)
 
@@ -107,7 +136,12 @@ def _decide(request: Obj, authorize: Authorize, admissions: Admissions) -> tuple
         return False, refusal
     if request.get("dryRun"):
         return True, ""
-    admissions.record(uid, Admitted(user, groups))
+    meta = obj.get("metadata") or {}
+    try:
+        admissions.record(uid, Admitted(user, groups), str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+    except LedgerError as exc:  # not recorded: admitting it would leave the Run without its submitter
+        log.warning("admission webhook: could not record the admission of %s: %s", uid, exc)
+        return False, f"the intake could not record this admission in the ledger ({exc}); try again"
     return True, ""
 
 

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import text
 
-from binder.admission import Admissions, Admitted
+from binder.admission import INTAKE_ACTOR, Admissions, Admitted
 from binder.intake_status import budget_status, rejected_status, run_statuses
 from binder.kube import KubeApi, KubeError, KubeGone, KubeNotFound
 from binder.kube_nodes import NodeFacts, node_facts, unhealthy_reason
@@ -45,7 +45,6 @@ from ledger.store import Ledger
 
 log = logging.getLogger("jobtree.intake")
 Obj = dict[str, Any]
-INTAKE_ACTOR = "jobtree-intake"
 RESOURCES = ("nodes", "budgets", "runs")
 
 

@@ -171,14 +171,13 @@ class Invocation:
             return self._app
         ledger = self.ledger(services=True)
         auth = authenticate(ledger, embedded=self._embedded)
-        caller = resolve_caller(ledger, auth)
+        caller = resolve_caller(ledger, auth, as_user=self.options.as_user)
         now = JobtreeApp.resolve_now(ledger, self.options.now, WallClock().now())
         requested = now if self.options.now is not None else None
         self._app = JobtreeApp(
             ledger,
             caller,
             now,
-            as_user=self.options.as_user,
             requested=requested,
             bootstrap=bootstrap_admins(auth, caller),
         )

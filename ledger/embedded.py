@@ -287,6 +287,7 @@ EXCEPTION WHEN duplicate_object OR unique_violation THEN
 END
 $$;
 GRANT jobtree_app TO {RUNTIME_ROLE};
+GRANT jobtree_service TO {RUNTIME_ROLE};
 """
 
 

@@ -11,6 +11,8 @@ from sqlalchemy.exc import DBAPIError
 IMMUTABLE_SQLSTATE = "JT001"
 # SQLSTATE raised by the chain trigger (migration 0007): a wrong hash, link or type.
 CHAIN_SQLSTATE = "JT002"
+# SQLSTATE raised by the authorize trigger (migration 0012): the session may not record the row.
+AUTHZ_SQLSTATE = "JT003"
 _EXCLUSION_SQLSTATE = "23P01"
 _UNIQUE_SQLSTATE = "23505"
 _CANCELED_SQLSTATE = "57014"
@@ -40,6 +42,10 @@ class ImmutableLedgerError(LedgerError):
 
 class ChainRefused(LedgerError):
     """The database refused a row: its hash, its link or its type is wrong (migration 0007)."""
+
+
+class RecordForbidden(LedgerError):
+    """The database refused a row its session may not record (migration 0012, docs/identity.md)."""
 
 
 def sqlstate(exc: BaseException) -> str | None:
@@ -73,6 +79,8 @@ def translate(exc: DBAPIError) -> LedgerError:
         return ImmutableLedgerError(message.strip())
     if state == CHAIN_SQLSTATE:
         return ChainRefused(message.strip().splitlines()[0])
+    if state == AUTHZ_SQLSTATE:
+        return RecordForbidden(message.strip().splitlines()[0])
     if state == _EXCLUSION_SQLSTATE:
         return SlotConflictError(f"slot conflict: {_detail(exc) or message}")
     if state == _UNIQUE_SQLSTATE:

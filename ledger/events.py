@@ -73,6 +73,10 @@ def node_stream(node: str) -> str:
     return f"node:{node}"
 
 
+def admission_stream(uid: str) -> str:
+    return f"admission:{uid}"
+
+
 def plan_stream(shard: int = 0) -> str:
     return f"plan:{shard}"
 
@@ -200,6 +204,19 @@ class ClockAdvanced(Event):
     """
 
     reason: str = ""
+
+
+@event("AdmissionReviewed")
+@dataclass(frozen=True, slots=True)
+class AdmissionReviewed(Event):
+    """The intake's admission webhook admitted a CREATE/UPDATE of the Kubernetes Run ``uid`` for ``user``
+    (with ``groups``), as the API server authenticated them; the intake submits the Run as that user."""
+
+    uid: str
+    user: str
+    groups: tuple[str, ...]
+    namespace: str = ""
+    name: str = ""
 
 
 # ---------------------------------------------------------------- decisions

@@ -24,7 +24,7 @@ from ledger.read_fleet import (
     node_gpu_types,
     node_registrations,
 )
-from ledger.read_history import latest_submission_position, list_events, run_history
+from ledger.read_history import latest_admission, latest_submission_position, list_events, run_history
 from ledger.read_runs import (
     FINISHED_PHASES,
     RESERVATION_DATA_DEFAULTS,
@@ -62,6 +62,7 @@ __all__ = [
     "funding_usage",
     "get_run",
     "iso_utc",
+    "latest_admission",
     "latest_reservations",
     "latest_submission_position",
     "lease_row",

@@ -38,6 +38,15 @@ def latest_submission_position(engine: Engine, run: str) -> int:
         return int(conn.execute(text(sql), {"stream": f"run:{run}"}).scalar_one())
 
 
+def latest_admission(engine: Engine, uid: str) -> Row | None:
+    """The newest ``AdmissionReviewed`` payload of Kubernetes object ``uid`` (read from the log, which only the
+    services and the policy's admins and impersonators may write it to: migration 0012), or None."""
+    sql = "SELECT data FROM events WHERE stream = :stream AND type = 'AdmissionReviewed' ORDER BY version DESC LIMIT 1"
+    with engine.connect() as conn:
+        data = conn.execute(text(sql), {"stream": f"admission:{uid}"}).scalar()
+    return dict(data) if data is not None else None
+
+
 # ---------------------------------------------------------------- reservations and the event log
 
 

@@ -7,8 +7,10 @@ everything"), except PostgreSQL's built-in ``pg_*`` roles: a role named ``rai``
 that ``alice`` is a member of makes ``alice`` match ``group:rai``.
 
 ``trusted`` marks a session that could rewrite the log anyway — a superuser, or a
-member of the role that owns ``events`` (it may disable the trigger) — so refusing it
-impersonation would protect nothing (docs/identity.md).
+member of the role that owns ``events`` (it may disable the trigger) — or that the
+database lets record events for anyone (a member of ``jobtree_service``, migration
+0012: the services), so refusing it impersonation would protect nothing
+(docs/identity.md).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ _SESSION = text(
     )
     SELECT me.rolname AS name,
            me.rolsuper OR COALESCE(c.relowner = me.oid OR c.relowner IN (SELECT oid FROM member_of), false)
-               AS trusted,
+               OR EXISTS (SELECT 1 FROM pg_roles s WHERE s.rolname = 'jobtree_service'
+                           AND s.oid IN (SELECT oid FROM member_of)) AS trusted,
            ARRAY(SELECT r.rolname FROM pg_roles r
                  WHERE r.oid IN (SELECT oid FROM member_of) AND r.rolname NOT LIKE 'pg\_%'
                  ORDER BY r.rolname) AS groups

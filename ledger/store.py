@@ -11,8 +11,9 @@ violation (a GPU slot held twice) rolls the whole append back.
 
 The hash chain is the database's: the application inserts rows with ``prev_hash`` and
 ``hash`` NULL, and the ``events_chain`` trigger (migration 0007) links each row to its
-predecessor and hashes it with Postgres' ``sha256()`` (rule 2, ``event_text_v2`` here
-builds the same text); ``verify_chain`` recomputes both rules in Python.
+predecessor and hashes it with Postgres' ``sha256()`` (rule 3 since migration 0012, which
+also covers ``recorded_by``, the inserting ``session_user``: ``event_text_v3`` here builds
+the same text); ``verify_chain`` recomputes every rule in Python.
 """
 
 from __future__ import annotations
@@ -95,6 +96,8 @@ class StoredRow:
     idempotency_key: str | None
     occurred_at: datetime
     recorded_at: datetime
+    #: the inserting ``session_user`` (migration 0012); None on rows recorded before it
+    recorded_by: str | None = None
 
 
 def _stamp(at: datetime) -> str:
@@ -108,18 +111,41 @@ def _field(value: str | None) -> str:
     return f"|{len(value.encode('utf-8'))}:{value}"
 
 
-def event_text_v2(prev_hash: str, row: StoredRow) -> str:
-    """Rule 2's canonical text: exactly what SQL ``jobtree_event_text`` (migration 0007) builds."""
+def _common_text(prev_hash: str, row: StoredRow) -> str:
+    """The fields rules 2 and 3 share, from ``prev_hash`` through ``recorded_at``."""
     return (
-        f"jobtree-event/2{_field(prev_hash)}|{row.position}{_field(row.stream)}|{row.version}"
+        f"{_field(prev_hash)}|{row.position}{_field(row.stream)}|{row.version}"
         f"{_field(row.type)}{_field(row.actor)}{_field(row.idempotency_key)}"
-        f"|{_stamp(row.occurred_at)}|{_stamp(row.recorded_at)}|{row.data_text}"
+        f"|{_stamp(row.occurred_at)}|{_stamp(row.recorded_at)}"
     )
 
 
+def event_text_v2(prev_hash: str, row: StoredRow) -> str:
+    """Rule 2's canonical text: exactly what SQL ``jobtree_event_text`` (migration 0007) builds."""
+    return f"jobtree-event/2{_common_text(prev_hash, row)}|{row.data_text}"
+
+
 def event_hash_v2(prev_hash: str, row: StoredRow) -> str:
-    """Rule 2 (migration 0007 onwards): sha256 of ``event_text_v2``, as the database's trigger computes it."""
+    """Rule 2 (migrations 0007-0011): sha256 of ``event_text_v2``, as the database's trigger computed it."""
     return hashlib.sha256(event_text_v2(prev_hash, row).encode("utf-8")).hexdigest()
+
+
+def event_text_v3(prev_hash: str, row: StoredRow) -> str:
+    """Rule 3's canonical text: rule 2's with ``recorded_by`` before the data (SQL ``jobtree_event_text3``, 0012)."""
+    return f"jobtree-event/3{_common_text(prev_hash, row)}{_field(row.recorded_by)}|{row.data_text}"
+
+
+def event_hash_v3(prev_hash: str, row: StoredRow) -> str:
+    """Rule 3 (migration 0012 onwards): sha256 of ``event_text_v3``, as the database's trigger computes it."""
+    return hashlib.sha256(event_text_v3(prev_hash, row).encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ChainRules:
+    """The first position each database-side hashing rule covers (``event_chain_rules``)."""
+
+    rule2: int
+    rule3: int | None
 
 
 _COLUMNS = (
@@ -285,7 +311,7 @@ class Ledger:
 
     def verify_chain(self, batch: int = 1000) -> ChainReport:
         """Recompute every hash under its rule; report the first row whose position, link or hash is wrong."""
-        rule2 = self.rule2_start()
+        rules = self.chain_rules()
         prev, checked, after = GENESIS_HASH, 0, 0
         while True:
             try:
@@ -294,7 +320,7 @@ class Ledger:
             except DBAPIError as exc:
                 raise translate(exc) from exc
             for row in rows:
-                problem = _chain_problem(row, prev, after + 1, rule2)
+                problem = _chain_problem(row, prev, after + 1, rules)
                 if problem:
                     return ChainReport(False, checked, row.position, problem)
                 prev, checked, after = row.hash, checked + 1, row.position
@@ -303,14 +329,19 @@ class Ledger:
 
     def rule2_start(self) -> int:
         """The first position hashed by the database's rule 2 (migration 0007); earlier rows use rule 1."""
+        return self.chain_rules().rule2
+
+    def chain_rules(self) -> ChainRules:
+        """Where the database's rules 2 (migration 0007) and 3 (0012, None before it) start."""
         try:
             with self.engine.connect() as conn:
-                value = conn.execute(text("SELECT first_position FROM event_chain_rules WHERE rule = 2")).scalar()
+                found = conn.execute(text("SELECT rule, first_position FROM event_chain_rules")).all()
         except DBAPIError as exc:
             raise translate(exc) from exc
-        if value is None:
+        rows = {int(rule): int(first) for rule, first in found}
+        if 2 not in rows:
             raise LedgerError("event_chain_rules has no rule 2: the ledger's schema is older than migration 0007")
-        return int(value)
+        return ChainRules(rows[2], rows.get(3))
 
     def hashes_at(self, positions: Sequence[int]) -> dict[int, str]:
         """The stored hash of each of ``positions`` that exists."""
@@ -374,11 +405,11 @@ def _lock(key: int) -> dict[str, int]:
 
 _CHAIN_ROWS = text(
     "SELECT position, stream, version, type, data::text AS data_text, actor, idempotency_key, occurred_at, "
-    "recorded_at, prev_hash, hash FROM events WHERE position > :after ORDER BY position LIMIT :n"
+    "recorded_at, recorded_by, prev_hash, hash FROM events WHERE position > :after ORDER BY position LIMIT :n"
 )
 
 
-def _chain_problem(row: Any, prev: str, position: int, rule2: int) -> str | None:
+def _chain_problem(row: Any, prev: str, position: int, rules: ChainRules) -> str | None:
     """What is wrong with ``row`` as the event at ``position`` after a row hashed ``prev``, if anything."""
     if row.position != position:
         missing = str(position) if row.position == position + 1 else f"{position}..{row.position - 1}"
@@ -388,19 +419,21 @@ def _chain_problem(row: Any, prev: str, position: int, rule2: int) -> str | None
             f"position {row.position}: prev_hash does not match the previous event's hash "
             "(an event was removed, inserted or reordered)"
         )
-    if row.hash != stored_hash(row, prev, rule2):
+    if row.hash != stored_hash(row, prev, rules):
         return f"position {row.position}: hash does not match its contents (the event was altered)"
     return None
 
 
-def stored_hash(row: Any, prev: str, rule2: int) -> str:
+def stored_hash(row: Any, prev: str, rules: ChainRules) -> str:
     """The hash ``row`` (a ``_CHAIN_ROWS`` row) must carry, under the rule of its position."""
-    if row.position < rule2:
+    if row.position < rules.rule2:
         return event_hash_v1(prev, position=row.position, stream=row.stream, version=row.version,
                              type_name=row.type, data=json.loads(row.data_text), actor=row.actor,
                              occurred_at=row.occurred_at)  # fmt: skip
     stored = StoredRow(row.position, row.stream, row.version, row.type, row.data_text, row.actor,
-                       row.idempotency_key, row.occurred_at, row.recorded_at)  # fmt: skip
+                       row.idempotency_key, row.occurred_at, row.recorded_at, row.recorded_by)  # fmt: skip
+    if rules.rule3 is not None and row.position >= rules.rule3:
+        return event_hash_v3(prev, stored)
     return event_hash_v2(prev, stored)
 
 

@@ -53,6 +53,8 @@ events = Table(
     Column("idempotency_key", Text, unique=True, nullable=True),
     Column("occurred_at", TS, nullable=False),
     Column("recorded_at", TS, nullable=False, server_default=func.now()),
+    #: the inserting session_user, stamped by the chain trigger (migration 0012)
+    Column("recorded_by", Text, nullable=True),
     Column("prev_hash", Text, nullable=False),
     Column("hash", Text, nullable=False),
     UniqueConstraint("stream", "version", name="events_stream_version_key"),

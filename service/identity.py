@@ -4,14 +4,15 @@
   (``session_user``), with the roles it is a member of as its groups (``ledger.roles``).
 - The embedded default: the operating-system user (the data dir is that user's).
 
-``$JOBTREE_USER``/``$JOBTREE_GROUPS`` (and ``--as USER``, ``JobtreeApp``) then name
-someone else to act for. They are honoured only when the authenticated caller **may
-impersonate**: it is listed in the policy's ``impersonators`` or ``admins`` (an admin
-could list itself as an impersonator anyway), or its database session could rewrite
-the log regardless (a superuser or the owner of ``events``). Anyone else who names
-another identity is refused (exit 2, nothing written): a spoof gains nothing, and says
-so instead of being silently ignored. On a fresh embedded data dir (no policy yet) the
-OS user is about to become its admin, so it may name whom it acts as (tests, the demo).
+``--as USER`` and ``$JOBTREE_USER``/``$JOBTREE_GROUPS`` then name someone else to act
+for (the same rule for both; ``--as`` wins when both are given). They are honoured only
+when the authenticated caller **may impersonate**: it is listed in the policy's
+``impersonators`` or ``admins`` (an admin could list itself as an impersonator anyway),
+or its database session could rewrite the log regardless (a superuser or the owner of
+``events``) or record for anyone (a member of ``jobtree_service``). Anyone else who
+names another identity is refused (exit 2, nothing written): a spoof gains nothing, and
+says so instead of being silently ignored. On a fresh embedded data dir (no policy yet)
+the OS user is about to become its admin, so it may name whom it acts as (tests, the demo).
 """
 
 from __future__ import annotations
@@ -90,11 +91,13 @@ def _groups(raw: str) -> frozenset[str]:
     return frozenset(g.strip() for g in raw.split(",") if g.strip())
 
 
-def resolve_caller(ledger: Ledger, auth: Authenticated, env: Mapping[str, str] | None = None) -> Identity:
-    """The caller this invocation acts as: ``auth``'s identity, or the one ``$JOBTREE_USER``/``$JOBTREE_GROUPS`` name
-    when ``auth`` may impersonate (else ``Forbidden``)."""
+def resolve_caller(
+    ledger: Ledger, auth: Authenticated, env: Mapping[str, str] | None = None, as_user: str | None = None
+) -> Identity:
+    """The caller this invocation acts as: ``auth``'s identity, or the one ``--as`` (``as_user``, first) or
+    ``$JOBTREE_USER``/``$JOBTREE_GROUPS`` name when ``auth`` may impersonate (else ``Forbidden``)."""
     env = os.environ if env is None else env
-    user = env.get(USER_ENV) or None
+    user = as_user or env.get(USER_ENV) or None
     raw_groups = env.get(GROUPS_ENV)
     groups = _groups(raw_groups) if raw_groups is not None else None
     me = auth.identity
@@ -103,11 +106,12 @@ def resolve_caller(ledger: Ledger, auth: Authenticated, env: Mapping[str, str] |
     policy = queries.current_policy(ledger.engine)
     allowed = auth.trusted or may_impersonate(me, policy) or (auth.embedded and policy is None)
     if not allowed:
-        field = f"${USER_ENV}" if user not in (None, me.user) else f"${GROUPS_ENV}"
+        named = "--as" if as_user else f"${USER_ENV}"
+        field = named if user not in (None, me.user) else f"${GROUPS_ENV}"
         raise Forbidden(
             field,
             f"{auth.source} authenticated you as {me.user}; acting as another user or group is honoured only for "
-            "the policy's impersonators and admins (docs/identity.md). Unset it to act as yourself",
+            "the policy's impersonators and admins (docs/identity.md). Leave it out to act as yourself",
         )
     acting = user or me.user
     if groups is None:

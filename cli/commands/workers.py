@@ -128,7 +128,7 @@ def intake_service(ledger: Ledger, clock: Clock = wall_clock) -> Callable[[], In
     """A fresh service per pass (a new logical "now"), acting as the intake's identity."""
 
     def make() -> IntakeService:
-        from binder.intake import INTAKE_ACTOR
+        from binder.admission import INTAKE_ACTOR
 
         now = JobtreeApp.resolve_now(ledger, None, clock())
         return IntakeService(cluster_app(ledger, Identity(INTAKE_ACTOR, frozenset()), now))
@@ -284,7 +284,8 @@ def intake(
         grace_period = parse_duration(grace)
     except ValueError as exc:
         raise BadInput("--grace", str(exc)) from None
-    from binder.intake import INTAKE_ACTOR, Intake
+    from binder.admission import INTAKE_ACTOR
+    from binder.intake import Intake
 
     address = _webhook_address(webhook, no_webhook)
     tls = _webhook_tls(webhook_cert, webhook_key)
@@ -293,7 +294,7 @@ def intake(
     ledger = open_ledger()
     require_impersonator(ledger, INTAKE_ACTOR)  # it acts for the users the API server authenticated
     service = intake_service(ledger)
-    admissions = None if no_webhook else Admissions()
+    admissions = None if no_webhook else Admissions(ledger)
     if address is not None and admissions is not None:
         _serve_webhook(address, (tls, webhook_client_ca), service, admissions)
     worker = Intake(_connect(kubeconfig, kube_context), service, grace=grace_period, admissions=admissions,

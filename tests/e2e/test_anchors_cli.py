@@ -21,7 +21,10 @@ from tests.e2e.conftest import CLI, EXAMPLES
 
 pytestmark = pytest.mark.no_planner  # the history must hold still while it is tampered with
 
-HASH = "jobtree_event_hash(%s, position, stream, version, type, actor, idempotency_key, occurred_at, recorded_at, data)"
+HASH = (
+    "jobtree_event_hash3(%s, position, stream, version, type, actor, idempotency_key, occurred_at, recorded_at, "
+    "recorded_by, data)"
+)
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from tests.conftest import PgServer, migrate_to
 from tests.e2e.conftest import EXAMPLES, Result, run_cli
 
 #: login roles in jobtree_app; ``bob`` is in the team role ``rai`` (the example budget's ``group:rai``)
-PEOPLE = ("ops", "alice", "bob", "mallory")
+PEOPLE = ("ops", "alice", "bob", "mallory", "svc")
 GROUPS = {"bob": "rai"}
 
 Runner = Callable[..., Result]
@@ -40,6 +40,7 @@ def _make_roles(server_url: str) -> None:
             conn.execute(f"GRANT jobtree_app TO {name}")
         for member, group in GROUPS.items():
             conn.execute(f"GRANT {group} TO {member}")
+        conn.execute("GRANT jobtree_service TO svc")  # a service's login (migration 0012)
 
 
 def as_role(url: str, role: str) -> str:
@@ -138,6 +139,22 @@ def test_an_impersonator_in_the_policy_may_act_for_a_user(team: Runner, tmp_path
     assert again.code == 0, again.err
 
 
+def test_as_is_honoured_exactly_like_jobtree_user(team: Runner, database_url: str) -> None:
+    """For a session that could rewrite the log (the superuser) or a service, ``--as`` acts as the user."""
+    submitted = team(None, "submit", "-f", str(EXAMPLES / "resnet-small.yaml"), "--as", "alice")
+    assert submitted.code == 0, submitted.err
+    cancelled = team("svc", "cancel", "rai-sys/resnet-small", "--as", "alice")
+    assert cancelled.code == 0, cancelled.err
+    assert team("svc", "get", "runs", "-A", env={"JOBTREE_USER": "bob"}).code == 0
+    with psycopg.connect(libpq_url(database_url)) as conn:
+        rows = conn.execute(
+            "SELECT type, actor, data->>'submitter', recorded_by FROM events "
+            "WHERE type IN ('RunSubmitted', 'RunCancelRequested') ORDER BY position"
+        ).fetchall()
+        superuser = conn.execute("SELECT session_user").fetchone()[0]  # type: ignore[index]
+    assert rows == [("RunSubmitted", "alice", "alice", superuser), ("RunCancelRequested", "alice", None, "svc")]
+
+
 def test_a_researcher_role_cannot_bootstrap_itself_into_an_admin(cli: Runner, count: Callable[[], int]) -> None:
     result = cli("mallory", "nodes", "apply", "-f", str(EXAMPLES / "cluster.yaml"))
     assert result.code == 2 and "no admins yet" in result.err and "db migrate --admin" in result.err
@@ -208,5 +225,6 @@ def test_reapplying_unchanged_objects_writes_nothing_and_says_unchanged(
 def test_the_intake_starts_only_for_a_role_that_may_impersonate(team: Runner) -> None:
     refused = team("mallory", "workers", "intake", "--once", "--no-webhook", "--kubeconfig", "/nonexistent/kubeconfig")
     assert refused.code == 2 and "impersonators" in refused.err and "mallory" in refused.err
-    allowed = team("ops", "workers", "intake", "--once", "--no-webhook", "--kubeconfig", "/nonexistent/kubeconfig")
-    assert allowed.code == 2 and "--kubeconfig" in allowed.err, "ops passed the identity check"
+    for role in ("ops", "svc"):  # an admin; a member of jobtree_service
+        allowed = team(role, "workers", "intake", "--once", "--no-webhook", "--kubeconfig", "/nonexistent/kubeconfig")
+        assert allowed.code == 2 and "--kubeconfig" in allowed.err, f"{role} passed the identity check"

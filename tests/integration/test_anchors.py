@@ -15,7 +15,10 @@ from ledger.embedded import libpq_url
 from ledger.store import Ledger
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
-HASH = "jobtree_event_hash(%s, position, stream, version, type, actor, idempotency_key, occurred_at, recorded_at, data)"
+HASH = (
+    "jobtree_event_hash3(%s, position, stream, version, type, actor, idempotency_key, occurred_at, recorded_at, "
+    "recorded_by, data)"
+)
 
 
 def nodes(count: int, prefix: str = "n") -> list[ev.NewEvent]:

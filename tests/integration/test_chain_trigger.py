@@ -21,7 +21,7 @@ from sqlalchemy import create_engine, text
 from ledger import events as ev
 from ledger.embedded import alembic_config, create_database, libpq_url, migrate, sqlalchemy_url
 from ledger.errors import ChainRefused
-from ledger.store import GENESIS_HASH, Ledger, StoredRow, event_hash_v1, event_text_v2
+from ledger.store import GENESIS_HASH, Ledger, StoredRow, event_hash_v1, event_text_v2, event_text_v3
 from tests.conftest import PgServer
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -217,13 +217,15 @@ def test_python_builds_the_databases_canonical_text(ledger: Ledger, raw: psycopg
     ledger.append([node("x-0")], actor="a", at=T0, idempotency_key="bind:ü/1")
     rows = raw.execute(
         "SELECT position, stream, version, type, data::text, actor, idempotency_key, occurred_at, recorded_at, "
-        "prev_hash, jobtree_event_text(prev_hash, position, stream, version, type, actor, idempotency_key, "
-        "occurred_at, recorded_at, data) FROM events ORDER BY position"
+        "recorded_by, prev_hash, jobtree_event_text3(prev_hash, position, stream, version, type, actor, "
+        "idempotency_key, occurred_at, recorded_at, recorded_by, data), jobtree_event_text(prev_hash, position, "
+        "stream, version, type, actor, idempotency_key, occurred_at, recorded_at, data) FROM events ORDER BY position"
     ).fetchall()
     assert len(rows) == len(AWKWARD) + 1
     for row in rows:
-        stored = StoredRow(*row[:9])
-        assert event_text_v2(row[9], stored) == row[10]
+        stored = StoredRow(*row[:10])
+        assert event_text_v3(row[10], stored) == row[11]
+        assert event_text_v2(row[10], stored) == row[12], "rule 2 (rows recorded before 0012) still agrees"
     assert rows[-1][6] == "bind:ü/1"
     report = ledger.verify_chain()
     assert report.ok and report.checked == len(rows), report.message

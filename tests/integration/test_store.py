@@ -22,7 +22,7 @@ from ledger.embedded import (
     stop_embedded,
 )
 from ledger.errors import ConcurrencyError, ImmutableLedgerError, translate
-from ledger.store import GENESIS_HASH, Ledger, StoredRow, event_hash_v2
+from ledger.store import GENESIS_HASH, Ledger, StoredRow, event_hash_v3
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 RUN_SPEC = {"owner": "org:a", "resources": {"gpuType": "H100-80GB", "totalGPUs": 8}}
@@ -227,8 +227,10 @@ def test_hash_chain_links_every_event(ledger: Ledger) -> None:
     assert rows[0]["prev_hash"] == GENESIS_HASH and rows[1]["prev_hash"] == rows[0]["hash"]
     with ledger.engine.connect() as conn:
         data_text = conn.execute(text("SELECT data::text FROM events WHERE position = 1")).scalar_one()
-    row = StoredRow(1, "node:a-0", 1, "NodeRegistered", data_text, "admin", None, T0, rows[0]["recorded_at"])
-    expected = event_hash_v2(GENESIS_HASH, row)
+    row = StoredRow(1, "node:a-0", 1, "NodeRegistered", data_text, "admin", None, T0, rows[0]["recorded_at"],
+                    rows[0]["recorded_by"])  # fmt: skip
+    assert row.recorded_by, "the database stamped its session user"
+    expected = event_hash_v3(GENESIS_HASH, row)
     assert rows[0]["hash"] == expected
 
 

@@ -68,9 +68,9 @@ def forge(database_url: str, type_name: str, data: object) -> int:
         with conn.transaction():
             conn.execute("SET LOCAL session_replication_role = replica")
             conn.execute(
-                "INSERT INTO events (position, stream, version, type, data, actor, occurred_at, prev_hash, hash) "
-                "SELECT %(p)s, %(s)s, 1, %(t)s, d, 'mallory', now(), %(prev)s, "
-                "jobtree_event_hash(%(prev)s, %(p)s, %(s)s, 1, %(t)s, 'mallory', NULL, now(), now(), d) "
+                "INSERT INTO events (position, stream, version, type, data, actor, occurred_at, recorded_by, "
+                "prev_hash, hash) SELECT %(p)s, %(s)s, 1, %(t)s, d, 'mallory', now(), session_user, %(prev)s, "
+                "jobtree_event_hash3(%(prev)s, %(p)s, %(s)s, 1, %(t)s, 'mallory', NULL, now(), now(), session_user, d) "
                 "FROM (SELECT %(d)s::jsonb AS d) AS payload",
                 {"p": position, "s": stream, "t": type_name, "d": json.dumps(data), "prev": prev},
             )

@@ -23,8 +23,9 @@ from tests.k8s.conftest import Cluster, example
 
 @pytest.fixture
 def webhooked(cluster: Cluster) -> Iterator[tuple[Cluster, WebhookServer]]:
-    """The cluster fixture with an intake that requires admissions, and its webhook on loopback."""
-    admissions = Admissions()
+    """The cluster fixture with an intake that requires admissions (kept in its ledger), and its webhook on
+    loopback."""
+    admissions = Admissions(cluster.ledger, cluster.clock)
     service = intake_service(cluster.ledger, cluster.clock)
     cluster.intake = Intake(cluster.api, service, grace=timedelta(minutes=5), admissions=admissions)
     server = WebhookServer("127.0.0.1", 0, lambda o, u, g: service().authorize(o, u, g), admissions).start()
@@ -148,6 +149,26 @@ def test_a_run_without_an_admission_is_rejected_and_nothing_written(
     assert _admit(server, denied, "alice", operation="UPDATE")["allowed"] is True  # alice changes it
     cluster.settle()
     assert _submitted(cluster) == [("alice", "alice")]
+
+
+def test_an_admission_outlives_the_intake_that_recorded_it(webhooked: tuple[Cluster, WebhookServer]) -> None:
+    cluster, server = webhooked
+    _setup(cluster)
+    stored = _run(cluster)
+    assert _admit(server, stored, "carol", ["rai", "system:authenticated"])["allowed"] is True
+    [reviewed] = [r for r in cluster.ledger.read() if r.event.TYPE == "AdmissionReviewed"]
+    assert (reviewed.actor, reviewed.event.user, reviewed.event.groups) == (
+        "jobtree-intake", "carol", ("rai", "system:authenticated"))  # fmt: skip
+    assert reviewed.event.uid == stored["metadata"]["uid"] and reviewed.event.name == "resnet-small"
+
+    # the intake restarts before it saw the Run (or another replica's webhook admitted it): nothing in memory
+    fresh = Admissions(cluster.ledger, cluster.clock)
+    cluster.intake = Intake(cluster.api, intake_service(cluster.ledger, cluster.clock), grace=timedelta(minutes=5),
+                            admissions=fresh)  # fmt: skip
+    cluster.settle()
+
+    assert _submitted(cluster) == [("carol", "carol")]
+    assert cluster.status("runs", "rai-sys", "resnet-small")["phase"] == "Running"
 
 
 def test_other_resources_and_the_status_subresource_are_allowed_and_not_recorded(

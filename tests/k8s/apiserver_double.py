@@ -442,7 +442,7 @@ def _openapi_to_jsonschema(node: Any) -> Any:
 
 def _validate_custom(plural: str, body: Obj) -> None:
     """422 Invalid for a Run or Budget the CRD's OpenAPI schema refuses (metadata is the server's business)."""
-    from binder import kube_crds
+    from binder.kube import crds as kube_crds
 
     crd = kube_crds.run_crd() if plural == "runs" else kube_crds.budget_crd()
     schema = _openapi_to_jsonschema(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])

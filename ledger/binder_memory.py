@@ -41,6 +41,7 @@ class MemoryBinderReads:
     pods: dict[str, list[tuple[int, tuple[str, ...]]]] = field(default_factory=dict)  # lease -> PodBound
     node_events: list[tuple[str, str, str, Obj]] = field(default_factory=list)  # node, type, actor, data
     recorded: list[ev.Recorded] = field(default_factory=list)
+    keys: dict[str, list[ev.Recorded]] = field(default_factory=dict)  # idempotency key -> records
 
     @classmethod
     def of(cls, records: Iterable[ev.Recorded]) -> MemoryBinderReads:
@@ -53,10 +54,14 @@ class MemoryBinderReads:
     def append(
         self, events: Sequence[ev.NewEvent], *, actor: str, at: datetime, idempotency_key: str | None = None
     ) -> list[ev.Recorded]:
-        """Record and fold ``events`` (the idempotency key is not checked: one writer, no retries)."""
+        """Record and fold ``events``; a key used before returns the earlier records, as ``Ledger`` does."""
+        if idempotency_key is not None and idempotency_key in self.keys:
+            return self.keys[idempotency_key]
         start = len(self.recorded)
         out = [ev.Recorded(start + i + 1, n.stream, 1, n.event, actor, at) for i, n in enumerate(events)]
         self.fold(out)
+        if idempotency_key is not None:
+            self.keys[idempotency_key] = out
         return out
 
     def fold(self, records: Iterable[ev.Recorded]) -> None:

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 from binder.admission import Admissions, Admitted
 from binder.intake_status import budget_status, rejected_status, run_statuses
 from binder.kube.client import KubeApi
-from binder.kube.errors import KubeError, KubeGone, KubeNotFound
+from binder.kube.errors import KubeError, KubeForbidden, KubeGone, KubeNotFound, KubeUnauthorized
 from binder.kube.nodes import NodeFacts, node_facts, unhealthy_reason
 from binder.ports import IntakeReads
 from ledger.events import NewEvent, NodeFailed, NodeRecovered, node_stream, run_key
@@ -156,6 +156,8 @@ class Intake:
         handler = {"nodes": self._node, "budgets": self._budget, "runs": self._run}[resource]
         try:
             handler(svc, kind, obj)
+        except (KubeForbidden, KubeUnauthorized):
+            raise  # RBAC or credentials: the worker stops with the message, no object is to blame
         except KubeError as exc:
             log.warning("%s %s/%s: %s", resource, *key, exc)
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from binder.kube import pods as kp
 from binder.kube.client import KubeApi
-from binder.kube.errors import KubeConflict, KubeError, KubeNotFound, KubeUnavailable
+from binder.kube.errors import NOT_ABOUT_THE_OBJECT, KubeConflict, KubeError, KubeNotFound
 from binder.ports import BindDeferred, BinderReads, BindError, LeaseToBind, Slot
 from ledger.events import Event, RunCompleted
 
@@ -177,7 +177,7 @@ def bind(api: KubeApi, reads: BinderReads, lease: LeaseToBind) -> tuple[str, ...
                 raise BindDeferred(f"pod {namespace}/{name} was bound elsewhere meanwhile") from None
         except KubeNotFound as exc:
             raise BindDeferred(f"pod {namespace}/{name} vanished: {exc}") from None
-        except KubeUnavailable:
+        except NOT_ABOUT_THE_OBJECT:
             raise
         except KubeError as exc:
             raise BindError(f"binding {namespace}/{name} to {lease.node}: {exc}") from exc

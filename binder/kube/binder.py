@@ -20,7 +20,7 @@ from typing import Any
 from binder.kube import adopt as kube_adopt
 from binder.kube import pods as kp
 from binder.kube.client import KubeApi
-from binder.kube.errors import KubeConflict, KubeError, KubeNotFound, KubeUnavailable
+from binder.kube.errors import NOT_ABOUT_THE_OBJECT, KubeConflict, KubeError, KubeNotFound
 from binder.ports import BinderReads, BindError, GroupLease, LeaseToBind
 from ledger.binder_reads import PgBinderReads
 from ledger.events import Event, RunCompleted
@@ -62,14 +62,14 @@ class KubeBinder:
         if lease.role not in WORKLOAD_ROLES:
             return ()  # a Spare lease holds a standby node: no pod runs there
         if kube_adopt.user_managed(self.api, lease.run):
-            return kube_adopt.bind(self.api, self.reads, lease)  # the users' own pods (binder/kube_adopt.py)
+            return kube_adopt.bind(self.api, self.reads, lease)  # the users' own pods (binder/kube/adopt.py)
         plan = self._plan(lease)
         manifest = kp.pod_manifest(plan, _run_spec(self.reads, lease.run).get("template"))
         try:
             pod = self.api.create_pod(plan.namespace, manifest)
         except KubeConflict:
             pod = self._existing(plan)
-        except KubeUnavailable:
+        except NOT_ABOUT_THE_OBJECT:
             raise
         except KubeError as exc:
             raise BindError(f"creating pod {plan.namespace}/{plan.name}: {exc}") from exc

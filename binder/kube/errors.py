@@ -94,6 +94,10 @@ class KubeConnectionError(KubeUnavailable):
     """No HTTP answer at all: connection refused or reset, timeout, TLS failure."""
 
 
+#: Errors that say nothing about the object at hand: a worker does not record them against
+#: a lease or an object, it retries (transient) or stops with the message (credentials, RBAC).
+NOT_ABOUT_THE_OBJECT: tuple[type[KubeError], ...] = (KubeUnavailable, KubeForbidden, KubeUnauthorized)
+
 _BY_STATUS: dict[int, type[KubeError]] = {
     401: KubeUnauthorized,
     403: KubeForbidden,

@@ -124,3 +124,17 @@ def test_a_403_is_one_line_naming_the_permission(
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err and len(err.splitlines()) == 1
     assert "list pods" in err and "cannot list resource" in err
+
+
+def test_a_403_on_create_stops_the_binder_instead_of_failing_the_lease(cluster: Cluster) -> None:
+    cluster.add_fleet()
+    cluster.apply(example("budget-rai-sys.yaml", namespace="rai-sys"))
+    cluster.apply(example("resnet-small.yaml"))
+    cluster.intake.resync()
+    cluster.plan()
+    forbidden = 'pods is forbidden: User "binder" cannot create resource "pods" in the namespace "rai-sys"'
+    cluster.double.fail(403, times=None, method="POST", path="/pods$", message=forbidden)
+    with pytest.raises(KubeForbidden) as caught:
+        cluster.bind()
+    assert caught.value.permission() == "create pods"
+    assert cluster.events("PodBindFailed") == []  # RBAC is no fault of the lease: nothing recorded against it

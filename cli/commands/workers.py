@@ -303,8 +303,12 @@ def intake(
     worker = Intake(
         _connect(kubeconfig, kube_context), service, grace=grace_period, admissions=admissions, cluster=cluster
     )
-    worker.resync()
-    console.print(f"intake: {sum(len(v) for v in worker.objects.values())} object(s) listed")
+
+    def listed() -> str:
+        worker.resync()
+        return f"intake: {sum(len(v) for v in worker.objects.values())} object(s) listed"
+
+    _loop(listed, True, 0)  # the first listing: a refusal or an unreachable API is one line, exit 1
     if once:
         return
 

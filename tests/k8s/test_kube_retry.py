@@ -138,3 +138,19 @@ def test_a_403_on_create_stops_the_binder_instead_of_failing_the_lease(cluster: 
         cluster.bind()
     assert caught.value.permission() == "create pods"
     assert cluster.events("PodBindFailed") == []  # RBAC is no fault of the lease: nothing recorded against it
+
+
+def test_an_intake_refused_its_first_list_says_so_in_one_line(
+    double: ApiServerDouble, database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(_kubeconfig(tmp_path / "kubeconfig", double.url))
+    message = 'nodes is forbidden: User "intake" cannot list resource "nodes" in API group "" at the cluster scope'
+    double.fail(403, times=None, method="GET", path="/nodes$", message=message)
+    try:
+        run(["workers", "intake", "--once", "--no-webhook", "--kubeconfig", config, "--db", database_url])
+    except SystemExit as exc:
+        assert exc.code == 1
+    else:
+        raise AssertionError("the intake should have failed")
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and "list nodes" in err

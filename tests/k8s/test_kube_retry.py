@@ -76,12 +76,17 @@ def test_other_errors_are_not_retried(double: ApiServerDouble) -> None:
     api.close()
 
 
-def test_the_binder_retries_429_and_5xx_then_binds(cluster: Cluster) -> None:
+def _planned(cluster: Cluster) -> None:
+    """A run submitted through its object and planned: one lease waiting for the binder."""
     cluster.add_fleet()
     cluster.apply(example("budget-rai-sys.yaml", namespace="rai-sys"))
     cluster.apply(example("resnet-small.yaml"))
     cluster.intake.resync()
     cluster.plan()
+
+
+def test_the_binder_retries_429_and_5xx_then_binds(cluster: Cluster) -> None:
+    _planned(cluster)
     cluster.double.fail(429, times=2, method="GET", path=PODS, retry_after=0)  # the binder's pod listing
     cluster.double.fail(429, times=1, method="POST", path="/pods$", retry_after=0)  # create
     cluster.double.fail(503, times=1, method="POST", path="/binding$")  # bind
@@ -127,11 +132,7 @@ def test_a_403_is_one_line_naming_the_permission(
 
 
 def test_a_403_on_create_stops_the_binder_instead_of_failing_the_lease(cluster: Cluster) -> None:
-    cluster.add_fleet()
-    cluster.apply(example("budget-rai-sys.yaml", namespace="rai-sys"))
-    cluster.apply(example("resnet-small.yaml"))
-    cluster.intake.resync()
-    cluster.plan()
+    _planned(cluster)
     forbidden = 'pods is forbidden: User "binder" cannot create resource "pods" in the namespace "rai-sys"'
     cluster.double.fail(403, times=None, method="POST", path="/pods$", message=forbidden)
     with pytest.raises(KubeForbidden) as caught:

@@ -55,6 +55,18 @@ def double() -> Iterator[ApiServerDouble]:
         yield server
 
 
+@pytest.fixture
+def api(double: ApiServerDouble) -> Iterator[KubeApi]:
+    client = KubeApi.for_host(double.url)
+    yield client
+    client.close()
+
+
+def _two_leases(memory: MemoryBinderReads, second_node: str) -> None:
+    started = [_started("L1", "a-0", (0, 1, 2, 3)), _started("L2", second_node, (0, 1, 2, 3))]
+    memory.append(started, actor="p", at=T0)
+
+
 class Recording(SimulatedCluster):
     def __init__(self, refuse: dict[str, BindError] | None = None) -> None:
         self.asked: list[str] = []
@@ -72,7 +84,7 @@ def _types(memory: MemoryBinderReads) -> list[str]:
 
 
 def test_every_unbound_lease_is_bound_once(memory: MemoryBinderReads) -> None:
-    memory.append([_started("L1", "a-0", (0, 1, 2, 3)), _started("L2", "a-1", (0, 1, 2, 3))], actor="p", at=T0)
+    _two_leases(memory, "a-1")
     backend = Recording()
     assert bind_pending(memory, backend, T0, reads=memory) == 2
     assert bind_pending(memory, backend, T0, reads=memory) == 0  # nothing is unbound any more
@@ -102,12 +114,11 @@ def test_a_refused_bind_is_reported_and_a_deferred_one_is_not(memory: MemoryBind
 
 
 def test_kube_binder_creates_one_pod_per_group_and_node_and_none_for_spares(
-    memory: MemoryBinderReads, double: ApiServerDouble
+    memory: MemoryBinderReads, double: ApiServerDouble, api: KubeApi
 ) -> None:
     memory.append([_started("L1", "a-0", (0, 1, 2, 3)), _started("L2", "a-1", (0, 1, 2, 3)),
                    _started("L3", "a-0", (4, 5), role="Fill", group=1), _started("L4", "b-0", (0,), role="Spare")],
                   actor="p", at=T0)  # fmt: skip
-    api = KubeApi.for_host(double.url)
     bound, facts, removed = reconcile(memory, KubeBinder(api, memory), T0, reads=memory)
     assert (bound, facts, removed) == (4, 0, 0)
     pods = {p["metadata"]["name"]: p for p in double.pods("ns")}
@@ -115,14 +126,12 @@ def test_kube_binder_creates_one_pod_per_group_and_node_and_none_for_spares(
     env = {e["name"]: e["value"] for e in pods[kp.pod_name(RUN, 0, "a-1")]["spec"]["containers"][0]["env"]}
     assert (env["JOBTREE_WORLD_SIZE"], env["JOBTREE_GROUP_GPUS"], env["JOBTREE_GPUS"]) == ("2", "8", "4")
     assert {p["spec"]["nodeName"] for p in pods.values()} == {"a-0", "a-1"}
-    api.close()
 
 
 def test_kube_binder_deletes_the_pod_of_an_ended_lease_and_reports_completion(
-    memory: MemoryBinderReads, double: ApiServerDouble
+    memory: MemoryBinderReads, double: ApiServerDouble, api: KubeApi
 ) -> None:
-    memory.append([_started("L1", "a-0", (0, 1, 2, 3)), _started("L2", "a-1", (0, 1, 2, 3))], actor="p", at=T0)
-    api = KubeApi.for_host(double.url)
+    _two_leases(memory, "a-1")
     binder = KubeBinder(api, memory)
     reconcile(memory, binder, T0, reads=memory)
     memory.append([ev.NewEvent("plan:0", ev.LeaseEnded("L2", "Shrunk"))], actor="p", at=T0)
@@ -133,14 +142,12 @@ def test_kube_binder_deletes_the_pod_of_an_ended_lease_and_reports_completion(
     assert reconcile(memory, binder, T0, reads=memory) == (0, 1, 0)
     reconcile(memory, binder, T0, reads=memory)  # observed again: the same idempotency key, nothing new
     assert _types(memory).count("RunCompleted") == 1
-    api.close()
 
 
 def test_a_cluster_binder_binds_and_removes_only_on_its_nodes(
-    memory: MemoryBinderReads, double: ApiServerDouble
+    memory: MemoryBinderReads, double: ApiServerDouble, api: KubeApi
 ) -> None:
-    memory.append([_started("L1", "a-0", (0, 1, 2, 3)), _started("L2", "b-0", (0, 1, 2, 3))], actor="p", at=T0)
-    api = KubeApi.for_host(double.url)
+    _two_leases(memory, "b-0")
     east = KubeBinder(api, memory)
     assert reconcile(memory, east, T0, "east", reads=memory)[0] == 1
     assert [p["spec"]["nodeName"] for p in double.pods("ns")] == ["b-0"]
@@ -149,4 +156,3 @@ def test_a_cluster_binder_binds_and_removes_only_on_its_nodes(
     memory.append([ev.NewEvent("plan:0", ev.LeaseEnded(i, "Completed")) for i in ("L1", "L2")], actor="p", at=T0)
     assert reconcile(memory, east, T0, "east", reads=memory)[2] == 1
     assert [p["spec"]["nodeName"] for p in double.pods("ns")] == ["a-0"]
-    api.close()

@@ -54,11 +54,11 @@ def write_scenario(sink: EventSink) -> None:
     sink.append([ev.NewEvent(ev.binder_stream(), b) for b in bound], actor="b", at=T0 + H)
     change = [ev.NewEvent("plan:0", ev.LeaseEnded("L1", "PayerChanged")),
               _lease("L5", "a-0", (0, 1, 2, 3), reason="PayerChanged", previous="L1")]  # fmt: skip
-    sink.append(change, actor="t", at=T0 + 2 * H)
+    sink.append(change, actor="t", at=T0 + 2 * H)  # L3 and L6 later share group 1's slot on a-0
     sink.append([_submit(R2), ev.NewEvent(ev.run_stream(R2), ev.RunDeferred(R2, "short of H100"))],
                 actor="t", at=T0 + 2 * H)  # fmt: skip
     failed = ev.NewEvent(ev.node_stream("b-0"), ev.NodeFailed("b-0", "kube:deleted"))
-    sink.append([failed], actor="jobtree-intake", at=T0 + 3 * H)
+    sink.append([failed, _lease("L6", "a-0", (6,), group=1, role="Fill")], actor="t", at=T0 + 3 * H)
 
 
 class BinderReadsContract:
@@ -67,14 +67,14 @@ class BinderReadsContract:
         raise NotImplementedError
 
     def test_unbound_and_open_leases_by_start_then_id(self, reads: BinderReads) -> None:
-        assert [x.lease_id for x in reads.unbound_leases()] == ["L2", "L4", "L5"]
-        assert reads.unbound_leases()[-1] == LeaseToBind("L5", R1, 0, "Active", "a-0", 4, "PayerChanged")
-        assert [x.lease_id for x in reads.open_leases()] == ["L2", "L3", "L4", "L5"]
+        assert [x.lease_id for x in reads.unbound_leases()] == ["L2", "L4", "L5", "L6"]
+        assert reads.unbound_leases()[2] == LeaseToBind("L5", R1, 0, "Active", "a-0", 4, "PayerChanged")
+        assert [x.lease_id for x in reads.open_leases()] == ["L2", "L3", "L4", "L5", "L6"]
         assert all(x.reason == "" for x in reads.open_leases())
 
     def test_a_cluster_sees_only_its_nodes(self, reads: BinderReads) -> None:
         assert [x.lease_id for x in reads.unbound_leases("east")] == ["L2", "L4"]
-        assert [x.lease_id for x in reads.open_leases("west")] == ["L3", "L5"]
+        assert [x.lease_id for x in reads.open_leases("west")] == ["L3", "L5", "L6"]
         assert reads.cluster_nodes("west") == frozenset({"a-0"})
         assert reads.cluster_nodes("north") == frozenset()
 
@@ -93,18 +93,21 @@ class BinderReadsContract:
         assert reads.submission_position("ns/none") == 0
 
     def test_slots_group_leases_and_bindings(self, reads: BinderReads) -> None:
-        assert reads.slots(R1) == [Slot(0, "b-0", 2, ("L2",)), Slot(0, "a-0", 4, ("L5",)), Slot(1, "a-0", 2, ("L3",))]
+        by_first_start = [Slot(0, "b-0", 2, ("L2",)), Slot(0, "a-0", 4, ("L5",)), Slot(1, "a-0", 3, ("L3", "L6"))]
+        assert reads.slots(R1) == by_first_start
         assert reads.group_leases(R1, 0) == [GroupLease("L2", "b-0", 2), GroupLease("L5", "a-0", 4)]
         assert sorted(reads.bindings(R1), key=lambda b: b.lease_id) == [
             LeaseBinding("L2", None),
             LeaseBinding("L3", ("p-fill",)),
             LeaseBinding("L5", None),
+            LeaseBinding("L6", None),
         ]
         assert reads.slots(R2) == [] and reads.bindings(R2) == []
 
     def test_latest_node_event(self, reads: BinderReads) -> None:
         registered = reads.latest_node_event("b-0", "NodeRegistered", actor="jobtree-intake")
         assert registered is not None and registered["labels"]["cluster"] == "east"
+        assert reads.latest_node_event("b-0", "NodeFailed", actor="jobtree-intake") is None  # written by "t"
         failed = reads.latest_node_event("b-0", "NodeFailed")
         assert failed is not None and failed["reason"] == "kube:deleted"
         assert reads.latest_node_event("b-0", "NodeRegistered", actor="someone") is None

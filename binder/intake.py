@@ -32,14 +32,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import text
-
 from binder.admission import INTAKE_ACTOR, Admissions, Admitted
 from binder.intake_status import budget_status, rejected_status, run_statuses
-from binder.kube import KubeApi, KubeError, KubeGone, KubeNotFound
-from binder.kube_nodes import NodeFacts, node_facts, unhealthy_reason
-from ledger import queries
+from binder.kube.client import KubeApi
+from binder.kube.errors import KubeError, KubeForbidden, KubeGone, KubeNotFound, KubeUnauthorized
+from binder.kube.nodes import NodeFacts, node_facts, unhealthy_reason
+from binder.ports import IntakeReads
 from ledger.events import NewEvent, NodeFailed, NodeRecovered, node_stream, run_key
+from ledger.intake_reads import PgIntakeReads
 from ledger.model import API_VERSION, Manifest, ManifestError, PolicySpec, validate_document
 from ledger.store import Ledger
 
@@ -137,7 +137,7 @@ class Intake:
         accepted = self._accepted_runs()
         objects = {run_key(ns, name): obj for (ns, name), obj in self.objects["runs"].items()}
         objects = {key: obj for key, obj in objects.items() if key in accepted}
-        statuses = run_statuses(svc.ledger.engine, {key: _generation(obj) for key, obj in objects.items()})
+        statuses = run_statuses(_reads(svc), {key: _generation(obj) for key, obj in objects.items()})
         for key, obj in objects.items():
             if key in statuses:
                 self._write("runs", obj, statuses[key])
@@ -155,6 +155,8 @@ class Intake:
         handler = {"nodes": self._node, "budgets": self._budget, "runs": self._run}[resource]
         try:
             handler(svc, kind, obj)
+        except (KubeForbidden, KubeUnauthorized):
+            raise  # RBAC or credentials: the worker stops with the message, no object is to blame
         except KubeError as exc:
             log.warning("%s %s/%s: %s", resource, *key, exc)
 
@@ -188,7 +190,7 @@ class Intake:
 
     def _run(self, svc: Service, kind: str, obj: Obj) -> None:
         ns, name = _key(obj)
-        active = queries.run_is_active(svc.ledger.engine, run_key(ns, name))
+        active = _reads(svc).run_is_active(run_key(ns, name))
         if kind == "DELETED":
             if active and ("runs", ns, name) in self.handled:
                 svc.cancel(ns, name)
@@ -246,7 +248,7 @@ class Intake:
         facts = self._facts(svc, obj)
         if facts is None:
             return
-        known = {n["name"]: n for n in queries.list_nodes(svc.ledger.engine)}.get(name)
+        known = _reads(svc).nodes().get(name)
         if known is not None and self.cluster and known["labels"]["cluster"] != self.cluster:
             log.warning("node %s: the ledger has it in cluster %r; this intake serves %r: ignored",
                         name, known["labels"]["cluster"], self.cluster)  # fmt: skip
@@ -290,20 +292,22 @@ class Intake:
 
     def _fail_vanished_nodes(self, svc: Service) -> None:
         present = {name for (_, name) in self.objects["nodes"]}
-        for node in queries.list_nodes(svc.ledger.engine):
-            if node["name"] not in present and self._serves(node) and _registered_by_intake(svc.ledger, node["name"]):
+        reads = _reads(svc)
+        for node in reads.nodes().values():
+            if node["name"] not in present and self._serves(node) and _registered_by_intake(reads, node["name"]):
                 self._set_failed(svc, node["name"], "kube:deleted")
 
     def _set_failed(self, svc: Service, name: str, reason: str) -> None:
-        node = {n["name"]: n for n in queries.list_nodes(svc.ledger.engine)}.get(name)
+        node = _reads(svc).nodes().get(name)
         if node is None or node["failed"] or not self._serves(node):
             return
         log.info("node %s failed: %s", name, reason)
         svc.ledger.append([NewEvent(node_stream(name), NodeFailed(name, reason))], actor=INTAKE_ACTOR, at=svc.now)
 
     def _set_recovered(self, svc: Service, name: str) -> None:
-        node = {n["name"]: n for n in queries.list_nodes(svc.ledger.engine)}.get(name)
-        if node is None or not node["failed"] or not self._serves(node) or not _failed_by_intake(svc.ledger, name):
+        reads = _reads(svc)
+        node = reads.nodes().get(name)
+        if node is None or not node["failed"] or not self._serves(node) or not _failed_by_intake(reads, name):
             return
         log.info("node %s recovered", name)
         svc.ledger.append([NewEvent(node_stream(name), NodeRecovered(name))], actor=INTAKE_ACTOR, at=svc.now)
@@ -365,21 +369,14 @@ def _manifest(obj: Obj, kind: str) -> Manifest:
         raise Rejected(str(exc)) from None
 
 
-def _registered_by_intake(ledger: Ledger, node: str) -> bool:
-    return _latest(ledger, node, "NodeRegistered", actor=INTAKE_ACTOR) is not None
+def _reads(svc: Service) -> IntakeReads:
+    return PgIntakeReads(svc.ledger.engine)
 
 
-def _failed_by_intake(ledger: Ledger, node: str) -> bool:
-    found = _latest(ledger, node, "NodeFailed")
+def _registered_by_intake(reads: IntakeReads, node: str) -> bool:
+    return reads.latest_node_event(node, "NodeRegistered", actor=INTAKE_ACTOR) is not None
+
+
+def _failed_by_intake(reads: IntakeReads, node: str) -> bool:
+    found = reads.latest_node_event(node, "NodeFailed")
     return found is not None and str(found.get("reason", "")).startswith("kube:")
-
-
-def _latest(ledger: Ledger, node: str, type_name: str, actor: str | None = None) -> Obj | None:
-    sql = "SELECT data FROM events WHERE stream = :s AND type = :t"
-    params: dict[str, Any] = {"s": node_stream(node), "t": type_name}
-    if actor is not None:
-        sql += " AND actor = :a"
-        params["a"] = actor
-    with ledger.engine.connect() as conn:
-        row = conn.execute(text(sql + " ORDER BY position DESC LIMIT 1"), params).scalar_one_or_none()
-    return dict(row) if row is not None else None

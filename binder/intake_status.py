@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine
-
-from ledger import queries
+from binder.ports import IntakeReads
 
 Obj = dict[str, Any]
 
@@ -52,16 +50,13 @@ def _open(reservation: Obj | None) -> Obj | None:
     return reservation
 
 
-def run_statuses(engine: Engine, generations: dict[str, int]) -> dict[str, Obj]:
+def run_statuses(reads: IntakeReads, generations: dict[str, int]) -> dict[str, Obj]:
     """The status of each accepted run (key -> generation) in a fixed number of ledger reads:
     the queue once, not once per run."""
-    keys = list(generations)
-    rows = queries.runs_in_queue(engine, keys)
-    reservations = queries.latest_reservations(engine, keys)
-    warnings = queries.conflict_warnings(engine, keys)
+    found = reads.queue_rows(list(generations))
     return {
-        key: run_status(row, _open(reservations.get(key)), warnings.get(key, []), generations[key])
-        for key, row in rows.items()
+        key: run_status(row, _open(found.reservations.get(key)), found.warnings.get(key, []), generations[key])
+        for key, row in found.runs.items()
     }
 
 

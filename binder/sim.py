@@ -6,18 +6,9 @@ own: the ledger (PodBound facts) is its memory, so applying is idempotent.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from ledger.binder_reads import LeaseToBind
 
-
-@dataclass(frozen=True, slots=True)
-class LeaseToBind:
-    lease_id: str
-    run: str
-    group: int
-    role: str
-    node: str
-    gpus: int
-    reason: str = ""  # why the lease started (a PayerChanged lease keeps its predecessor's pods)
+__all__ = ["LeaseToBind", "SimulatedCluster", "pod_name"]
 
 
 def pod_name(lease: LeaseToBind) -> str:

@@ -23,8 +23,8 @@ from typing import Any
 
 import yaml
 
-from binder import kube_runs
 from binder.kube import KubeApi, KubeError, KubeInvalid, KubeNotFound, KubeUnavailable
+from binder.kube import runs as kube_runs
 from cli import context
 from cli.errors import BadInput, CommandError, Forbidden, NotFound
 from cli.kubeswitch import LEDGER_ONLY, SWITCH, active, refuse

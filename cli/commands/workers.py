@@ -149,11 +149,15 @@ def _connect(kubeconfig: str | None, kube_context: str | None) -> KubeApi:
 
 
 def _loop(step: Callable[[], str], once: bool, interval: float) -> None:
-    from binder.kube import KubeUnavailable
+    from binder.kube import KubeForbidden, KubeUnauthorized, KubeUnavailable
 
     while True:
         try:
             console.print(step())
+        except KubeForbidden as exc:  # retrying cannot grant a permission: one line, exit 1
+            raise CommandError(f"Kubernetes {exc}; grant '{exc.permission()}' to this worker's account") from None
+        except KubeUnauthorized as exc:
+            raise CommandError(f"Kubernetes refused the credentials (401): {exc}") from None
         except KubeUnavailable as exc:
             if once:
                 raise CommandError(f"Kubernetes API unavailable: {exc}") from None
@@ -208,7 +212,7 @@ def binder(
         name = group or ("jobtree-binder-" + cluster if cluster else "jobtree-binder")
         sw.run_binder_group(ledger, backend, config, name, cluster, once, wall_clock)
         return
-    from binder.kube_binder import KubeBinder
+    from binder.kube.binder import KubeBinder
 
     if not isinstance(backend, KubeBinder):
         so.run_sim_binder(ledger, backend, once, interval, wall_clock, cluster)
@@ -234,7 +238,7 @@ def _cluster_value(value: str) -> str:
 
 
 def _kube_binder(ledger: Ledger, kubeconfig: str | None, kube_context: str | None, grace: int | None) -> Backend:
-    from binder.kube_binder import KubeBinder
+    from binder.kube.binder import KubeBinder
 
     return KubeBinder(_connect(kubeconfig, kube_context), ledger, grace)
 
@@ -297,10 +301,15 @@ def intake(
     admissions = None if no_webhook else Admissions(ledger)
     if address is not None and admissions is not None:
         _serve_webhook(address, (tls, webhook_client_ca), service, admissions)
-    worker = Intake(_connect(kubeconfig, kube_context), service, grace=grace_period, admissions=admissions,
-                    cluster=cluster)
-    worker.resync()
-    console.print(f"intake: {sum(len(v) for v in worker.objects.values())} object(s) listed")
+    worker = Intake(
+        _connect(kubeconfig, kube_context), service, grace=grace_period, admissions=admissions, cluster=cluster
+    )
+
+    def listed() -> str:
+        worker.resync()
+        return f"intake: {sum(len(v) for v in worker.objects.values())} object(s) listed"
+
+    _loop(listed, True, 0)  # the first listing: a refusal or an unreachable API is one line, exit 1
     if once:
         return
 

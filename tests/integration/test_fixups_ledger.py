@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from binder.worker import _KEPT_PODS, kept_pods
+from binder.worker import kept_pods
 from ledger import audit
 from ledger import events as ev
+from ledger.binder_reads import KEPT_PODS as _KEPT_PODS
 from ledger.queries import funding_usage, list_nodes
 from ledger.store import Ledger
 from tests.e2e.conftest import CLI, EXAMPLES, jt, planner  # noqa: F401  (the CLI fixture and its planner)

@@ -10,6 +10,8 @@ and shapes a real kube-apiserver gives:
 - Run and Budget custom objects (``rq.davidlangworthy.io/v1``): create, get,
   list, watch, delete, and merge-patch of the ``status`` subresource (which
   never bumps ``metadata.generation``);
+- injected failures (``fail``): the next N requests matching a method and path
+  answer 429 with ``Retry-After``, 5xx, or 403 with a kube-apiserver-like message;
 - watches stream newline-delimited JSON events after a ``resourceVersion`` and
   hold the connection until ``timeoutSeconds``; a ``resourceVersion`` older than
   the compaction floor gets an ``ERROR`` event with a 410 ``Expired`` Status.
@@ -105,6 +107,24 @@ class _Event:
     obj: Obj
 
 
+_REASONS = {403: "Forbidden", 429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable"}
+
+
+@dataclass
+class Fault:
+    """Answer ``code`` to the next ``times`` requests (None: every one) whose method and path match."""
+
+    code: int
+    times: int | None
+    method: str | None
+    path: re.Pattern[str]
+    retry_after: int | None
+    message: str
+
+    def matches(self, method: str, path: str) -> bool:
+        return (self.method is None or self.method == method) and bool(self.path.search(path))
+
+
 @dataclass
 class Store:
     """Objects keyed by (resource, namespace, name); one resourceVersion counter."""
@@ -116,6 +136,18 @@ class Store:
     lock: threading.Condition = field(default_factory=threading.Condition)
     requests: list[tuple[str, str]] = field(default_factory=list)
     impersonated: list[str] = field(default_factory=list)  # Impersonate-User headers seen (kubectl --as)
+    faults: list[Fault] = field(default_factory=list)
+
+    def fault_for(self, method: str, path: str) -> Fault | None:
+        with self.lock:
+            for fault in self.faults:
+                if fault.matches(method, path):
+                    if fault.times is not None:
+                        fault.times -= 1
+                        if fault.times <= 0:
+                            self.faults.remove(fault)
+                    return fault
+        return None
 
     def _record(self, resource: str, kind: str, obj: Obj) -> Obj:
         self.rv += 1
@@ -195,9 +227,11 @@ class Handler(BaseHTTPRequestHandler):
 
     # ------------------------------------------------------------ plumbing
 
-    def _send(self, code: int, body: Obj) -> None:
+    def _send(self, code: int, body: Obj, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(body).encode()
         self.send_response(code)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -214,6 +248,13 @@ class Handler(BaseHTTPRequestHandler):
         if self.headers.get("Impersonate-User"):
             self.server.store.impersonated.append(str(self.headers["Impersonate-User"]))
         parts = [p for p in url.path.split("/") if p]
+        fault = self.server.store.fault_for(method, url.path)
+        if fault is not None:
+            after = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+            self._body()  # drain the request so the connection stays usable
+            reason = _REASONS.get(fault.code, "InternalError")
+            self._send(fault.code, status_body(fault.code, reason, fault.message), after)
+            return
         try:
             route(self, method, parts, query)
         except ApiError as exc:
@@ -442,7 +483,7 @@ def _openapi_to_jsonschema(node: Any) -> Any:
 
 def _validate_custom(plural: str, body: Obj) -> None:
     """422 Invalid for a Run or Budget the CRD's OpenAPI schema refuses (metadata is the server's business)."""
-    from binder import kube_crds
+    from binder.kube import crds as kube_crds
 
     crd = kube_crds.run_crd() if plural == "runs" else kube_crds.budget_crd()
     schema = _openapi_to_jsonschema(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
@@ -542,6 +583,24 @@ class ApiServerDouble:
         with self.store.lock:
             self.store.floor = self.store.rv + 1
             self.store.log.clear()
+
+    def fail(
+        self,
+        code: int,
+        times: int | None = 1,
+        method: str | None = None,
+        path: str = "",
+        retry_after: int | None = None,
+        message: str | None = None,
+    ) -> None:
+        """Answer ``code`` to the next ``times`` requests (None: all) matching ``method`` and the regex ``path``.
+
+        429 carries ``Retry-After: retry_after`` when given; the body is a Status like kube-apiserver's.
+        """
+        default = {429: "Too many requests, please try again later.", 403: "forbidden"}.get(code, "internal error")
+        fault = Fault(code, times, method, re.compile(path), retry_after, message or default)
+        with self.store.lock:
+            self.store.faults.append(fault)
 
     def count(self, method: str, suffix: str) -> int:
         return sum(1 for m, p in self.store.requests if m == method and p.endswith(suffix))

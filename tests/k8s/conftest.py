@@ -14,7 +14,7 @@ import yaml
 
 from binder.intake import Intake
 from binder.kube import KubeApi
-from binder.kube_binder import KubeBinder
+from binder.kube.binder import KubeBinder
 from binder.worker import reconcile
 from cli.commands.workers import intake_service
 from ledger.store import Ledger

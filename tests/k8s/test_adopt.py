@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from binder import kube_adopt
-from binder import kube_pods as kp
+from binder.kube import adopt as kube_adopt
+from binder.kube import pods as kp
 from binder.worker import unbound_leases
 from ledger import queries
 from tests.k8s.conftest import Cluster, example

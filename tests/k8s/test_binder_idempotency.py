@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from kubernetes import client
 
-from binder import kube_pods as kp
 from binder.kube import KubeApi
+from binder.kube import pods as kp
 from binder.sim import LeaseToBind
 from binder.worker import BindError, open_leases, unbound_leases
 from ledger.events import LeaseEnded, LeaseStarted, NewEvent, plan_stream

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from binder import kube_pods as kp
+from binder.kube import pods as kp
 from binder.worker import kept_pods, open_leases
 from ledger.events import BudgetApplied, NewEvent, budget_stream
 from tests.k8s.conftest import Cluster, example

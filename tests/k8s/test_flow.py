@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import kubernetes_validate
 
-from binder import kube_pods as kp
+from binder.kube import pods as kp
 from ledger import queries
 from tests.k8s.conftest import Cluster, example
 

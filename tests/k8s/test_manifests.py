@@ -11,8 +11,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from binder import kube_crds
-from binder import kube_pods as kp
+from binder.kube import crds as kube_crds
+from binder.kube import pods as kp
 from ledger.model import ManifestError, validate_document
 from tests.k8s.conftest import ROOT, example
 from tests.k8s.helm_render import TemplateError, documents, render_chart
@@ -28,7 +28,7 @@ def _crds() -> list[dict[str, Any]]:
 @pytest.mark.parametrize("folder", [ROOT / "deploy" / "crds", CHART / "crds"])
 def test_crd_files_are_what_the_models_generate(folder: Path) -> None:
     for name, content in kube_crds.files().items():
-        assert (folder / name).read_text() == content, f"regenerate: python -m binder.kube_crds {folder}"
+        assert (folder / name).read_text() == content, f"regenerate: python -m binder.kube.crds {folder}"
 
 
 @pytest.mark.parametrize("version", VERSIONS)

@@ -14,7 +14,7 @@ from planner_fakes import T0, budget, envelope, fleet, run
 
 from binder.group import BinderGroup
 from binder.kube import KubeApi
-from binder.kube_binder import KubeBinder
+from binder.kube.binder import KubeBinder
 from binder.worker import unbound_leases
 from ledger import events as ev
 from ledger import queries

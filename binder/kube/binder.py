@@ -15,16 +15,14 @@ unbound), and refused with a BindError otherwise.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import text
-
-from binder import kube_adopt
-from binder import kube_pods as kp
-from binder.kube import KubeApi, KubeConflict, KubeError, KubeNotFound, KubeUnavailable
-from binder.sim import LeaseToBind
-from binder.worker import BindError
+from binder.kube import adopt as kube_adopt
+from binder.kube import pods as kp
+from binder.kube.client import KubeApi
+from binder.kube.errors import NOT_ABOUT_THE_OBJECT, KubeConflict, KubeError, KubeNotFound
+from binder.ports import BinderReads, BindError, GroupLease, LeaseToBind
+from ledger.binder_reads import PgBinderReads
 from ledger.events import Event, RunCompleted
 from ledger.store import Ledger
 
@@ -32,30 +30,11 @@ Obj = dict[str, Any]
 WORKLOAD_ROLES = ("Active", "Fill")
 
 
-@dataclass(frozen=True, slots=True)
-class _Sibling:
-    lease_id: str
-    node: str
-    gpus: int
-
-
-def _siblings(ledger: Ledger, run: str, group: int) -> list[_Sibling]:
-    sql = """
-        SELECT lease_id, node, gpus FROM leases
-        WHERE run = :run AND group_index = :group AND end_at IS NULL AND role IN ('Active', 'Fill')
-        ORDER BY start_at, lease_id
-    """
-    with ledger.engine.connect() as conn:
-        rows = conn.execute(text(sql), {"run": run, "group": group}).all()
-    return [_Sibling(r.lease_id, r.node, r.gpus) for r in rows]
-
-
-def _run_spec(ledger: Ledger, run: str) -> tuple[Obj, str]:
-    with ledger.engine.connect() as conn:
-        row = conn.execute(text("SELECT spec, phase FROM runs WHERE run = :run"), {"run": run}).first()
-    if row is None:
+def _run_spec(reads: BinderReads, run: str) -> Obj:
+    found = reads.run(run)
+    if found is None:
         raise BindError(f"run {run} is not in the ledger")
-    return dict(row.spec), str(row.phase)
+    return found.spec
 
 
 def _annotation(pod: Obj, key: str) -> str:
@@ -71,9 +50,10 @@ class KubeBinder:
 
     name = "kubernetes"
 
-    def __init__(self, api: KubeApi, ledger: Ledger, grace_seconds: int | None = None) -> None:
+    def __init__(self, api: KubeApi, ledger: Ledger | BinderReads, grace_seconds: int | None = None) -> None:
+        """``ledger``: the Postgres ledger, or any ``BinderReads`` (the in-memory one in unit tests)."""
         self.api = api
-        self.ledger = ledger
+        self.reads: BinderReads = PgBinderReads(ledger.engine) if isinstance(ledger, Ledger) else ledger
         self.grace_seconds = grace_seconds
 
     # ------------------------------------------------------------ bind
@@ -82,15 +62,14 @@ class KubeBinder:
         if lease.role not in WORKLOAD_ROLES:
             return ()  # a Spare lease holds a standby node: no pod runs there
         if kube_adopt.user_managed(self.api, lease.run):
-            return kube_adopt.bind(self.api, self.ledger, lease)  # the users' own pods (binder/kube_adopt.py)
+            return kube_adopt.bind(self.api, self.reads, lease)  # the users' own pods (binder/kube/adopt.py)
         plan = self._plan(lease)
-        spec, _phase = _run_spec(self.ledger, lease.run)
-        manifest = kp.pod_manifest(plan, spec.get("template"))
+        manifest = kp.pod_manifest(plan, _run_spec(self.reads, lease.run).get("template"))
         try:
             pod = self.api.create_pod(plan.namespace, manifest)
         except KubeConflict:
             pod = self._existing(plan)
-        except KubeUnavailable:
+        except NOT_ABOUT_THE_OBJECT:
             raise
         except KubeError as exc:
             raise BindError(f"creating pod {plan.namespace}/{plan.name}: {exc}") from exc
@@ -98,8 +77,8 @@ class KubeBinder:
         return (plan.name,)
 
     def _plan(self, lease: LeaseToBind) -> kp.PodPlan:
-        siblings = _siblings(self.ledger, lease.run, lease.group)
-        here = [s for s in siblings if s.node == lease.node] or [_Sibling(lease.lease_id, lease.node, lease.gpus)]
+        siblings = self.reads.group_leases(lease.run, lease.group)
+        here = [s for s in siblings if s.node == lease.node] or [GroupLease(lease.lease_id, lease.node, lease.gpus)]
         nodes = sorted({s.node for s in siblings} | {lease.node})
         ids = tuple(sorted({lease.lease_id} | {s.lease_id for s in here}, key=lambda i: i != lease.lease_id))
         return kp.PodPlan(
@@ -188,16 +167,10 @@ class KubeBinder:
         for run, pods in sorted(phases.items()):
             if all(p == "Succeeded" for p in pods.values()) and self._all_placed(run, set(pods)):
                 done.append(RunCompleted(run))
-        return [*done, *kube_adopt.observe(self.api, self.ledger)]
+        return [*done, *kube_adopt.observe(self.api, self.reads)]
 
     def _all_placed(self, run: str, pods: set[str]) -> bool:
         """The run is Running and every open workload lease has its pod among ``pods``."""
-        sql = """
-            SELECT DISTINCT group_index, node FROM leases
-            WHERE run = :run AND end_at IS NULL AND role IN ('Active', 'Fill')
-        """
-        with self.ledger.engine.connect() as conn:
-            phase = conn.execute(text("SELECT phase FROM runs WHERE run = :run"), {"run": run}).scalar_one_or_none()
-            rows = conn.execute(text(sql), {"run": run}).all()
-        wanted = {kp.pod_name(run, r.group_index, r.node) for r in rows}
-        return phase == "Running" and bool(wanted) and wanted <= pods
+        found = self.reads.run(run)
+        wanted = {kp.pod_name(run, s.group, s.node) for s in self.reads.slots(run)}
+        return found is not None and found.phase == "Running" and bool(wanted) and wanted <= pods

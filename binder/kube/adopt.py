@@ -23,19 +23,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from kubernetes import client
-from sqlalchemy import text
-
-from binder import kube_pods as kp
-from binder.kube import KubeApi, KubeConflict, KubeError, KubeNotFound, _call, _json
-from binder.sim import LeaseToBind
-from binder.worker import BindDeferred, BindError
-from ledger import queries
+from binder.kube import pods as kp
+from binder.kube.client import KubeApi
+from binder.kube.errors import NOT_ABOUT_THE_OBJECT, KubeConflict, KubeError, KubeNotFound
+from binder.ports import BindDeferred, BinderReads, BindError, LeaseToBind, Slot
 from ledger.events import Event, RunCompleted
-from ledger.store import Ledger
 
 Obj = dict[str, Any]
 ANNOTATION_PODS = f"{kp.PREFIX}/pods"
@@ -43,18 +37,6 @@ ANNOTATION_GROUP = f"{kp.PREFIX}/group"
 USER_SELECTOR = f"{kp.LABEL_RUN},{kp.LABEL_MANAGED}!=jobtree"
 TERMINAL = ("Succeeded", "Failed")
 REASON = "Unschedulable"
-
-
-@dataclass(frozen=True, slots=True)
-class Slot:
-    group: int
-    node: str
-    gpus: int
-    leases: tuple[str, ...]
-
-    @property
-    def key(self) -> tuple[int, str]:
-        return (self.group, self.node)
 
 
 # ------------------------------------------------------------ reading pods and runs
@@ -101,16 +83,8 @@ def user_managed(api: KubeApi, run: str) -> bool:
     return _annotation(obj, ANNOTATION_PODS).lower() == "user"
 
 
-def slots(ledger: Ledger, run: str) -> list[Slot]:
-    sql = """
-        SELECT group_index, node, sum(gpus) AS gpus, min(start_at) AS first,
-               array_agg(lease_id ORDER BY start_at, lease_id) AS ids
-        FROM leases WHERE run = :run AND end_at IS NULL AND role IN ('Active', 'Fill')
-        GROUP BY group_index, node ORDER BY group_index, first, node
-    """
-    with ledger.engine.connect() as conn:
-        rows = conn.execute(text(sql), {"run": run}).all()
-    return [Slot(r.group_index, r.node, int(r.gpus), tuple(r.ids)) for r in rows]
+def slots(reads: BinderReads, run: str) -> list[Slot]:
+    return reads.slots(run)
 
 
 def _natural(name: str) -> tuple[tuple[int, int, str], ...]:
@@ -175,18 +149,12 @@ def match(run: str, run_slots: Sequence[Slot], pods: Iterable[Obj]) -> dict[tupl
 
 def bind_with_claim(api: KubeApi, namespace: str, name: str, node: str, annotations: dict[str, str]) -> None:
     """POST pods/binding; the API server copies the Binding's annotations onto the pod."""
-    binding = client.V1Binding(
-        api_version="v1",
-        kind="Binding",
-        metadata=client.V1ObjectMeta(name=name, namespace=namespace, annotations=annotations),
-        target=client.V1ObjectReference(api_version="v1", kind="Node", name=node),
-    )
-    _call(lambda: api.core.create_namespaced_pod_binding(name, namespace, binding, _preload_content=False))
+    api.bind_pod(namespace, name, node, annotations)
 
 
-def bind(api: KubeApi, ledger: Ledger, lease: LeaseToBind) -> tuple[str, ...]:
+def bind(api: KubeApi, reads: BinderReads, lease: LeaseToBind) -> tuple[str, ...]:
     """Bind the user pod matched to ``lease``'s slot; BindDeferred while there is none."""
-    run_slots = slots(ledger, lease.run)
+    run_slots = reads.slots(lease.run)
     slot = next((s for s in run_slots if s.key == (lease.group, lease.node)), None)
     if slot is None:
         raise BindDeferred(f"lease {lease.lease_id} is no longer open")
@@ -209,10 +177,10 @@ def bind(api: KubeApi, ledger: Ledger, lease: LeaseToBind) -> tuple[str, ...]:
                 raise BindDeferred(f"pod {namespace}/{name} was bound elsewhere meanwhile") from None
         except KubeNotFound as exc:
             raise BindDeferred(f"pod {namespace}/{name} vanished: {exc}") from None
-        except KubeError as exc:
-            if exc.status and exc.status < 500:
-                raise BindError(f"binding {namespace}/{name} to {lease.node}: {exc}") from exc
+        except NOT_ABOUT_THE_OBJECT:
             raise
+        except KubeError as exc:
+            raise BindError(f"binding {namespace}/{name} to {lease.node}: {exc}") from exc
     return (name,)
 
 
@@ -248,39 +216,29 @@ def release(
 # ------------------------------------------------------------ observe
 
 
-_BOUND_PODS = text(
-    """
-    SELECT l.lease_id, b.data->'pods' AS pods FROM leases l
-    LEFT JOIN events b ON b.type = 'PodBound' AND b.data->>'lease_id' = l.lease_id
-    WHERE l.run = :run AND l.end_at IS NULL AND l.role IN ('Active', 'Fill')
-    """
-)
-
-
-def _completed(ledger: Ledger, run: str, phases: dict[str, str]) -> bool:
+def _completed(reads: BinderReads, run: str, phases: dict[str, str]) -> bool:
     """Running, every open workload lease bound to pods, and every one of those pods Succeeded."""
-    found = queries.get_run(ledger.engine, run)
-    if found is None or found["phase"] != "Running":
+    found = reads.run(run)
+    if found is None or found.phase != "Running":
         return False
-    with ledger.engine.connect() as conn:
-        rows = conn.execute(_BOUND_PODS, {"run": run}).all()
+    rows = reads.bindings(run)
     names = [str(n) for r in rows for n in (r.pods or [])]
     return bool(rows) and all(r.pods for r in rows) and all(phases.get(n) == "Succeeded" for n in names)
 
 
-def why_pending(api: KubeApi, ledger: Ledger, run: str, pod: Obj) -> str:
+def why_pending(api: KubeApi, reads: BinderReads, run: str, pod: Obj) -> str:
     """One line for a user pod the binder could not match (it stays Pending)."""
-    found = queries.get_run(ledger.engine, run)
+    found = reads.run(run)
     if found is None:
         return f"jobtree: no run {run} in the ledger (the {kp.LABEL_RUN} label names a Run in the pod's namespace)"
-    if found["phase"] in queries.FINISHED_PHASES:
-        return f"jobtree: run {run} is {found['phase']}"
+    if found.finished:
+        return f"jobtree: run {run} is {found.phase}"
     if not user_managed(api, run):
         return f"jobtree: run {run} makes its own pods; annotate the Run with {ANNOTATION_PODS}=user to bring yours"
-    run_slots = slots(ledger, run)
+    run_slots = reads.slots(run)
     if not run_slots:
-        detail = f": {found['message']}" if found["message"] else ""
-        return f"jobtree: run {run} has no lease yet ({found['phase']}{detail})"
+        detail = f": {found.message}" if found.message else ""
+        return f"jobtree: run {run} has no lease yet ({found.phase}{detail})"
     fitting = [s for s in run_slots if requested_gpus(pod) <= s.gpus]
     if not fitting:
         largest = max(s.gpus for s in run_slots)
@@ -298,13 +256,13 @@ def _scheduled_condition(pod: Obj) -> Obj:
     return {}
 
 
-def explain_pending(api: KubeApi, ledger: Ledger, pods: Iterable[Obj]) -> int:
+def explain_pending(api: KubeApi, reads: BinderReads, pods: Iterable[Obj]) -> int:
     """Write PodScheduled=False with the reason on every unmatched user pod whose message changed."""
     written = 0
     for pod in pods:
         if not _free(pod):
             continue
-        message = why_pending(api, ledger, run_of(pod), pod)
+        message = why_pending(api, reads, run_of(pod), pod)
         current = _scheduled_condition(pod)
         if current.get("status") == "False" and current.get("message") == message:
             continue
@@ -319,17 +277,10 @@ def explain_pending(api: KubeApi, ledger: Ledger, pods: Iterable[Obj]) -> int:
 
 
 def patch_pod_status(api: KubeApi, namespace: str, name: str, conditions: list[Obj]) -> None:
-    body = {"status": {"conditions": conditions}}
-    _call(
-        lambda: _json(
-            api.core.patch_namespaced_pod_status(
-                name, namespace, body, _content_type="application/merge-patch+json", _preload_content=False
-            )
-        )
-    )
+    api.patch_pod_status(namespace, name, {"conditions": conditions})
 
 
-def observe(api: KubeApi, ledger: Ledger) -> list[Event]:
+def observe(api: KubeApi, reads: BinderReads) -> list[Event]:
     """RunCompleted for user-managed runs whose bound pods all succeeded; explain the pods left Pending."""
     pods = user_pods(api)
     phases: dict[str, dict[str, str]] = {}
@@ -337,5 +288,5 @@ def observe(api: KubeApi, ledger: Ledger) -> list[Event]:
         run = _annotation(pod, kp.ANNOTATION_RUN)
         if run and _node(pod):
             phases.setdefault(run, {})[str(_meta(pod)["name"])] = _phase(pod)
-    explain_pending(api, ledger, pods)
-    return [RunCompleted(run) for run, by_name in sorted(phases.items()) if _completed(ledger, run, by_name)]
+    explain_pending(api, reads, pods)
+    return [RunCompleted(run) for run, by_name in sorted(phases.items()) if _completed(reads, run, by_name)]

@@ -12,9 +12,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from kubernetes import config
-
-from binder.kube import GROUP, VERSION, KubeApi, KubeConflict, KubeError, _call, _json
+from binder.kube.client import KubeApi, kubeconfig_namespace
+from binder.kube.errors import KubeConflict, KubeError
 
 Obj = dict[str, Any]
 PLURALS = {"Run": "runs", "Budget": "budgets"}
@@ -25,30 +24,17 @@ def connect(kubeconfig: str | None, context: str | None, as_user: str | None = N
     """The kubeconfig's cluster and user (``$KUBECONFIG`` read now, not at import; in a pod: its account)."""
     api = KubeApi.connect(kubeconfig or os.environ.get("KUBECONFIG") or None, context)
     if as_user:
-        api.api_client.set_default_header("Impersonate-User", as_user)  # type: ignore[no-untyped-call]
+        api.impersonate(as_user)
     return api
 
 
 def context_namespace(kubeconfig: str | None, context: str | None) -> str | None:
     """The namespace the kubeconfig context names, if any (kubectl's default for -n)."""
-    try:
-        contexts, active = config.list_kube_config_contexts(config_file=kubeconfig or os.environ.get("KUBECONFIG"))  # type: ignore[no-untyped-call]
-    except (config.ConfigException, OSError, TypeError, ValueError):
-        return None
-    chosen = next((c for c in contexts or [] if c.get("name") == context), None) if context else active
-    namespace = ((chosen or {}).get("context") or {}).get("namespace")
-    return str(namespace) if namespace else None
+    return kubeconfig_namespace(kubeconfig or os.environ.get("KUBECONFIG"), context)
 
 
 def list_runs(api: KubeApi, namespace: str | None) -> list[Obj]:
-    if namespace is None:
-        return api.list("runs").items
-    body = _call(
-        lambda: _json(
-            api.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "runs", _preload_content=False)
-        )
-    )
-    return list(body.get("items") or [])
+    return api.list("runs", namespace=namespace).items
 
 
 def get_run(api: KubeApi, namespace: str, name: str) -> Obj:
@@ -94,20 +80,7 @@ def apply(api: KubeApi, doc: Obj) -> str:
     if kind == "Run":
         raise RunChanged(namespace, name)
     patch = {"spec": _merge_patch(current.get("spec") or {}, doc.get("spec") or {})}
-    _call(
-        lambda: _json(
-            api.custom.patch_namespaced_custom_object(
-                GROUP,
-                VERSION,
-                namespace,
-                plural,
-                name,
-                patch,
-                _content_type="application/merge-patch+json",
-                _preload_content=False,
-            )
-        )
-    )
+    api.patch_custom(plural, namespace, name, patch)
     return "configured"
 
 

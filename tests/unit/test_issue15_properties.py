@@ -16,6 +16,8 @@
   runs ended, then expected GPUs cut) than any feasible split of its groups over ≤ 4
   domains, found by brute force.
 
+Histories (``test_reservation_properties.runs``) draw runs with and without
+``runtime.maxDuration``, so backfill, known frees and bounded waits are exercised too.
 CI replays a few derandomized examples; ``HYPOTHESIS_PROFILE=explore`` draws 2,000.
 """
 

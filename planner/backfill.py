@@ -60,9 +60,9 @@ class Holds:
             self.held.remove(hold)
 
     def release(self, run: str) -> None:
-        """The run's hold goes and its slots are free again."""
+        """The run's hold goes and its slots are free again (a lifted hold's are already: they may be taken since)."""
         for hold in [h for h in self.held if h.run == run]:
-            for node, slots in hold.slots:
+            for node, slots in [] if hold.lifts else hold.slots:
                 self.view.hold(node, slots, take=False)
             self.held.remove(hold)
 

@@ -321,3 +321,38 @@ def test_an_activation_shrinks_a_run_without_groups_only_in_its_scope() -> None:
     assert of_type(decisions, ev.RunResized)[0] == ev.RunResized("ns/m", 8, "Shrink")
     assert world.width("ns/m") == 8 and world.width("ns/n") == 4
     assert of_type(decisions, ev.ReservationActivated)[0].freed == 4
+
+
+def test_within_the_notice_an_activation_keeps_the_published_placement() -> None:
+    """Old (explore profile, seed 20261204): r8's reservation announced B (r4 killed with
+    probability 1, r7 0.25); at its earliestStart the scope held only those two runs, so domain
+    A, where r7 alone was in reach, looked cheaper: the activation moved there and ended r7 and
+    not r4. Within the notice the published placement now stays (planner.target)."""
+    c = {"spares": 0, "checkpoint": None}
+    history = [
+        ("submit", {"total": 4, "owner": "org:a", "group": None, **c}),
+        ("submit", {"total": 12, "owner": "org:a", "group": None, **c}),
+        ("advance", 1),
+        ("submit", {"total": 12, "owner": "org:c", "group": 4, **c}),
+        ("complete", 13),
+        ("advance", 1),
+        ("submit", {"total": 12, "owner": "org:a", "group": 4, **c, "malleable": (4, 12, 4)}),
+        ("advance", 1),
+        ("submit", {"total": 12, "owner": "org:c", "group": 4, **c}),
+        ("complete", 17),
+        ("submit", {"total": 8, "owner": "org:a", "group": None, **c}),
+        ("advance", 1),
+        ("submit", {"total": 4, "owner": "org:a", "group": None, **c}),
+        ("advance", 1),
+        ("complete", 0),
+        ("submit", {"total": 12, "owner": "org:c", "group": None, **c}),
+        ("submit", {"total": 8, "owner": "org:a", "group": None, **c}),
+    ]
+    sim = _play(history, 24)
+    events = [r.event for r in sim.ledger.records]
+    (created,) = [e for e in of_type(events, ev.ReservationCreated) if e.reservation == "res-000003"]
+    assert created.domains == ("c1/B",) and created.kill_probability == {"ns/r4": 1.0, "ns/r7": 0.25}
+    cut = {e.run for e in of_type(events, ev.RunFinished) if created.seed in e.reason}
+    assert cut == {"ns/r4"}, "the run announced with probability 1 ends; r7 survived the draw"
+    (lease,) = sim.open_leases("ns/r8")
+    assert sim.state.nodes[lease.node].fabric_domain == "B"

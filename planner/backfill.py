@@ -34,6 +34,7 @@ class Hold:
     eta: datetime
     slots: list[tuple[str, tuple[int, ...]]]
     firm: bool = False  # a published reservation's placement: no other run starts there before its ETA
+    lifts: int = 0  # open ``_lift`` contexts that lifted it: only the outermost puts it back
 
 
 @dataclass(slots=True)
@@ -59,9 +60,9 @@ class Holds:
             self.held.remove(hold)
 
     def release(self, run: str) -> None:
-        """The run's hold goes and its slots are free again."""
+        """The run's hold goes and its slots are free again (a lifted hold's are already: they may be taken since)."""
         for hold in [h for h in self.held if h.run == run]:
-            for node, slots in hold.slots:
+            for node, slots in [] if hold.lifts else hold.slots:
                 self.view.hold(node, slots, take=False)
             self.held.remove(hold)
 
@@ -94,15 +95,21 @@ class Holds:
 
     @contextmanager
     def _lift(self, holds: list[Hold]) -> Iterator[None]:
+        """Lift ``holds`` for the duration. Lifts nest: a hold an outer context lifted stays lifted
+        when an inner one ends (a run's own hold, lifted while it is placed, is not put back by
+        the backfill test inside), and goes back only on what is still free when the last ends."""
         for hold in holds:
-            for node, slots in hold.slots:
-                self.view.hold(node, slots, take=False)
+            if not hold.lifts:
+                for node, slots in hold.slots:
+                    self.view.hold(node, slots, take=False)
+            hold.lifts += 1
         try:
             yield
         finally:
             for hold in holds:
-                if not any(h is hold for h in self.held):
-                    continue  # released or replaced meanwhile
+                hold.lifts -= 1
+                if hold.lifts or not any(h is hold for h in self.held):
+                    continue  # still lifted by an outer context, or released or replaced meanwhile
                 kept: list[tuple[str, tuple[int, ...]]] = []
                 for node, slots in hold.slots:
                     free = tuple(s for s in slots if s in self.view.free_slots(node))

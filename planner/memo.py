@@ -9,8 +9,8 @@ calls at each funding edge. Its result is a pure function of:
   including the holds of runs ahead in the queue) and each domain's free count;
 - the scope's live runs (FIFO place, owner, minimum, malleability) and their open leases
   (node, group, slots, role, payer class): its groups per domain, widths and floors;
-- the run's shape (GPU type, minimum width, groups as lowered, spares) and the placement
-  its published reservation keeps.
+- the run's shape (GPU type, minimum width, groups as lowered, spares), the placement its
+  published reservation keeps and whether that placement is frozen (within the notice).
 
 The key is a BLAKE2b digest of exactly those, so a hit returns what the analysis would
 compute; ``PLACEMENTS`` holds the most recent ``LIMIT`` results. Nothing else is stored,
@@ -93,9 +93,11 @@ def scope_print(scope: Scope) -> bytes:
     return _digest(runs)
 
 
-def placement_key(view: PlanView, scope: Scope, run: RunState, kept: dict[str, list[int]] | None) -> Key:
+def placement_key(
+    view: PlanView, scope: Scope, run: RunState, kept: dict[str, list[int]] | None, frozen: bool
+) -> Key:
     spec = run.spec
     gpu_type = spec.resources.gpu_type
     shape = (gpu_type, spec.min_gpus, spec.locality.group_gpus, spec.spares, tuple(lower(spec, spec.min_gpus)))
     held = None if kept is None else tuple(sorted((n, tuple(s)) for n, s in kept.items()))
-    return capacity_print(view, gpu_type), scope_print(scope), shape, held
+    return capacity_print(view, gpu_type), scope_print(scope), (*shape, frozen), held

@@ -2,7 +2,7 @@
 
 When a pending run cannot start now (taken in FIFO order by ``planner.plan``):
 
-- **Intended placement** (``find_target``): the run (a malleable run at its minimum) is
+- **Intended placement** (``planner.target.findtarget_of``): the run (a malleable run at its minimum) is
   packed on a what-if view where, stage by stage, what an activation could cut is
   free: unfunded groups, then spares, then malleable groups above their minimum, then
   every group of other running runs. The first stage that packs gives the placement;
@@ -44,15 +44,14 @@ from ledger.model import parse_duration
 from planner.backfill import Holds
 from planner.behind import Blocker, behind_message
 from planner.cover import cover
-from planner.intended import Target, cheapest, cost, staged, target_of
-from planner.losses import SPARE, Batch
+from planner.intended import Target, target_of
+from planner.losses import Batch
 from planner.lottery import Lottery, seed_for
-from planner.lower import lower
-from planner.memo import PLACEMENTS, placement_key
 from planner.payers import search_order
 from planner.rerank import funding_book
-from planner.resolve import ACTIONS, Cutter, Promise, Scope, plan_cuts, refund, shrinkable
+from planner.resolve import ACTIONS, Cutter, Promise, Scope, plan_cuts, refund
 from planner.state import DomainKey, ReservationState, RunState, reservation_id
+from planner.target import findtarget_of
 from planner.view import PlanView
 
 Admit = Callable[[RunState, bool], "list[Event] | None"]
@@ -60,27 +59,6 @@ Admit = Callable[[RunState, bool], "list[Event] | None"]
 
 def iso(at: datetime) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _stages(scope: Scope, gpu_type: str) -> list[dict[str, set[int]]]:
-    """Cumulative slots an activation could free, stage by stage (SPEC §5.4 order)."""
-    groups = [g for d in scope.view.domains_of(gpu_type) for g in scope.groups(d)]
-    unfunded = [g for g in groups if g.unfunded]
-    rest = [g for g in groups if not g.unfunded]
-    steps = [
-        [x for g in unfunded for x in g.leases],
-        [x for g in rest for x in g.leases if x.role == SPARE],
-        [x for g in shrinkable(scope, rest, {}) for x in g.leases],
-        [x for g in rest for x in g.leases],
-    ]
-    out: list[dict[str, set[int]]] = []
-    extra: dict[str, set[int]] = {}
-    for leases in steps:
-        extra = {k: set(v) for k, v in extra.items()}
-        for lease in leases:
-            extra.setdefault(lease.node, set()).update(lease.slots)
-        out.append(extra)
-    return out
 
 
 def held_slots(view: PlanView, target: Target) -> dict[str, tuple[int, ...]]:
@@ -101,44 +79,6 @@ def held_slots(view: PlanView, target: Target) -> dict[str, tuple[int, ...]]:
                 out.setdefault(node, []).append(slot)
                 left -= 1
     return {n: tuple(sorted(s)) for n, s in out.items()}
-
-
-def findtarget_of(view: PlanView, scope: Scope, run: RunState, kept: dict[str, list[int]] | None) -> Target | None:
-    """The intended placement and its deficit, or None when no placement exists even with cuts.
-
-    A published placement (``kept``) stays while each of its slots is free or held by a lease
-    an activation could cut; otherwise the staged what-if packing picks a new one. Remembered
-    across calls on a key of everything it reads (``planner.memo``).
-    """
-    key = placement_key(view, scope, run, kept)
-    found: Target | None = PLACEMENTS.get_or_compute(key, lambda: _findtarget(view, scope, run, kept))
-    return found
-
-
-def _findtarget(view: PlanView, scope: Scope, run: RunState, kept: dict[str, list[int]] | None) -> Target | None:
-    spec = run.spec
-    stages = _stages(scope, spec.resources.gpu_type)
-    fresh = cheapest(view, scope, run, stages, _staged(view, run, stages))
-    if kept and _still_valid(view, kept, stages[-1]):
-        old = target_of(view, spec.min_gpus, {n: tuple(s) for n, s in kept.items()})
-        if fresh is None or cost(view, scope, old) <= cost(view, scope, fresh):
-            return old
-    return fresh
-
-
-def _staged(view: PlanView, run: RunState, stages: list[dict[str, set[int]]]) -> Target | None:
-    spec = run.spec
-    slots = staged(view, spec.resources.gpu_type, lower(spec, spec.min_gpus), spec.spares, stages)
-    return None if slots is None else target_of(view, spec.min_gpus, slots)
-
-
-def _still_valid(view: PlanView, kept: dict[str, list[int]], cuttable: dict[str, set[int]]) -> bool:
-    for node, slots in kept.items():
-        if node not in view.state.nodes or not view.node(node).schedulable:
-            return False
-        if not set(slots) <= view.free_slots(node) | cuttable.get(node, set()):
-            return False
-    return True
 
 
 def window_opens(view: PlanView, run: RunState, target: Target, now: datetime) -> datetime | None:
@@ -299,8 +239,9 @@ class Reserver:
 
     def _analyse(self, run: RunState, res: ReservationState | None) -> tuple[Scope, Target] | str:
         """The run's scope and intended placement, or why it gets no reservation ("" when it just waits)."""
-        scope = Scope(self.batch, run.spec.resources.gpu_type, run.key, self.allowed(res))
-        target = findtarget_of(self.view, scope, run, res.event.slots if res is not None else None)
+        allowed = self.allowed(res)
+        scope = Scope(self.batch, run.spec.resources.gpu_type, run.key, allowed)
+        target = findtarget_of(self.view, scope, run, res.event.slots if res is not None else None, allowed is not None)
         if target is None:
             self.unplaced.add(run.key)
             return "no placement exists even with cuts"

@@ -352,9 +352,12 @@ class Cutter:
             self.freed += len(lease.slots)
 
     def _end_group(self, group: Group, reason: str) -> None:
-        scope = self.scope
+        """End the group as far as it lies in the scope's domain: what ``plan_cuts`` counted and
+        announced (a run without ``groupGPUs`` has one group 0 that may span domains)."""
+        scope, node = self.scope, self.scope.view.node
+        domains = {node(lease.node).domain for lease in group.leases}
         for lease in scope.leases(group.run.key):
-            if lease.group == group.index:
+            if lease.group == group.index and node(lease.node).domain in domains:
                 self._end(lease, reason)
         self.out.append(RunResized(group.run.key, scope.width(group.run.key), reason))
 

@@ -300,3 +300,59 @@ def test_a_run_behind_bounded_reservations_states_its_expected_start() -> None:
     message = sim.state.runs["ns/r2"].deferred_message or ""
     assert message.startswith("waits behind res-000001 (ns/r1, earliest start 2026-01-01T00:15:00Z)"), message
     assert message.endswith("; expected start 2026-01-01T01:15:00Z, when their runs have ended by runtime.maxDuration")
+
+
+def test_an_activation_shrinks_a_run_without_groups_only_in_its_scope() -> None:
+    """Old (explore profile, seed 20261202): m (4..12 step 4, no groupGPUs) held one group 0 over
+    two domains, 4 GPUs next to f and 8 on the other node; the reservation announced Shrink 4 in
+    the shared domain, and the activation ended all of group 0: 12 GPUs, m left at width 0.
+    Now it ends only the group's leases in the scope's domain (SPEC §5.3, §5.4)."""
+    world = World(*fleet({"A": 1, "B": 1}), *(budget(o, envelope("west", 24)) for o in OWNERS), now=at(0))
+    world.record(spec_run("f", 4))
+    world.record(spec_run("m", 12, owner="org:c", malleable=(4, 12, 4)))
+    assert world.width("ns/m") == 12 and len({x.node for x in world.open_leases("ns/m")}) == 2
+    (created,) = of_type(world.record(spec_run("n", 4, owner="org:b"), now=at(1)), ev.ReservationCreated)
+    assert created.shrink == {"ns/m": 4} and created.kill_probability == {"ns/m": 0.0}
+    (lease,) = world.open_leases("ns/f")
+    assert created.domains == (f"c1/{world.state.nodes[lease.node].fabric_domain}",)  # next to f: cuts 4, not 8
+    decisions = world.record(now=at(16))
+    cut = [x for x in of_type(decisions, ev.LeaseEnded) if x.seed == created.seed]
+    assert [x.reason for x in cut] == ["Shrink"]
+    assert of_type(decisions, ev.RunResized)[0] == ev.RunResized("ns/m", 8, "Shrink")
+    assert world.width("ns/m") == 8 and world.width("ns/n") == 4
+    assert of_type(decisions, ev.ReservationActivated)[0].freed == 4
+
+
+def test_within_the_notice_an_activation_keeps_the_published_placement() -> None:
+    """Old (explore profile, seed 20261204): r8's reservation announced B (r4 killed with
+    probability 1, r7 0.25); at its earliestStart the scope held only those two runs, so domain
+    A, where r7 alone was in reach, looked cheaper: the activation moved there and ended r7 and
+    not r4. Within the notice the published placement now stays (planner.target)."""
+    c = {"spares": 0, "checkpoint": None}
+    history = [
+        ("submit", {"total": 4, "owner": "org:a", "group": None, **c}),
+        ("submit", {"total": 12, "owner": "org:a", "group": None, **c}),
+        ("advance", 1),
+        ("submit", {"total": 12, "owner": "org:c", "group": 4, **c}),
+        ("complete", 13),
+        ("advance", 1),
+        ("submit", {"total": 12, "owner": "org:a", "group": 4, **c, "malleable": (4, 12, 4)}),
+        ("advance", 1),
+        ("submit", {"total": 12, "owner": "org:c", "group": 4, **c}),
+        ("complete", 17),
+        ("submit", {"total": 8, "owner": "org:a", "group": None, **c}),
+        ("advance", 1),
+        ("submit", {"total": 4, "owner": "org:a", "group": None, **c}),
+        ("advance", 1),
+        ("complete", 0),
+        ("submit", {"total": 12, "owner": "org:c", "group": None, **c}),
+        ("submit", {"total": 8, "owner": "org:a", "group": None, **c}),
+    ]
+    sim = _play(history, 24)
+    events = [r.event for r in sim.ledger.records]
+    (created,) = [e for e in of_type(events, ev.ReservationCreated) if e.reservation == "res-000003"]
+    assert created.domains == ("c1/B",) and created.kill_probability == {"ns/r4": 1.0, "ns/r7": 0.25}
+    cut = {e.run for e in of_type(events, ev.RunFinished) if created.seed in e.reason}
+    assert cut == {"ns/r4"}, "the run announced with probability 1 ends; r7 survived the draw"
+    (lease,) = sim.open_leases("ns/r8")
+    assert sim.state.nodes[lease.node].fabric_domain == "B"

@@ -3,6 +3,9 @@
 - A published earliestStart never moves later, however the cluster changes.
 - A pure budget shortfall (everything fits, budgets are short) never ends anyone's lease.
 - Every plan is a fixpoint and the activation seed is the one SPEC §5.4 prescribes.
+
+Runs are drawn with and without ``runtime.maxDuration`` (backfill before a reservation's
+ETA, known frees moving an ETA, waits bounded by maxDuration).
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ def runs(draw: st.DrawFn) -> dict[str, Any]:
         "spares": draw(st.sampled_from((0, 0, 1))) if group else 0,
         "checkpoint": draw(st.sampled_from((None, "10m"))),
     }
+    limit = draw(st.sampled_from((None, None, None, "10m", "30m", "2h")))  # runtime.maxDuration
+    if limit is not None:
+        kw["max_duration"] = limit
     if draw(st.booleans()):
         kw["malleable"] = (unit, total, unit)
     return kw

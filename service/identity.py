@@ -95,7 +95,10 @@ def resolve_caller(
     ledger: Ledger, auth: Authenticated, env: Mapping[str, str] | None = None, as_user: str | None = None
 ) -> Identity:
     """The caller this invocation acts as: ``auth``'s identity, or the one ``--as`` (``as_user``, first) or
-    ``$JOBTREE_USER``/``$JOBTREE_GROUPS`` name when ``auth`` may impersonate (else ``Forbidden``)."""
+    ``$JOBTREE_USER``/``$JOBTREE_GROUPS`` name when ``auth`` may impersonate (else ``Forbidden``).
+
+    In a trusted session with ``$JOBTREE_USER`` set, that user is the caller, and ``--as`` naming
+    someone else is that user impersonating: only the policy's impersonators and admins may."""
     env = os.environ if env is None else env
     user = as_user or env.get(USER_ENV) or None
     raw_groups = env.get(GROUPS_ENV)
@@ -104,6 +107,9 @@ def resolve_caller(
     if (user is None or user == me.user) and (groups is None or groups == me.groups):
         return me
     policy = queries.current_policy(ledger.engine)
+    declared = env.get(USER_ENV) or None
+    if auth.trusted and as_user and declared and as_user != declared:
+        _may_act_for_others(Identity(declared, groups or frozenset()), policy, as_user)
     allowed = auth.trusted or may_impersonate(me, policy) or (auth.embedded and policy is None)
     if not allowed:
         named = "--as" if as_user else f"${USER_ENV}"
@@ -117,6 +123,16 @@ def resolve_caller(
     if groups is None:
         groups = me.groups if acting == me.user else frozenset()
     return Identity(acting, groups)
+
+
+def _may_act_for_others(who: Identity, policy: Mapping[str, object] | None, as_user: str) -> None:
+    """In a trusted session ``$JOBTREE_USER`` is who calls; ``--as`` on top of it is that user impersonating."""
+    if not may_impersonate(who, policy):
+        raise Forbidden(
+            "--as",
+            f"you are {who.user} (${USER_ENV}); acting as {as_user} is honoured only for the policy's impersonators "
+            "and admins (docs/identity.md). Leave --as out to act as yourself",
+        )
 
 
 def require_impersonator(ledger: Ledger, acting_as: str) -> None:

@@ -8,7 +8,8 @@ a ``Status`` object, and the client tries to read it as a ``V1Binding`` and fail
 Driver errors are mapped onto ``binder.kube.errors`` (``raise … from``); the
 transient ones (429, 5xx, no answer) are retried by the ``RetryPolicy`` first.
 The transport is injectable: ``KubeApi(api_client)`` takes any configured
-``kubernetes.client.ApiClient`` (``for_host`` for a test server).
+``kubernetes.client.ApiClient`` (``for_host`` for a test server); its configuration should
+say ``retries = False``, as ``connect`` and ``for_host`` do, so that retrying is the policy's.
 """
 
 from __future__ import annotations
@@ -82,14 +83,16 @@ class KubeApi:
     @classmethod
     def connect(cls, kubeconfig: str | None = None, context: str | None = None) -> KubeApi:
         """In-cluster config when running in a pod without --kubeconfig, else the kubeconfig."""
+        configuration = client.Configuration()
         try:
             if kubeconfig is None and context is None:
                 try:
-                    config.load_incluster_config()  # type: ignore[no-untyped-call]
-                    return cls(client.ApiClient())
+                    config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+                    return cls(client.ApiClient(_only_our_retries(configuration)))
                 except config.ConfigException:
                     pass
-            return cls(config.new_client_from_config(config_file=kubeconfig, context=context))  # type: ignore[no-untyped-call]
+            config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)  # type: ignore[no-untyped-call]
+            return cls(client.ApiClient(_only_our_retries(configuration)))
         except (config.ConfigException, OSError, TypeError) as exc:
             raise KubeError(f"cannot load kubeconfig: {exc}") from exc
 
@@ -97,7 +100,7 @@ class KubeApi:
     def for_host(cls, host: str, retry: RetryPolicy | None = None) -> KubeApi:
         configuration = client.Configuration()
         configuration.host = host
-        return cls(client.ApiClient(configuration), retry)
+        return cls(client.ApiClient(_only_our_retries(configuration)), retry)
 
     def impersonate(self, user: str) -> None:
         """Send every request as ``user`` (``Impersonate-User``, what ``kubectl --as`` does)."""
@@ -243,3 +246,10 @@ class KubeApi:
             "patch",
             "pods/status",
         )
+
+
+def _only_our_retries(configuration: client.Configuration) -> client.Configuration:
+    """Turn off urllib3's own retries: they sleep a 429's ``Retry-After`` three times, unbounded and
+    unseen (3 minutes for ``Retry-After: 60``), around ``RetryPolicy``'s attempts and deadline."""
+    configuration.retries = False
+    return configuration

@@ -63,6 +63,7 @@ def test_retries_are_bounded_by_attempts_and_by_time(double: ApiServerDouble) ->
     with pytest.raises(KubeTooManyRequests) as caught:
         api.list("pods")
     assert caught.value.retry_after == 60 and sleeps.waits == []  # waiting 60 s would pass the 30 s budget
+    assert double.count("GET", "/api/v1/pods") == 1  # and urllib3 did not wait it out behind the policy's back
     api.close()
 
 

@@ -25,8 +25,8 @@ from datetime import datetime
 
 from ledger import events as ev
 from ledger.model import BudgetSpec, Envelope, budget_from_spec, policy_from_spec, run_from_spec
+from ledger.vocabulary import HOLDING_ROLES
 
-HOLDING = frozenset({"Active", "Spare"})
 EPSILON_HOURS = 1e-6
 
 
@@ -128,7 +128,7 @@ def _budget(fold: _Fold, spec: BudgetSpec) -> None:
 
 def _start(fold: _Fold, e: ev.LeaseStarted, record: ev.Recorded) -> None:
     lease = _Lease(e.run, e.role, e.node, tuple(e.slots), e.envelope, e.payer_class)
-    if e.role in HOLDING:
+    if e.role in HOLDING_ROLES:
         for slot in lease.slots:
             holder = fold.holders.get((e.node, slot))
             if holder is not None:
@@ -148,7 +148,7 @@ def _start(fold: _Fold, e: ev.LeaseStarted, record: ev.Recorded) -> None:
 
 def _end(fold: _Fold, e: ev.LeaseEnded) -> None:
     lease = fold.leases.pop(e.lease_id, None)
-    if lease is None or lease.role not in HOLDING:
+    if lease is None or lease.role not in HOLDING_ROLES:
         return
     for slot in lease.slots:
         if fold.holders.get((lease.node, slot)) == e.lease_id:

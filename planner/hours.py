@@ -21,11 +21,11 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from ledger import events as ev
+from ledger.vocabulary import HOLDING_ROLES
 
 EPSILON_HOURS = 1e-6
 """Hours at or below this count as exhausted (float noise at an exhaustion instant)."""
 
-FUNDED_ROLES = frozenset({"Active", "Spare"})
 
 
 class _Lease(Protocol):
@@ -118,7 +118,7 @@ class FundingIndex:
         return 0.0 if meter is None else meter.at(at, 1.0)
 
     def _track(self, lease: _Lease, at: datetime, spare_rate: float, sign: int) -> None:
-        if lease.role not in FUNDED_ROLES:
+        if lease.role not in HOLDING_ROLES:
             return
         gpus = len(lease.slots) * sign
         key = lease.envelope

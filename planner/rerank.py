@@ -34,7 +34,7 @@ from datetime import datetime
 
 from ledger.events import Event, LeaseEnded, LeaseStarted
 from ledger.model import Envelope
-from planner.hours import FUNDED_ROLES
+from ledger.vocabulary import HOLDING_ROLES
 from planner.limits import Limits
 from planner.payers import UNFUNDED, Payer
 from planner.state import LeaseState
@@ -122,7 +122,7 @@ class FundingBook:
     def _sync_fresh(self) -> None:
         fresh = self.view.fresh
         for e in fresh[self._fresh_seen :]:
-            if e.role in FUNDED_ROLES:
+            if e.role in HOLDING_ROLES:
                 payer = payer_of(e.envelope, e.payer_owner, e.payer_class)
                 claim = Claim(
                     e.lease_id, e.run, e.group, e.role, e.node, e.slots,

@@ -22,11 +22,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ledger.events import Event, LeaseEnded, RunFinished, RunRequeued, RunResized
+from ledger.vocabulary import HOLDING_ROLES
 from planner.elastic import running
 from planner.losses import SPARE, SPARE_RELEASED, Batch
 from planner.lottery import Cut, Lottery, RunFloor, Ticket, expected_cut, kill_probabilities, run_lottery
 from planner.rerank import Claim, FundingBook
-from planner.state import HOLDING_ROLES, DomainKey, LeaseState, RunState
+from planner.state import DomainKey, LeaseState, RunState
 from planner.view import PlanView
 
 RECLAIM, DROP_SPARE, SHRINK, PREEMPT = "ReclaimUnfunded", "DropSpare", "Shrink", "RandomPreempt"

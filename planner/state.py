@@ -20,6 +20,7 @@ from datetime import datetime
 from ledger import events as ev
 from ledger.errors import UndecodableEvent
 from ledger.model import BudgetSpec, PolicySpec, RunSpec, budget_from_spec, policy_from_spec, run_from_spec
+from ledger.vocabulary import HOLDING_ROLES
 from planner.clone import clone
 from planner.hours import FundingIndex
 from planner.lower import shrunk_width
@@ -28,8 +29,6 @@ DomainKey = tuple[str, str, str]
 """(gpuType, cluster, fabricDomain): SPEC §3.1."""
 
 FINISHED = frozenset({"Completed", "Failed", "Cancelled"})
-HOLDING_ROLES = frozenset({"Active", "Spare"})
-"""Roles that hold slots exclusively (Fill leases sit on Spare slots, SPEC §6.2)."""
 
 
 def envelope_key(owner: str, envelope: str) -> str:

@@ -12,7 +12,8 @@ from typing import Any
 
 from ledger.events import LeaseStarted
 from ledger.model import BudgetSpec
-from planner.state import HOLDING_ROLES, ClusterState, DomainKey, DomainState, LeaseState, NodeState, lease_id
+from ledger.vocabulary import HOLDING_ROLES
+from planner.state import ClusterState, DomainKey, DomainState, LeaseState, NodeState, lease_id
 
 
 class PlanView:

@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from planner_fakes import T0, FakeLedger, budget, envelope, node, run
 
 from ledger import events as ev
+from ledger.vocabulary import HOLDING_ROLES
 from planner.plan import plan
-from planner.state import HOLDING_ROLES, ClusterState, fold
+from planner.state import ClusterState, fold
 
 TYPES = ("H100", "A100")
 OWNERS = ("org:a", "org:b", "org:c")

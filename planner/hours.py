@@ -27,7 +27,6 @@ EPSILON_HOURS = 1e-6
 """Hours at or below this count as exhausted (float noise at an exhaustion instant)."""
 
 
-
 class _Lease(Protocol):
     lease_id: str
     run: str

@@ -42,6 +42,7 @@ from ledger.events import NewEvent, NodeFailed, NodeRecovered, node_stream, run_
 from ledger.intake_reads import PgIntakeReads
 from ledger.model import API_VERSION, Manifest, ManifestError, PolicySpec, validate_document
 from ledger.store import Ledger
+from ledger.vocabulary import RunPhase
 
 log = logging.getLogger("jobtree.intake")
 Obj = dict[str, Any]
@@ -320,7 +321,7 @@ class Intake:
         if self.handled.get((plural, ns, name)) == marker:
             return True
         status = obj.get("status") or {}
-        return status.get("observedGeneration") == marker[1] and status.get("phase") not in (None, "Rejected")
+        return status.get("observedGeneration") == marker[1] and status.get("phase") not in (None, RunPhase.REJECTED)
 
     def _mark(self, plural: str, obj: Obj) -> None:
         ns, name = _key(obj)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from binder.ports import IntakeReads
+from ledger.vocabulary import ReservationState, RunPhase
 
 Obj = dict[str, Any]
 
@@ -27,7 +28,7 @@ def rejected_status(obj: Obj, message: str, reason: str) -> Obj:
     """Nothing was written to the ledger; the message names the field and the rule."""
     generation = _generation(obj)
     return {
-        "phase": "Rejected",
+        "phase": RunPhase.REJECTED,
         "observedGeneration": generation,
         "message": message,
         "conditions": [_condition("Accepted", False, reason, message, generation)],
@@ -45,7 +46,7 @@ def budget_status(obj: Obj) -> Obj:
 
 
 def _open(reservation: Obj | None) -> Obj | None:
-    if reservation is None or str(reservation["state"]) in ("Released", "Cancelled"):
+    if reservation is None or str(reservation["state"]) in (ReservationState.RELEASED, ReservationState.CANCELLED):
         return None
     return reservation
 

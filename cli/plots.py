@@ -27,9 +27,10 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from ledger.queries import iso_utc
+from ledger.vocabulary import USAGE_LAYERS
 
 Row = dict[str, Any]
-LAYERS = ("owned", "shared", "borrowed", "unfunded", "spare")
+LAYERS = USAGE_LAYERS
 COLORS = {"owned": "#2b7bba", "shared": "#5fb760", "borrowed": "#f0a030", "unfunded": "#d6604d", "spare": "#b0b0b0"}
 
 

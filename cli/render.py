@@ -15,17 +15,25 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 import yaml
 from rich.console import Console
 
 from cli import context
-from ledger.queries import FINISHED_PHASES
+from ledger.vocabulary import FINISHED_PHASES, RunPhase
 
 Row = dict[str, Any]
 Getter = Callable[[Row], Any]
 GAP = "   "
+
+
+class _YamlDumper(yaml.SafeDumper):
+    """The safe dumper, taught that a vocabulary member is its string value."""
+
+
+_YamlDumper.add_multi_representer(StrEnum, lambda dumper, value: dumper.represent_str(str(value)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +76,7 @@ def emit_data(data: Any, output: str, kind: str | None = None) -> bool:
         print(json.dumps(data, indent=2, default=str))
         return True
     if output == "yaml":
-        print(yaml.safe_dump(data, sort_keys=False, default_flow_style=False), end="")
+        print(yaml.dump(data, Dumper=_YamlDumper, sort_keys=False, default_flow_style=False), end="")
         return True
     if output == "csv":
         print(to_csv(data), end="")
@@ -294,6 +302,6 @@ def run_summary(run: Row) -> str:
 
 def run_settled(run: Row) -> bool:
     """Finished (or rejected by the intake), or Running at its desired width."""
-    if run["phase"] in (*FINISHED_PHASES, "Rejected"):
+    if run["phase"] in (*FINISHED_PHASES, RunPhase.REJECTED):
         return True
-    return bool(run["phase"] == "Running" and run["width"]["allocated"] >= run["width"]["desired"])
+    return bool(run["phase"] == RunPhase.RUNNING and run["width"]["allocated"] >= run["width"]["desired"])

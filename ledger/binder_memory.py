@@ -19,6 +19,7 @@ from typing import Any
 
 from ledger import events as ev
 from ledger.binder_reads import WORKLOAD_ROLES, GroupLease, LeaseBinding, LeaseToBind, RunFacts, Slot
+from ledger.vocabulary import RunPhase
 
 Obj = dict[str, Any]
 
@@ -75,7 +76,7 @@ class MemoryBinderReads:
         if isinstance(e, ev.NodeRegistered | ev.NodeFailed | ev.NodeRecovered):
             self.node_events.append((e.name, e.TYPE, r.actor, ev.to_data(e)))
         elif isinstance(e, ev.RunSubmitted):
-            self.runs[e.run] = RunFacts("Pending", "", dict(e.spec))
+            self.runs[e.run] = RunFacts(RunPhase.PENDING, "", dict(e.spec))
             self.submitted[e.run] = r.position
         elif isinstance(e, ev.RunAdmitted | ev.RunDeferred | ev.RunFinished | ev.RunRequeued):
             self._run_changed(e)
@@ -94,13 +95,13 @@ class MemoryBinderReads:
         if run is None:
             return
         if isinstance(e, ev.RunAdmitted):
-            self.runs[e.run] = replace(run, phase="Running", message="")
+            self.runs[e.run] = replace(run, phase=RunPhase.RUNNING, message="")
         elif isinstance(e, ev.RunDeferred):
             self.runs[e.run] = replace(run, message=e.message)
         elif isinstance(e, ev.RunFinished):
             self.runs[e.run] = replace(run, phase=e.phase, message=e.reason)
         else:
-            self.runs[e.run] = replace(run, phase="Pending", message=f"requeued: {e.reason}")
+            self.runs[e.run] = replace(run, phase=RunPhase.PENDING, message=f"requeued: {e.reason}")
 
     # ------------------------------------------------------------ BinderReads
 

@@ -25,7 +25,7 @@ from datetime import datetime
 
 from ledger import events as ev
 from ledger.model import BudgetSpec, Envelope, budget_from_spec, policy_from_spec, run_from_spec
-from ledger.vocabulary import HOLDING_ROLES
+from ledger.vocabulary import HOLDING_ROLES, LeaseRole, PayerClass
 
 EPSILON_HOURS = 1e-6
 
@@ -142,7 +142,7 @@ def _start(fold: _Fold, e: ev.LeaseStarted, record: ev.Recorded) -> None:
     fold.leases[e.lease_id] = lease
     if e.envelope is not None:
         fold.raised_by[e.envelope] = record
-    if e.payer_class == "borrowed":
+    if e.payer_class == PayerClass.BORROWED:
         fold.raised_by[f"run:{e.run}"] = record
 
 
@@ -163,11 +163,11 @@ def _widths(fold: _Fold) -> tuple[dict[str, int], dict[str, int], dict[str, int]
     lent: dict[str, int] = {}
     borrowed_by_run: dict[str, int] = {}
     for lease in fold.leases.values():
-        if lease.envelope is None or lease.payer_class == "unfunded":
+        if lease.envelope is None or lease.payer_class == PayerClass.UNFUNDED:
             continue
         width = len(lease.slots)
         funded[lease.envelope] = funded.get(lease.envelope, 0) + width
-        if lease.payer_class == "borrowed":
+        if lease.payer_class == PayerClass.BORROWED:
             lent[lease.envelope] = lent.get(lease.envelope, 0) + width
             borrowed_by_run[lease.run] = borrowed_by_run.get(lease.run, 0) + width
     return funded, lent, borrowed_by_run
@@ -198,13 +198,13 @@ def _end_of_instant(fold: _Fold) -> None:
 
 def _accrue(fold: _Fold, seconds: float) -> None:
     for lease in fold.leases.values():
-        if lease.envelope is None or lease.payer_class == "unfunded" or lease.role == "Fill":
+        if lease.envelope is None or lease.payer_class == PayerClass.UNFUNDED or lease.role == LeaseRole.FILL:
             continue
-        rate = fold.spare_rate if lease.role == "Spare" else 1.0
+        rate = fold.spare_rate if lease.role == LeaseRole.SPARE else 1.0
         gpu_seconds = len(lease.slots) * seconds
         key = lease.envelope
         fold.charged_seconds[key] = fold.charged_seconds.get(key, 0.0) + gpu_seconds * rate
-        if lease.payer_class == "borrowed":
+        if lease.payer_class == PayerClass.BORROWED:
             fold.lent_seconds[key] = fold.lent_seconds.get(key, 0.0) + gpu_seconds
 
 

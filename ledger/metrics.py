@@ -18,10 +18,12 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, text
 
+from ledger.vocabulary import LeaseReason, Remedy, ReservationState, RunPhase
+
 #: Lease-ending reasons that are resolver actions (SPEC §5.4) and failure handling (§6.3).
-RESOLVER_KINDS = ("ReclaimUnfunded", "DropSpare", "Shrink", "RandomPreempt", "ReclaimedBySpare", "Swap", "Requeued")
+RESOLVER_KINDS = (*Remedy, LeaseReason.RECLAIMED_BY_SPARE, LeaseReason.SWAP, LeaseReason.REQUEUED)
 ADMISSION_BUCKETS = (1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
-FINAL_RESERVATION_STATES = ("Released", "Cancelled", "Activated", "Expired", "Done")
+FINAL_RESERVATION_STATES = tuple(s for s in ReservationState if s is not ReservationState.OPEN)
 
 _ADMISSION_SQL = """
     SELECT EXTRACT(EPOCH FROM a.occurred_at - s.occurred_at) AS seconds
@@ -69,7 +71,7 @@ class LedgerCollector(Collector):
     def _queue(self, conn: Any) -> Iterator[Metric]:
         family = GaugeMetricFamily("jobtree_queue_length", "Runs waiting to start, by phase", labels=["phase"])
         rows = dict(conn.execute(text("SELECT phase, count(*) FROM runs GROUP BY phase")).all())
-        for phase in ("Pending", "Reserved"):
+        for phase in (RunPhase.PENDING, RunPhase.RESERVED):
             family.add_metric([phase], float(rows.get(phase, 0)))
         yield family
         runs = GaugeMetricFamily("jobtree_runs", "Runs by phase (latest incarnation)", labels=["phase"])

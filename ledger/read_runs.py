@@ -7,9 +7,11 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
+from ledger.vocabulary import FINISHED_PHASES as FINISHED_PHASES
+from ledger.vocabulary import WAITING_PHASES as WAITING_PHASES
+
 Row = dict[str, Any]
 
-FINISHED_PHASES = ("Completed", "Failed", "Cancelled")
 
 
 def iso_utc(value: datetime | None) -> str | None:
@@ -179,7 +181,6 @@ def run_is_active(engine: Engine, run: str) -> bool:
     return found is not None and found["phase"] not in FINISHED_PHASES
 
 
-WAITING_PHASES = ("Pending", "Reserved")
 
 _QUEUE = """
     SELECT r.run, x.id, x.earliest_start, x.data

@@ -19,10 +19,16 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ledger import events as ev
+from ledger.vocabulary import USAGE_LAYERS, Remedy, RunPhase
 from service.scenario import Scenario
 
-CLASSES = ("owned", "shared", "borrowed", "unfunded", "spare")
-CUT_KINDS = {"ReclaimUnfunded": "reclaim", "DropSpare": "drop-spare", "Shrink": "shrink", "RandomPreempt": "lottery"}
+CLASSES = USAGE_LAYERS
+CUT_KINDS: dict[str, str] = {
+    Remedy.RECLAIM_UNFUNDED: "reclaim",
+    Remedy.DROP_SPARE: "drop-spare",
+    Remedy.SHRINK: "shrink",
+    Remedy.RANDOM_PREEMPT: "lottery",
+}
 BUCKET = timedelta(hours=1)
 _CAUSE = re.compile(r"\((\w+)[,)]")
 Row = dict[str, Any]
@@ -84,7 +90,7 @@ class Collector:
                     self.cuts[kind] += 1
             elif isinstance(e, ev.RunRequeued):
                 self.requeued[_kind(e.reason)] += 1
-            elif isinstance(e, ev.RunFinished) and e.phase == "Failed":
+            elif isinstance(e, ev.RunFinished) and e.phase == RunPhase.FAILED:
                 self.failed[_kind(e.reason)] += 1
 
     def _close(self, lease_id: str, at: datetime) -> None:

@@ -30,6 +30,7 @@ from binder.kube.client import KubeApi
 from binder.kube.errors import NOT_ABOUT_THE_OBJECT, KubeConflict, KubeError, KubeNotFound
 from binder.ports import BindDeferred, BinderReads, BindError, LeaseToBind, Slot
 from ledger.events import Event, RunCompleted
+from ledger.vocabulary import RunPhase
 
 Obj = dict[str, Any]
 ANNOTATION_PODS = f"{kp.PREFIX}/pods"
@@ -219,7 +220,7 @@ def release(
 def _completed(reads: BinderReads, run: str, phases: dict[str, str]) -> bool:
     """Running, every open workload lease bound to pods, and every one of those pods Succeeded."""
     found = reads.run(run)
-    if found is None or found.phase != "Running":
+    if found is None or found.phase != RunPhase.RUNNING:
         return False
     rows = reads.bindings(run)
     names = [str(n) for r in rows for n in (r.pods or [])]

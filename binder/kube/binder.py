@@ -25,6 +25,7 @@ from binder.ports import BinderReads, BindError, GroupLease, LeaseToBind
 from ledger.binder_reads import PgBinderReads
 from ledger.events import Event, RunCompleted
 from ledger.store import Ledger
+from ledger.vocabulary import RunPhase
 
 Obj = dict[str, Any]
 WORKLOAD_ROLES = ("Active", "Fill")
@@ -173,4 +174,4 @@ class KubeBinder:
         """The run is Running and every open workload lease has its pod among ``pods``."""
         found = self.reads.run(run)
         wanted = {kp.pod_name(run, s.group, s.node) for s in self.reads.slots(run)}
-        return found is not None and found.phase == "Running" and bool(wanted) and wanted <= pods
+        return found is not None and found.phase == RunPhase.RUNNING and bool(wanted) and wanted <= pods

@@ -17,12 +17,13 @@ from cli import context
 from cli.context import open_app
 from cli.render import Row, console, emit_data
 from ledger.events import run_key
+from ledger.vocabulary import Remedy
 
 REMEDY_WORDS = {
-    "ReclaimUnfunded": "reclaim unfunded",
-    "DropSpare": "drop spares",
-    "Shrink": "shrink malleable",
-    "RandomPreempt": "lottery",
+    Remedy.RECLAIM_UNFUNDED: "reclaim unfunded",
+    Remedy.DROP_SPARE: "drop spares",
+    Remedy.SHRINK: "shrink malleable",
+    Remedy.RANDOM_PREEMPT: "lottery",
 }
 
 

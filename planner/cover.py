@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from ledger.model import RunSpec
+from ledger.vocabulary import LeaseRole, PayerClass
 from planner.limits import Limits, Tally
 from planner.pack import Alloc, GroupPlacement
 from planner.payers import LOCATION_KEYS, UNFUNDED, Candidate, Payer, eligible, is_exact, search_order
@@ -61,7 +62,7 @@ def funding_gap(view: PlanView, spec: RunSpec, gpus: int, now: datetime, run: st
     found = {c.key: c for d in view.domains_of(spec.resources.gpu_type) for c in book.limits.candidates(spec, d)}
     room = 0
     for cand in found.values():
-        recall = book.recallable(cand.key) if cand.payer_class == "owned" else 0
+        recall = book.recallable(cand.key) if cand.payer_class == PayerClass.OWNED else 0
         room += max(0, book.limits.room(cand, spec, run) + recall)
     if room >= gpus:
         return None
@@ -82,7 +83,7 @@ class _Funding:
     def take(self, cand: Candidate, want: int) -> int:
         room = self.limits.room(cand, self.spec, self.run, self.tally)
         recallable = 0
-        if self.recall and cand.payer_class == "owned" and self.limits.alive(cand):
+        if self.recall and cand.payer_class == PayerClass.OWNED and self.limits.alive(cand):
             recallable = self.book.recallable(cand.key) - self.tally.recalled[cand.key]
         take = min(want, max(0, room + recallable))
         if take > 0:
@@ -182,7 +183,7 @@ def _in_all(placement: Sequence[GroupPlacement], here: int) -> str:
     total = sum(len(a.slots) for g in placement for a in g.allocs)
     if total == here:
         return str(total)
-    shapes = {(g.gpus, sum(len(a.slots) for a in g.allocs if a.role == "Spare")) for g in placement}
+    shapes = {(g.gpus, sum(len(a.slots) for a in g.allocs if a.role == LeaseRole.SPARE)) for g in placement}
     if len(shapes) != 1:
         return f"{total} in all"
     size, spare = shapes.pop()
@@ -198,7 +199,7 @@ def _borrow_notes(funding: _Funding, cands: list[Candidate]) -> list[str]:
         return []
     if not spec.funding.allow_borrow:
         return [f"sponsors {', '.join(sponsors)} are not asked (funding.allowBorrow is false)"]
-    lenders = [c for c in cands if c.payer_class == "borrowed"]
+    lenders = [c for c in cands if c.payer_class == PayerClass.BORROWED]
     if not lenders:
         return [f"no sponsor envelope here lends to {spec.owner} ({', '.join(sponsors)}: lending.allow / lending.to)"]
     tally = funding.tally

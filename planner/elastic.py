@@ -25,22 +25,21 @@ from collections.abc import Iterable
 
 from ledger.events import RunResized
 from ledger.model import RunSpec
+from ledger.vocabulary import LeaseReason, LeaseRole, RunPhase
 from planner.cover import LeasePlan, Payer, cover
-from planner.losses import FILL, Batch
+from planner.losses import Batch
 from planner.lower import lower, shrunk_width
 from planner.pack import PackFailure, pack
 from planner.spares import top_up
 from planner.state import RunState
 from planner.view import PlanView
 
-GROW, SHRINK = "Grow", "Shrink"
-
 
 def running(view: PlanView, skip: Iterable[str] = ()) -> list[RunState]:
     """Running runs in submission order, leaving out ``skip`` and runs being finished."""
     state = view.state
     left_out = set(skip) | set(state.finishing)
-    runs = [r for r in state.runs.values() if r.phase == "Running" and r.key not in left_out]
+    runs = [r for r in state.runs.values() if r.phase == RunPhase.RUNNING and r.key not in left_out]
     return sorted(runs, key=lambda r: r.submitted_position)
 
 
@@ -67,7 +66,7 @@ def apply_shrinks(batch: Batch) -> None:
             left -= sizes[group]
         partial = left > 0 and run.spec.locality.group_gpus is None
         if ending and not partial:
-            batch.end_groups(run, ending, SHRINK)
+            batch.end_groups(run, ending, LeaseReason.SHRINK)
         elif partial:
             _shrink_spread(batch, run, ending, left)
 
@@ -76,19 +75,21 @@ def _shrink_spread(batch: Batch, run: RunState, whole: list[int], gpus: int) -> 
     """End groups ``whole``, then ``gpus`` more Active GPUs of the next group down (highest node first)."""
     for lease in batch.leases(run.key):
         if lease.group in whole:
-            batch.end(lease, SHRINK)
+            batch.end(lease, LeaseReason.SHRINK)
     top = max(g for g in batch.group_sizes(run.key))
-    actives = [x for x in batch.leases(run.key) if x.group == top and x.role == "Active"]
+    actives = [x for x in batch.leases(run.key) if x.group == top and x.role == LeaseRole.ACTIVE]
     for lease in sorted(actives, key=lambda x: (x.node, x.lease_id), reverse=True):
         if gpus <= 0:
             break
-        batch.end(lease, SHRINK)
+        batch.end(lease, LeaseReason.SHRINK)
         keep = len(lease.slots) - gpus
         gpus -= len(lease.slots)
         if keep > 0:
             payer = Payer(lease.envelope, lease.payer_owner, lease.payer_class)
-            batch.start(run.key, [LeasePlan(top, "Active", lease.node, lease.slots[:keep], payer)], SHRINK)
-    batch.out.append(RunResized(run.key, batch.width(run.key), SHRINK))
+            batch.start(
+                run.key, [LeasePlan(top, LeaseRole.ACTIVE, lease.node, lease.slots[:keep], payer)], LeaseReason.SHRINK
+            )
+    batch.out.append(RunResized(run.key, batch.width(run.key), LeaseReason.SHRINK))
 
 
 def shrink_refusal(name: str, spec: RunSpec, allocated: int, desired: int, by: int) -> str | None:
@@ -129,7 +130,7 @@ def grow(batch: Batch, waiting: set[str]) -> None:
 
 
 def _fills(batch: Batch, run: RunState) -> bool:
-    return any(lease.role == FILL for lease in batch.leases(run.key))
+    return any(lease.role == LeaseRole.FILL for lease in batch.leases(run.key))
 
 
 def _step(batch: Batch, run: RunState) -> bool:
@@ -152,6 +153,6 @@ def _step(batch: Batch, run: RunState) -> bool:
     funded = cover(view, spec, placement, batch.now, run=run.key)  # maxBorrowGPUs is per run (SPEC §4.2)
     if funded.unfunded and not spec.funding.opportunistic:
         return False
-    batch.start(run.key, funded.leases, GROW)
-    batch.out.append(RunResized(run.key, batch.width(run.key), GROW))
+    batch.start(run.key, funded.leases, LeaseReason.GROW)
+    batch.out.append(RunResized(run.key, batch.width(run.key), LeaseReason.GROW))
     return True

@@ -25,14 +25,11 @@ from __future__ import annotations
 from collections import defaultdict
 
 from ledger.events import NodeCordoned
+from ledger.vocabulary import LeaseReason, LeaseRole
 from planner.cover import LeasePlan, Payer
-from planner.losses import ACTIVE, FILL, SPARE, Batch
+from planner.losses import Batch
 from planner.state import LeaseState, RunState
 from planner.view import PlanView
-
-NODE_FAILURE = "NodeFailure"
-SWAP = "Swap"
-RECLAIMED = "ReclaimedBySpare"
 
 GroupRanks = dict[str, list[LeaseState]]  # failed node -> the group's Active leases on it
 
@@ -42,16 +39,16 @@ def handle_failures(batch: Batch) -> None:
     failed = sorted(name for name, node in view.state.nodes.items() if node.failed)
     for name in failed:
         if not view.node(name).cordoned:
-            batch.out.append(NodeCordoned(name, NODE_FAILURE))
+            batch.out.append(NodeCordoned(name, LeaseReason.NODE_FAILURE))
     hit = [lease for name in failed for lease in view.node_leases(name)]
     if not hit:
         return
-    for lease in (x for x in hit if x.role == FILL):
-        batch.lose(lease.run, [lease], NODE_FAILURE, why=f"node {lease.node} failed")
-    for lease in (x for x in hit if x.role == SPARE):
-        batch.end(lease, NODE_FAILURE, fill_reason=NODE_FAILURE)
+    for lease in (x for x in hit if x.role == LeaseRole.FILL):
+        batch.lose(lease.run, [lease], LeaseReason.NODE_FAILURE, why=f"node {lease.node} failed")
+    for lease in (x for x in hit if x.role == LeaseRole.SPARE):
+        batch.end(lease, LeaseReason.NODE_FAILURE, fill_reason=LeaseReason.NODE_FAILURE)
     ranks: dict[str, dict[int, GroupRanks]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    for lease in (x for x in hit if x.role == ACTIVE and not view.ended(x.lease_id)):
+    for lease in (x for x in hit if x.role == LeaseRole.ACTIVE and not view.ended(x.lease_id)):
         ranks[lease.run][lease.group][lease.node].append(lease)
     for key in sorted(ranks):
         _fail_run(batch, view.state.runs[key], ranks[key])
@@ -71,7 +68,7 @@ def _fail_run(batch: Batch, run: RunState, groups: dict[int, GroupRanks]) -> Non
     nodes = _nodes(groups)
     why = f"node{'s' if len(nodes) > 1 else ''} {', '.join(nodes)} failed"
     if lost:
-        batch.lose(run.key, lost, NODE_FAILURE, why=why)
+        batch.lose(run.key, lost, LeaseReason.NODE_FAILURE, why=why)
         if run.key in batch.done:
             return
     for group, _node, failed_leases, spare in swaps:
@@ -88,7 +85,7 @@ def _spares_for(batch: Batch, run: str, group: int, ranks: GroupRanks) -> list[t
     spares = [
         lease
         for lease in batch.leases(run)
-        if lease.role == SPARE and lease.group == group and view.node(lease.node).schedulable
+        if lease.role == LeaseRole.SPARE and lease.group == group and view.node(lease.node).schedulable
     ]
     chosen: list[tuple[str, LeaseState]] = []
     for node in sorted(ranks):
@@ -103,18 +100,18 @@ def _spares_for(batch: Batch, run: str, group: int, ranks: GroupRanks) -> list[t
 
 
 def _filled(view: PlanView, spare: LeaseState) -> int:
-    return len(view.role_slots(spare.node, FILL) & set(spare.slots))
+    return len(view.role_slots(spare.node, LeaseRole.FILL) & set(spare.slots))
 
 
 def _swap(batch: Batch, run: str, group: int, failed: list[LeaseState], spare: LeaseState) -> None:
     """Same ranks (in slot order), same group, same payers, on the spare node."""
-    batch.end_fills_on(spare, RECLAIMED)
-    batch.end(spare, SWAP)
+    batch.end_fills_on(spare, LeaseReason.RECLAIMED_BY_SPARE)
+    batch.end(spare, LeaseReason.SWAP)
     free = sorted(spare.slots)
     moved: list[LeasePlan] = []
     for lease in sorted(failed, key=lambda x: sorted(x.slots)):
-        batch.end(lease, NODE_FAILURE)
+        batch.end(lease, LeaseReason.NODE_FAILURE)
         slots, free = tuple(free[: len(lease.slots)]), free[len(lease.slots) :]
         payer = Payer(lease.envelope, lease.payer_owner, lease.payer_class)
-        moved.append(LeasePlan(group, ACTIVE, spare.node, slots, payer))
-    batch.start(run, moved, SWAP)
+        moved.append(LeasePlan(group, LeaseRole.ACTIVE, spare.node, slots, payer))
+    batch.start(run, moved, LeaseReason.SWAP)

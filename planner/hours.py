@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from ledger import events as ev
-from ledger.vocabulary import HOLDING_ROLES
+from ledger.vocabulary import HOLDING_ROLES, LeaseRole
 
 EPSILON_HOURS = 1e-6
 """Hours at or below this count as exhausted (float noise at an exhaustion instant)."""
@@ -128,7 +128,7 @@ class FundingIndex:
         (ids.add if sign > 0 else ids.discard)(lease.lease_id)
         self.used.setdefault(key, Meter()).change(at, spare_rate, lease.role, gpus)
         if lease.payer_class == "borrowed":
-            self.lent.setdefault(key, Meter()).change(at, 1.0, "Active", gpus)
+            self.lent.setdefault(key, Meter()).change(at, 1.0, LeaseRole.ACTIVE, gpus)
             self.lent_now[key] = self.lent_now.get(key, 0) + gpus
         elif lease.payer_class == "shared":
             self.shared_now[key] = self.shared_now.get(key, 0) + gpus

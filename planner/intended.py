@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
+from ledger.vocabulary import LeaseRole
 from planner.lower import GroupDemand, lower
 from planner.pack import Alloc, GroupPlacement, PackFailure, Placement, pack
 from planner.resolve import Scope, plan_cuts
@@ -66,7 +67,7 @@ class Target:
 
     def placement(self, view: PlanView) -> Placement:
         """One pseudo group over the placement's slots (enough for cover: who would pay)."""
-        allocs = tuple(Alloc(n, view.node(n).domain, s, "Active") for n, s in sorted(self.slots.items()))
+        allocs = tuple(Alloc(n, view.node(n).domain, s, LeaseRole.ACTIVE) for n, s in sorted(self.slots.items()))
         return (GroupPlacement(0, allocs),)
 
 

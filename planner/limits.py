@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from ledger.model import Envelope, RunSpec, parse_duration
+from ledger.vocabulary import PayerClass
 from planner.family import Family
 from planner.hours import EPSILON_HOURS
 from planner.payers import Candidate, search_order
@@ -82,7 +83,7 @@ class Limits:
 
     def lend_remaining(self, cand: Candidate) -> float | None:
         lending = cand.envelope.lending
-        if cand.payer_class != "borrowed" or lending is None or lending.max_gpu_hours is None:
+        if cand.payer_class != PayerClass.BORROWED or lending is None or lending.max_gpu_hours is None:
             return None
         return lending.max_gpu_hours - self.view.state.funding.lent_hours(cand.key, self.now)
 

@@ -24,14 +24,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from ledger.events import Event, LeaseEnded, LeaseStarted, RunFinished, RunRequeued, RunResized
+from ledger.vocabulary import LeaseReason, LeaseRole, RunPhase
 from planner.cover import LeasePlan
 from planner.state import LeaseState, RunState
 from planner.view import PlanView
 
-ACTIVE, SPARE, FILL = "Active", "Spare", "Fill"
-WIDTH_ROLES = frozenset({ACTIVE, FILL})
-REQUEUED, FAILED = "Requeued", "Failed"
-SPARE_RELEASED = "SpareReleased"
+WIDTH_ROLES = frozenset({LeaseRole.ACTIVE, LeaseRole.FILL})
 
 
 @dataclass
@@ -105,18 +103,18 @@ class Batch:
 
     # ------------------------------------------------------------ ending
 
-    def end(self, lease: LeaseState, reason: str, fill_reason: str = SPARE_RELEASED) -> None:
+    def end(self, lease: LeaseState, reason: str, fill_reason: str = LeaseReason.SPARE_RELEASED) -> None:
         """End one lease (and, for a Spare, the fills on it first)."""
         if self.view.ended(lease.lease_id):
             return
-        if lease.role == SPARE:
+        if lease.role == LeaseRole.SPARE:
             self.end_fills_on(lease, fill_reason)
         self.out.append(LeaseEnded(lease.lease_id, reason))
         self.view.end(lease)
 
     def end_fills_on(self, spare: LeaseState, reason: str) -> None:
         held = set(spare.slots)
-        hit = [f for f in self.view.node_leases(spare.node) if f.role == FILL and held & set(f.slots)]
+        hit = [f for f in self.view.node_leases(spare.node) if f.role == LeaseRole.FILL and held & set(f.slots)]
         for fill in hit:
             self.lose(fill.run, [fill], reason, why=f"its fill on {spare.node} was {_verb(reason)}", keep=True)
 
@@ -149,7 +147,7 @@ class Batch:
     def end_run(self, run: RunState, why: str) -> None:
         """Requeue (with ``runtime.checkpoint``) or fail the whole run."""
         requeue = run.spec.runtime.checkpoint is not None
-        reason = REQUEUED if requeue else FAILED
+        reason = LeaseReason.REQUEUED if requeue else LeaseReason.FAILED
         for lease in self.leases(run.key):
             self.end(lease, reason)
         self.done.add(run.key)
@@ -157,7 +155,7 @@ class Batch:
             self.out.append(RunRequeued(run.key, why))
             self.requeued.append(run.key)
         else:
-            self.out.append(RunFinished(run.key, FAILED, why))
+            self.out.append(RunFinished(run.key, RunPhase.FAILED, why))
 
 
 def _verb(reason: str) -> str:

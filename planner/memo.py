@@ -93,9 +93,7 @@ def scope_print(scope: Scope) -> bytes:
     return _digest(runs)
 
 
-def placement_key(
-    view: PlanView, scope: Scope, run: RunState, kept: dict[str, list[int]] | None, frozen: bool
-) -> Key:
+def placement_key(view: PlanView, scope: Scope, run: RunState, kept: dict[str, list[int]] | None, frozen: bool) -> Key:
     spec = run.spec
     gpu_type = spec.resources.gpu_type
     shape = (gpu_type, spec.min_gpus, spec.locality.group_gpus, spec.spares, tuple(lower(spec, spec.min_gpus)))

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from ledger.vocabulary import LeaseRole
 from planner.lower import GroupDemand
 from planner.state import DomainKey
 from planner.view import PlanView
@@ -38,7 +39,7 @@ class GroupPlacement:
 
     @property
     def gpus(self) -> int:
-        return sum(len(a.slots) for a in self.allocs if a.role == "Active")
+        return sum(len(a.slots) for a in self.allocs if a.role == LeaseRole.ACTIVE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,14 +164,12 @@ def _place_in_domain(s: Scratch, key: DomainKey, gpus: int, spares: int) -> list
         actives, spare_nodes = picked
     else:
         spare_nodes = whole[len(whole) - spares :] if spares else []
-        counts = {
-            n: c for n in s.view.domain(key).nodes if n not in spare_nodes and (c := s.free_count(n)) > 0
-        }
+        counts = {n: c for n in s.view.domain(key).nodes if n not in spare_nodes and (c := s.free_count(n)) > 0}
         if sum(counts.values()) < gpus:
             return None
         actives = _best_fit(counts, gpus)
-    allocs = [Alloc(n, key, tuple(s.free(n)[:c]), "Active") for n, c in actives]
-    allocs += [Alloc(n, key, tuple(s.free(n)), "Spare") for n in spare_nodes]
+    allocs = [Alloc(n, key, tuple(s.free(n)[:c]), LeaseRole.ACTIVE) for n, c in actives]
+    allocs += [Alloc(n, key, tuple(s.free(n)), LeaseRole.SPARE) for n in spare_nodes]
     return allocs
 
 

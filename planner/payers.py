@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from ledger.model import BudgetSpec, Envelope, RunSpec
+from ledger.vocabulary import PayerClass
 from planner.family import Family
 from planner.state import envelope_key
 
@@ -33,7 +34,7 @@ class Payer:
     payer_class: str  # owned | shared | borrowed | unfunded
 
 
-UNFUNDED = Payer(None, None, "unfunded")
+UNFUNDED = Payer(None, None, PayerClass.UNFUNDED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +77,11 @@ def _tier(
     for env in budget.envelopes:
         if not eligible(env, gpu_type, location, now):
             continue
-        if payer_class == "shared" and env.sharing != "family":
+        if payer_class == PayerClass.SHARED and env.sharing != "family":
             continue
-        if payer_class == "borrowed" and not (env.lending and env.lending.allow and env.lending.admits(spec.owner)):
+        if payer_class == PayerClass.BORROWED and not (
+            env.lending and env.lending.allow and env.lending.admits(spec.owner)
+        ):
             continue
         payer = Payer(envelope_key(budget.owner, env.name), budget.owner, payer_class)
         found.append(Candidate(payer, env, distance))
@@ -90,16 +93,16 @@ def search_order(
 ) -> list[Candidate]:
     """Eligible envelopes for one domain, in SPEC §4.2 search order."""
     owner = spec.owner
-    out = _tier(budgets.get(owner), spec, location, now, "owned", 0)
+    out = _tier(budgets.get(owner), spec, location, now, PayerClass.OWNED, 0)
     relatives = sorted(family.of(owner).items(), key=lambda kv: (kv[1], kv[0]))
     for relative, distance in relatives:
-        out += _tier(budgets.get(relative), spec, location, now, "shared", distance)
+        out += _tier(budgets.get(relative), spec, location, now, PayerClass.SHARED, distance)
     if spec.funding.allow_borrow:
         listed = {c.key for c in out}
         for sponsor in dict.fromkeys(spec.funding.sponsors):
             if sponsor == owner:
                 continue
-            lenders = _tier(budgets.get(sponsor), spec, location, now, "borrowed", SPONSOR_DISTANCE)
+            lenders = _tier(budgets.get(sponsor), spec, location, now, PayerClass.BORROWED, SPONSOR_DISTANCE)
             out += [c for c in lenders if c.key not in listed]
             listed.update(c.key for c in lenders)
     return out

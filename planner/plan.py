@@ -37,6 +37,7 @@ from ledger.events import (
     RunRequeued,
     plan_stream,
 )
+from ledger.vocabulary import LeaseReason, RunPhase
 from planner.cover import LeasePlan, cover, funding_gap
 from planner.elastic import apply_shrinks, grow
 from planner.failures import handle_failures
@@ -50,8 +51,6 @@ from planner.reserve import Reserver
 from planner.spares import end_orphan_fills, fill_attempt
 from planner.state import ClusterState, RunState, fold
 from planner.view import PlanView
-
-ADMITTED = "Admitted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +91,7 @@ def _chains(decision: Event) -> bool:
 def _as_records(state: ClusterState, decisions: list[Event], now: datetime) -> list[Recorded]:
     stream, base = plan_stream(), state.last_position
     return [
-        Recorded(base + i, stream, state.plan_version + i, d, "planner", now)
-        for i, d in enumerate(decisions, start=1)
+        Recorded(base + i, stream, state.plan_version + i, d, "planner", now) for i, d in enumerate(decisions, start=1)
     ]
 
 
@@ -153,7 +151,7 @@ def _finish(view: PlanView) -> list[Event]:
     state = view.state
     out: list[Event] = []
     for key in sorted(state.finishing, key=lambda k: state.finishing[k]):
-        phase = state.runs[key].finish_request or "Cancelled"
+        phase = state.runs[key].finish_request or RunPhase.CANCELLED
         for lease in view.open_leases(key):
             out.append(LeaseEnded(lease.lease_id, phase))
             view.end(lease)
@@ -300,7 +298,7 @@ def _start(view: PlanView, run: RunState, admission: Admission, now: datetime) -
                 envelope=payer.envelope,
                 payer_owner=payer.owner,
                 payer_class=payer.payer_class,
-                reason=ADMITTED,
+                reason=LeaseReason.ADMITTED,
             )
         )
         view.start_lease(out[-1])  # type: ignore[arg-type]

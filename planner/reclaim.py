@@ -16,6 +16,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from ledger.events import Event
+from ledger.vocabulary import PayerClass
 from planner.cover import cover
 from planner.intended import CutView
 from planner.losses import Batch
@@ -59,7 +60,7 @@ def _reclaimable(view: PlanView, scope: Scope, run: RunState) -> dict[DomainKey,
         found = [
             g
             for g in scope.groups(domain)
-            if g.unfunded or any(x.payer_class == "shared" and x.envelope in own for x in g.leases)
+            if g.unfunded or any(x.payer_class == PayerClass.SHARED and x.envelope in own for x in g.leases)
         ]
         if found:
             out[domain] = found

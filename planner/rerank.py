@@ -34,13 +34,12 @@ from datetime import datetime
 
 from ledger.events import Event, LeaseEnded, LeaseStarted
 from ledger.model import Envelope
-from ledger.vocabulary import HOLDING_ROLES
+from ledger.vocabulary import HOLDING_ROLES, LeaseReason, PayerClass
 from planner.limits import Limits
 from planner.payers import UNFUNDED, Payer
 from planner.state import LeaseState
 from planner.view import PlanView
 
-PAYER_CHANGED = "PayerChanged"
 CLASS_ORDER = {"borrowed": 0, "owned": 1, "shared": 2, "unfunded": 3}
 
 Rank = tuple[datetime, str, int, str]
@@ -170,7 +169,7 @@ class FundingBook:
         claim, i = gpu
         payer = claim.payers[i]
         distance = 0
-        if payer.payer_class == "shared" and payer.owner is not None:
+        if payer.payer_class == PayerClass.SHARED and payer.owner is not None:
             run = self.view.state.runs.get(claim.run)
             owner = run.spec.owner if run else ""
             distance = self.limits.family.distance(owner, payer.owner) or 0
@@ -206,7 +205,9 @@ class FundingBook:
 
     def recall(self, env: str, gpus: int) -> None:
         """The owner needs ``gpus`` of ``env``: its lowest-ranked shared GPUs lose their payer."""
-        shared = sorted((g for g in self.gpus_on(env) if g[0].payers[g[1]].payer_class == "shared"), key=self._env_rank)
+        shared = sorted(
+            (g for g in self.gpus_on(env) if g[0].payers[g[1]].payer_class == PayerClass.SHARED), key=self._env_rank
+        )
         if gpus > 0:
             self._demote(shared[-gpus:])
 
@@ -257,7 +258,7 @@ class FundingBook:
         envelope = self._envelope(env)
         lending = envelope.lending if envelope else None
         if lending is not None and lending.max_concurrency is not None:
-            borrowed = [g for g in good if g[0].payers[g[1]].payer_class == "borrowed"]
+            borrowed = [g for g in good if g[0].payers[g[1]].payer_class == PayerClass.BORROWED]
             excess = {(c.lease_id, i) for c, i in borrowed[lending.max_concurrency :]}
             self._demote([g for g in good if (g[0].lease_id, g[1]) in excess])
             good = [g for g in good if (g[0].lease_id, g[1]) not in excess]
@@ -290,7 +291,9 @@ class FundingBook:
             if not idxs:
                 return
             room = self.limits.room(cand, run.spec, claim.run)
-            recallable = self.recallable(cand.key) if cand.payer_class == "owned" and self.limits.alive(cand) else 0
+            recallable = (
+                self.recallable(cand.key) if cand.payer_class == PayerClass.OWNED and self.limits.alive(cand) else 0
+            )
             take = min(len(idxs), max(0, room + recallable))
             if take <= 0:
                 continue
@@ -308,12 +311,12 @@ class FundingBook:
             claim = self.claims.pop(lid)
             for ids in self._on_env.values():
                 ids.discard(lid)
-            out.append(LeaseEnded(lid, PAYER_CHANGED))
+            out.append(LeaseEnded(lid, LeaseReason.PAYER_CHANGED))
             for payer, slots in claim.parts():
                 started = LeaseStarted(
                     lease_id=self.view.next_lease_id(), run=claim.run, group=claim.group, role=claim.role,
                     node=claim.node, slots=slots, envelope=payer.envelope, payer_owner=payer.owner,
-                    payer_class=payer.payer_class, reason=PAYER_CHANGED, previous=lid,
+                    payer_class=payer.payer_class, reason=LeaseReason.PAYER_CHANGED, previous=lid,
                 )  # fmt: skip
                 out.append(started)
                 self._add(

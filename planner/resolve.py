@@ -22,16 +22,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ledger.events import Event, LeaseEnded, RunFinished, RunRequeued, RunResized
-from ledger.vocabulary import HOLDING_ROLES
+from ledger.vocabulary import HOLDING_ROLES, LeaseReason, LeaseRole, PayerClass, Remedy
 from planner.elastic import running
-from planner.losses import SPARE, SPARE_RELEASED, Batch
+from planner.losses import Batch
 from planner.lottery import Cut, Lottery, RunFloor, Ticket, expected_cut, kill_probabilities, run_lottery
 from planner.rerank import Claim, FundingBook
 from planner.state import DomainKey, LeaseState, RunState
 from planner.view import PlanView
 
-RECLAIM, DROP_SPARE, SHRINK, PREEMPT = "ReclaimUnfunded", "DropSpare", "Shrink", "RandomPreempt"
-ACTIONS = (RECLAIM, DROP_SPARE, SHRINK, PREEMPT)
+ACTIONS: tuple[Remedy, ...] = tuple(Remedy)
 
 
 @dataclass(slots=True)
@@ -48,11 +47,11 @@ class Group:
 
     @property
     def active(self) -> int:
-        return sum(len(lease.slots) for lease in self.leases if lease.role != SPARE)
+        return sum(len(lease.slots) for lease in self.leases if lease.role != LeaseRole.SPARE)
 
     @property
     def unfunded(self) -> bool:
-        return any(lease.payer_class == "unfunded" for lease in self.leases)
+        return any(lease.payer_class == PayerClass.UNFUNDED for lease in self.leases)
 
     def ticket(self, spares: bool = True) -> Ticket:
         return Ticket(self.run.spec.owner, self.run.key, self.index, self.gpus if spares else self.active)
@@ -81,7 +80,7 @@ class Scope:
         for lid, e in sorted(started.items()):
             claim: Claim | None = claims.get(lid)
             classes = {p.payer_class for p in claim.payers} if claim is not None else {e.payer_class}
-            payer_class = "unfunded" if "unfunded" in classes else min(classes)
+            payer_class = PayerClass.UNFUNDED if PayerClass.UNFUNDED in classes else min(classes)
             lease = LeaseState(
                 e.lease_id, e.run, e.group, e.role, e.node, e.slots, e.envelope,
                 e.payer_owner, payer_class, batch.now, 0,
@@ -124,7 +123,7 @@ class Scope:
         return list(found)
 
     def width(self, run: str) -> int:
-        return sum(len(x.slots) for x in self.leases(run) if x.role in ("Active", "Fill"))
+        return sum(len(x.slots) for x in self.leases(run) if x.role in (LeaseRole.ACTIVE, LeaseRole.FILL))
 
     def groups(self, domain: DomainKey) -> list[Group]:
         """Groups (Active and Spare leases) of live runs in ``domain``.
@@ -180,7 +179,7 @@ def shrinkable(scope: Scope, groups: list[Group], lost: dict[str, int]) -> list[
 
 @dataclass(slots=True)
 class CutPlan:
-    remedies: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ACTIONS, 0))
+    remedies: dict[Remedy, int] = field(default_factory=lambda: dict.fromkeys(ACTIONS, 0))
     shrink: dict[str, int] = field(default_factory=dict)
     survive: dict[str, float] = field(default_factory=dict)  # run -> chance it is not ended
     conflict: set[str] = field(default_factory=set)
@@ -206,12 +205,12 @@ def plan_cuts(scope: Scope, deficits: dict[DomainKey, int]) -> CutPlan:
     for domain in sorted(deficits):
         groups = scope.groups(domain)
         unfunded = [g for g in groups if g.unfunded]
-        left = _count_lottery(scope, plan, unfunded, deficits[domain], RECLAIM, lost, spares=True)
+        left = _count_lottery(scope, plan, unfunded, deficits[domain], Remedy.RECLAIM_UNFUNDED, lost, spares=True)
         rest = [g for g in groups if not g.unfunded]
         for group in newest_first(rest):
             spare = group.gpus - group.active
             if left > 0 and spare:
-                plan.remedies[DROP_SPARE] += spare
+                plan.remedies[Remedy.DROP_SPARE] += spare
                 plan.gpus += spare
                 plan.conflict.add(group.run.key)
                 left -= spare
@@ -219,7 +218,7 @@ def plan_cuts(scope: Scope, deficits: dict[DomainKey, int]) -> CutPlan:
         for group in shrinkable(scope, rest, dict(lost)) if left > 0 else []:
             if left <= 0:
                 break
-            plan.remedies[SHRINK] += group.active
+            plan.remedies[Remedy.SHRINK] += group.active
             plan.gpus += group.active
             plan.shrink[group.run.key] = plan.shrink.get(group.run.key, 0) + group.active
             lost[group.run.key] = lost.get(group.run.key, 0) + group.active
@@ -227,12 +226,12 @@ def plan_cuts(scope: Scope, deficits: dict[DomainKey, int]) -> CutPlan:
             shrunk.add((group.run.key, group.index))
             left -= group.active
         remaining = [g for g in rest if (g.run.key, g.index) not in shrunk]
-        _count_lottery(scope, plan, remaining, left, PREEMPT, lost, spares=False)
+        _count_lottery(scope, plan, remaining, left, Remedy.RANDOM_PREEMPT, lost, spares=False)
     return plan
 
 
 def _count_lottery(
-    scope: Scope, plan: CutPlan, groups: list[Group], left: int, action: str, lost: dict[str, int], spares: bool
+    scope: Scope, plan: CutPlan, groups: list[Group], left: int, action: Remedy, lost: dict[str, int], spares: bool
 ) -> int:
     if left <= 0 or not groups:
         return left
@@ -290,7 +289,7 @@ class Cutter:
 
     def reclaim(self, domain: DomainKey, need: int, groups: list[Group]) -> None:
         """SPEC §4.4 outcome 2: the lottery among ``groups`` (unfunded work) until ``domain`` has ``need`` free."""
-        self._lottery(groups, self.deficit(domain, need), RECLAIM)
+        self._lottery(groups, self.deficit(domain, need), Remedy.RECLAIM_UNFUNDED)
 
     def deficit(self, domain: DomainKey, need: int) -> int:
         return max(0, need - self.scope.view.domain_free(domain))
@@ -303,20 +302,20 @@ class Cutter:
         scope = self.scope
         if self.deficit(domain, need):
             unfunded = [g for g in scope.groups(domain) if g.unfunded]
-            self._lottery(unfunded, self.deficit(domain, need), RECLAIM)
+            self._lottery(unfunded, self.deficit(domain, need), Remedy.RECLAIM_UNFUNDED)
         for group in newest_first(scope.groups(domain)):
-            for lease in (x for x in group.leases if x.role == SPARE):
+            for lease in (x for x in group.leases if x.role == LeaseRole.SPARE):
                 if self.deficit(domain, need):
-                    self._end(lease, DROP_SPARE)
+                    self._end(lease, LeaseReason.DROP_SPARE)
         if self.deficit(domain, need):
             for group in shrinkable(scope, scope.groups(domain), {}):
                 if not self.deficit(domain, need):
                     break
                 if self._may_shrink(group):
                     self.shrunk[group.run.key] = self.shrunk.get(group.run.key, 0) + group.active
-                    self._end_group(group, SHRINK)
+                    self._end_group(group, LeaseReason.SHRINK)
         if self.deficit(domain, need):
-            self._lottery(scope.groups(domain), self.deficit(domain, need), PREEMPT)
+            self._lottery(scope.groups(domain), self.deficit(domain, need), Remedy.RANDOM_PREEMPT)
 
     def _may_shrink(self, group: Group) -> bool:
         if self.promised is None:
@@ -344,8 +343,8 @@ class Cutter:
         batch, view = self.scope.batch, self.scope.view
         if view.ended(lease.lease_id):
             return
-        if lease.role == SPARE:
-            batch.end_fills_on(lease, SPARE_RELEASED)
+        if lease.role == LeaseRole.SPARE:
+            batch.end_fills_on(lease, LeaseReason.SPARE_RELEASED)
         self.out.append(LeaseEnded(lease.lease_id, reason, self.lottery.seed))
         view.end(lease)
         _forget(view, lease.lease_id)

@@ -3,7 +3,8 @@
 A snapshot is a folded ``ClusterState`` at a ledger position, so a restart reads
 the snapshot plus the tail instead of the whole history. Restoring is only valid
 for the code that wrote it, so every snapshot carries a **fingerprint** of the
-planner's sources, ``ledger/events.py``, ``ledger/model.py`` and the runtime
+planner's sources, ``ledger/events.py``, ``ledger/model.py``, ``ledger/vocabulary.py``
+and the runtime
 (Python and pydantic versions); a snapshot with another fingerprint is ignored.
 
 Encoding is pickle (protocol 5), on purpose and with care (docs/workers.md):
@@ -16,8 +17,8 @@ Encoding is pickle (protocol 5), on purpose and with care (docs/workers.md):
 - Unpickling runs code named by the data. Snapshots live in the ledger database,
   which is already trusted as the source of truth, but write access to one table
   must not become code execution in the planner, so ``decode`` resolves only
-  *classes defined in* ``planner.*``, ``ledger.events``, ``ledger.model`` and
-  ``datetime``, plus pydantic's ``TzInfo`` (no functions, no builtins, no dotted
+  *classes defined in* ``planner.*``, ``ledger.events``, ``ledger.model``,
+  ``ledger.vocabulary`` and ``datetime``, plus pydantic's ``TzInfo`` (no functions, no builtins, no dotted
   names). Anything else is
   ``SnapshotUnreadable``, and the caller folds from scratch instead.
 
@@ -39,8 +40,8 @@ FORMAT = "pickle-5"
 PROTOCOL = 5
 #: Source paths (relative to the directory holding the ``planner`` package) whose
 #: content defines the snapshot layout; a directory means every ``*.py`` in it.
-SOURCES = ("planner", "ledger/events.py", "ledger/model.py")
-_ALLOWED_MODULES = ("ledger.events", "ledger.model", "datetime")
+SOURCES = ("planner", "ledger/events.py", "ledger/model.py", "ledger/vocabulary.py")
+_ALLOWED_MODULES = ("ledger.events", "ledger.model", "ledger.vocabulary", "datetime")
 #: Outside classes a state may hold: pydantic's own tzinfo on datetimes it parsed.
 _ALLOWED_CLASSES = frozenset({("pydantic_core._pydantic_core", "TzInfo")})
 

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from ledger.vocabulary import LeaseReason, LeaseRole
 from planner.cover import UNFUNDED, LeasePlan, cover
-from planner.losses import FILL, SPARE, SPARE_RELEASED, Batch
+from planner.losses import Batch
 from planner.lower import admission_widths, lower
 from planner.pack import Alloc, GroupPlacement, PackFailure, pack
 from planner.state import DomainKey, LeaseState, RunState
 from planner.view import PlanView
-
-SPARE_REPLACED = "SpareReplaced"
 
 
 class FillView(PlanView):
@@ -42,7 +41,7 @@ class FillView(PlanView):
             for name in base.domain(key).nodes:
                 if not base.node(name).schedulable:
                     continue
-                free = base.role_slots(name, SPARE) - base.role_slots(name, FILL)
+                free = base.role_slots(name, LeaseRole.SPARE) - base.role_slots(name, LeaseRole.FILL)
                 if free:
                     self._fill_free[name] = free
                     total += len(free)
@@ -73,7 +72,9 @@ def fill_attempt(view: PlanView, run: RunState, now: datetime) -> tuple[int, tup
             continue
         if any(lp.payer.envelope is not None for lp in cover(view, spec, placement, now).leases):
             return None  # somebody would pay: not fill work
-        leases = tuple(LeasePlan(g.index, FILL, a.node, a.slots, UNFUNDED) for g in placement for a in g.allocs)
+        leases = tuple(
+            LeasePlan(g.index, LeaseRole.FILL, a.node, a.slots, UNFUNDED) for g in placement for a in g.allocs
+        )
         return width, leases
     return None
 
@@ -85,9 +86,9 @@ def end_orphan_fills(batch: Batch) -> None:
         if view.ended(lid):
             continue
         fill = view.state.leases[lid]
-        if not set(fill.slots) <= view.role_slots(fill.node, SPARE):
+        if not set(fill.slots) <= view.role_slots(fill.node, LeaseRole.SPARE):
             why = f"the spare under its fill on {fill.node} ended"
-            batch.lose(fill.run, [fill], SPARE_RELEASED, why=why, keep=True)
+            batch.lose(fill.run, [fill], LeaseReason.SPARE_RELEASED, why=why, keep=True)
 
 
 def top_up(batch: Batch, run: RunState) -> None:
@@ -98,8 +99,8 @@ def top_up(batch: Batch, run: RunState) -> None:
         groups.setdefault(lease.group, []).append(lease)
     for group in sorted(groups):
         leases = groups[group]
-        actives = {lease.node for lease in leases if lease.role == "Active"}
-        need = spec.spares - len({lease.node for lease in leases if lease.role == SPARE})
+        actives = {lease.node for lease in leases if lease.role == LeaseRole.ACTIVE}
+        need = spec.spares - len({lease.node for lease in leases if lease.role == LeaseRole.SPARE})
         if not actives or need <= 0:
             continue
         domains = sorted({view.node(n).domain for n in actives})
@@ -120,9 +121,9 @@ def _whole_free_nodes(view: PlanView, domains: list[DomainKey], exclude: set[str
 def _start_spare(batch: Batch, run: RunState, group: int, node: str) -> bool:
     view, spec = batch.view, run.spec
     domain = view.node(node).domain
-    placement = (GroupPlacement(group, (Alloc(node, domain, tuple(sorted(view.free_slots(node))), SPARE),)),)
+    placement = (GroupPlacement(group, (Alloc(node, domain, tuple(sorted(view.free_slots(node))), LeaseRole.SPARE),)),)
     funded = cover(view, spec, placement, batch.now, run=run.key)  # maxBorrowGPUs is per run (SPEC §4.2)
     if funded.unfunded and not spec.funding.opportunistic:
         return False
-    batch.start(run.key, funded.leases, SPARE_REPLACED)
+    batch.start(run.key, funded.leases, LeaseReason.SPARE_REPLACED)
     return True

@@ -179,9 +179,7 @@ def fold(records: Iterable[ev.Recorded], base: ClusterState | None = None) -> Cl
             state.plan_version += 1
         state.funding.seen(record)
         state.last_position = max(state.last_position, record.position)
-        state.last_time = (
-            record.occurred_at if state.last_time is None else max(state.last_time, record.occurred_at)
-        )
+        state.last_time = record.occurred_at if state.last_time is None else max(state.last_time, record.occurred_at)
     return state
 
 
@@ -219,16 +217,12 @@ def _node_registered(state: ClusterState, record: ev.Recorded) -> None:
     node.region = e.labels.get("region", "")
     node.cluster = e.labels.get("cluster", "")
     node.fabric_domain = e.labels.get("fabricDomain", "")
-    held = {
-        s for lid in node.leases if state.leases[lid].role in HOLDING_ROLES for s in state.leases[lid].slots
-    }
+    held = {s for lid in node.leases if state.leases[lid].role in HOLDING_ROLES for s in state.leases[lid].slots}
     node.free = set(range(e.gpus)) - held
     _attach(state, node)
 
 
-def _set_flags(
-    state: ClusterState, name: str, cordoned: bool | None, failed: bool | None, reason: str
-) -> None:
+def _set_flags(state: ClusterState, name: str, cordoned: bool | None, failed: bool | None, reason: str) -> None:
     node = state.nodes.get(name)
     if node is None:
         return

@@ -13,8 +13,8 @@
 
 from __future__ import annotations
 
+from ledger.vocabulary import LeaseRole
 from planner.intended import Target, cheapest, cost, staged, target_of
-from planner.losses import SPARE
 from planner.lower import lower
 from planner.memo import PLACEMENTS, placement_key
 from planner.resolve import Scope, shrinkable
@@ -58,7 +58,7 @@ def _stages(scope: Scope, gpu_type: str) -> list[dict[str, set[int]]]:
     rest = [g for g in groups if not g.unfunded]
     steps = [
         [x for g in unfunded for x in g.leases],
-        [x for g in rest for x in g.leases if x.role == SPARE],
+        [x for g in rest for x in g.leases if x.role == LeaseRole.SPARE],
         [x for g in shrinkable(scope, rest, {}) for x in g.leases],
         [x for g in rest for x in g.leases],
     ]

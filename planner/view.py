@@ -12,7 +12,7 @@ from typing import Any
 
 from ledger.events import LeaseStarted
 from ledger.model import BudgetSpec
-from ledger.vocabulary import HOLDING_ROLES
+from ledger.vocabulary import HOLDING_ROLES, PayerClass
 from planner.state import ClusterState, DomainKey, DomainState, LeaseState, NodeState, lease_id
 
 
@@ -67,7 +67,9 @@ class PlanView:
         """GPUs ``run`` borrows now (SPEC §4.2: maxBorrowGPUs is cumulative per run)."""
         found = self.state.runs.get(run)
         ids = found.leases if found is not None else set()
-        base = sum(len(self.state.leases[i].slots) for i in ids if self.state.leases[i].payer_class == "borrowed")
+        base = sum(
+            len(self.state.leases[i].slots) for i in ids if self.state.leases[i].payer_class == PayerClass.BORROWED
+        )
         return base + self._borrowed_delta.get(run, 0)
 
     def budget(self, owner: str) -> BudgetSpec | None:

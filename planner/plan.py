@@ -60,6 +60,13 @@ class Admission:
     recalls: tuple[tuple[str, int], ...] = ()  # shared GPUs the owner takes back (SPEC §4.1)
 
 
+@dataclass(frozen=True)
+class Blocked:
+    """A run that cannot start now, and what is short, in the words ``RunDeferred`` shows."""
+
+    message: str
+
+
 MAX_ROUNDS = 4
 CHAINED = (RunRequeued, RunFinished, ReservationActivated, ReservationCreated, ReservationChanged, ReservationReleased)
 
@@ -116,7 +123,7 @@ def _waiting(state: ClusterState, decisions: list[Event], requeued: list[str]) -
     return {state.runs[k].spec.resources.gpu_type for k in keys}
 
 
-def attempt(view: PlanView, run: RunState, now: datetime, unfunded_ok: bool = False) -> Admission | str:
+def attempt(view: PlanView, run: RunState, now: datetime, unfunded_ok: bool = False) -> Admission | Blocked:
     """Widest width that packs and is funded (or packs, if opportunistic); else what is short.
 
     ``unfunded_ok``: a reservation's activation starts the run unfunded where no payer exists.
@@ -140,8 +147,8 @@ def attempt(view: PlanView, run: RunState, now: datetime, unfunded_ok: bool = Fa
         return Admission(width, funded.leases, funded.recalls)
     if not packed:
         gap = None if spec.funding.opportunistic or unfunded_ok else funding_gap(view, spec, widths[-1], now, run.key)
-        return never_fits(view, spec) or (f"{failure}; {gap}" if gap else failure)  # every constraint short
-    return failure
+        return Blocked(never_fits(view, spec) or (f"{failure}; {gap}" if gap else failure))  # every constraint short
+    return Blocked(failure)
 
 
 # ---------------------------------------------------------------- finishing
@@ -205,7 +212,7 @@ def _admit(view: PlanView, now: datetime, requeued: list[str] | None = None, bat
             admitted += 1
             started_here.add(run.key)
         else:
-            deferred.append((run, result, admitted))
+            deferred.append((run, result.message, admitted))
     queued = {r.key for r in queue}
     cut_in_walk = set((requeued or [])[requeued_before:])
     # cut by an activation: never queued in this call, or started here and then cut by a later one
@@ -217,7 +224,7 @@ def _admit(view: PlanView, now: datetime, requeued: list[str] | None = None, bat
                 out += _start(view, run, result, now)
                 admitted += 1
                 continue
-        deferred.append((run, result, admitted))
+        deferred.append((run, result.message, admitted))
         reserver.later(run)  # a cut victim keeps its FIFO place and gets its own reservation (SPEC §5.3)
     deferred, admitted, late = _retry(view, now, deferred, admitted, reserver)
     out += late
@@ -226,7 +233,7 @@ def _admit(view: PlanView, now: datetime, requeued: list[str] | None = None, bat
         if admitted_before < admitted:  # later admissions took capacity: describe the final state
             with reserver.holds.before(run):
                 again = attempt(view, run, now)
-            message = again if isinstance(again, str) else message
+            message = again.message if isinstance(again, Blocked) else message
         message = reserver.behind(run) or message
         previous = None if run.key in (requeued or []) else run.deferred_message
         if message != previous:

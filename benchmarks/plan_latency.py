@@ -24,8 +24,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ledger import events as ev
+from planner.fold import fold
 from planner.plan import plan
-from planner.state import ClusterState, fold
+from planner.state import ClusterState
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 GPU = "H100-80GB"

@@ -42,6 +42,7 @@ from planner.cover import LeasePlan, cover, funding_gap
 from planner.elastic import apply_shrinks, grow
 from planner.failures import handle_failures
 from planner.fit import never_fits
+from planner.fold import fold
 from planner.losses import Batch
 from planner.lower import admission_widths, lower
 from planner.pack import PackFailure, pack
@@ -49,7 +50,7 @@ from planner.reclaim import reclaim_at_admission
 from planner.rerank import finalize, funding_book, rerank
 from planner.reserve import Reserver
 from planner.spares import end_orphan_fills, fill_attempt
-from planner.state import ClusterState, RunState, fold
+from planner.state import ClusterState, RunState
 from planner.view import PlanView
 
 

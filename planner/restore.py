@@ -22,7 +22,8 @@ from pathlib import Path
 from ledger import snapshots
 from ledger.store import Ledger
 from planner import snapshot
-from planner.state import ClusterState, fold
+from planner.fold import fold
+from planner.state import ClusterState
 
 log = logging.getLogger("jobtree.planner")
 SNAPSHOT_EVERY = 500

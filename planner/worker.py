@@ -23,9 +23,10 @@ from ledger.errors import ConcurrencyError, UndecodableEvent
 from ledger.events import NewEvent, plan_stream
 from ledger.store import EventLog, Ledger
 from planner.edges import next_due, next_edge
+from planner.fold import fold
 from planner.plan import plan
 from planner.restore import load_state, snapshot_every
-from planner.state import ClusterState, fold
+from planner.state import ClusterState
 
 PLANNER_ACTOR = "jobtree-planner"
 MAX_ROUNDS = 1000

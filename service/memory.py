@@ -19,7 +19,8 @@ from typing import Any
 from ledger import events as ev
 from ledger.memory import MemoryEventStore
 from ledger.queries import FINISHED_PHASES, NodeRegistration, iso_utc
-from planner.state import ClusterState, RunState, fold
+from planner.fold import fold
+from planner.state import ClusterState, RunState
 from planner.worker import plan_through
 from service.ports import EventStore
 

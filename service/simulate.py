@@ -32,8 +32,9 @@ from ledger.events import NewEvent, run_key, run_stream
 from ledger.model import API_VERSION, BudgetManifest, Manifest, PolicyManifest, RunManifest
 from ledger.store import Ledger
 from planner.elastic import shrink_refusal
+from planner.fold import fold
 from planner.restore import load_state
-from planner.state import ClusterState, fold
+from planner.state import ClusterState
 from planner.worker import CatchUp, _through_edges
 from service.app import JobtreeApp
 from service.checks import has_cycle

@@ -14,8 +14,8 @@ from ledger import audit, projections, snapshots
 from ledger import events as ev
 from ledger.store import Ledger
 from planner import restore, snapshot
+from planner.fold import fold
 from planner.plan import plan
-from planner.state import fold
 from planner.worker import catch_up
 
 EVERY = 8

@@ -9,7 +9,8 @@ from typing import Any
 from planner_fakes import GPU, FakeLedger
 
 from ledger import events as ev
-from planner.state import ClusterState, fold
+from planner.fold import fold
+from planner.state import ClusterState
 
 
 def spec_run(

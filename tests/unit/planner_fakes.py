@@ -12,8 +12,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ledger import events as ev
+from planner.fold import fold
 from planner.plan import plan
-from planner.state import ClusterState, fold
+from planner.state import ClusterState
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 GPU = "H100-80GB"

@@ -7,9 +7,10 @@ from planner_fakes import GPU, T0, at, budget, envelope, fleet, run, setup
 
 from ledger.model import RunSpec, run_from_spec
 from planner.cover import UNFUNDED, Cover, Payer, cover
+from planner.fold import fold
 from planner.lower import lower
 from planner.pack import PackFailure, pack
-from planner.state import ClusterState, fold
+from planner.state import ClusterState
 from planner.view import PlanView
 
 A = {"region": "us-west", "cluster": "c1", "fabricDomain": "A"}

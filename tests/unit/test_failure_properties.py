@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from planner_fakes import T0, budget, envelope, node
 
 from ledger import events as ev
+from planner.fold import fold
 from planner.plan import plan
-from planner.state import ClusterState, fold
+from planner.state import ClusterState
 
 OWNERS = ("org:a", "org:b", "org:nobody")  # org:nobody has no budget: its opportunistic runs may fill
 

@@ -13,8 +13,8 @@ from planner_fakes import GPU, at, fleet
 
 from ledger import events as ev
 from planner.failures import handle_failures
+from planner.fold import fold
 from planner.losses import Batch
-from planner.state import fold
 from planner.view import PlanView
 
 OWNER, LENDER = "org:ai:rai:sys", "org:ai:mm:vision"

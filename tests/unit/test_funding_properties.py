@@ -21,8 +21,9 @@ from ledger import events as ev
 from ledger.invariants import check_invariants
 from planner.edges import next_edge
 from planner.family import Family
+from planner.fold import fold
 from planner.plan import plan
-from planner.state import ClusterState, fold
+from planner.state import ClusterState
 
 OWNERS = ("org:a", "org:a:b", "org:a:c", "org:a:b:d", "org:x", "org:y")
 PARENTS = {"org:a:b": ["org:a"], "org:a:c": ["org:a"], "org:a:b:d": ["org:a:b"]}

@@ -3,9 +3,10 @@ from __future__ import annotations
 from planner_fakes import GPU, at, fleet, node, setup
 
 from ledger import events as ev
+from planner.fold import fold
 from planner.lower import GroupDemand
 from planner.pack import PackFailure, Placement, pack
-from planner.state import ClusterState, fold
+from planner.state import ClusterState
 from planner.view import PlanView
 
 

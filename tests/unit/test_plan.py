@@ -3,8 +3,8 @@ from __future__ import annotations
 from planner_fakes import GPU, at, budget, envelope, fleet, run, setup, started
 
 from ledger import events as ev
+from planner.fold import fold
 from planner.plan import explain_pending, plan
-from planner.state import fold
 
 OWNER = "org:a"
 

@@ -13,8 +13,9 @@ from planner_fakes import T0, FakeLedger, budget, envelope, node, run
 
 from ledger import events as ev
 from ledger.vocabulary import HOLDING_ROLES
+from planner.fold import fold
 from planner.plan import plan
-from planner.state import ClusterState, fold
+from planner.state import ClusterState
 
 TYPES = ("H100", "A100")
 OWNERS = ("org:a", "org:b", "org:c")

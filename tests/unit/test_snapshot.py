@@ -10,8 +10,9 @@ from planner_fakes import T0, FakeLedger, budget, envelope, fleet, run
 
 from ledger import events as ev
 from planner import snapshot
+from planner.fold import fold
 from planner.plan import plan
-from planner.state import ClusterState, fold
+from planner.state import ClusterState
 
 
 def busy_state() -> ClusterState:
@@ -89,10 +90,10 @@ def _global(module: str, name: str) -> bytes:
 
 
 def test_decode_refuses_functions_and_imported_names_in_allowed_modules() -> None:
-    assert pickle.loads(_global("planner.state", "fold")) is fold  # the probe pickles are well formed
-    # planner.state imports `fold` (a function) and `bisect` (a module), and has no `copy`: none is a class there
-    for module, name in (("planner.state", "fold"), ("planner.state", "bisect"), ("planner.state", "copy"),
-                         ("planner.state", "ev"),
+    assert pickle.loads(_global("planner.fold", "fold")) is fold  # the probe pickles are well formed
+    # planner.fold defines `fold` (a function) and imports `bisect` (a module); planner.state has no `copy`
+    for module, name in (("planner.fold", "fold"), ("planner.fold", "bisect"), ("planner.state", "copy"),
+                         ("planner.state", "ev"), ("planner.fold", "ClusterState"),
                          ("planner.state", "ClusterState.copy"), ("builtins", "eval"), ("os", "system")):  # fmt: skip
         with pytest.raises(snapshot.SnapshotUnreadable, match=r"may not contain|not a class defined there"):
             snapshot.decode(_global(module, name), 0)

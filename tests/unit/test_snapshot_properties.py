@@ -18,8 +18,9 @@ from test_plan_properties import World, apply, budgets, fleets, operations
 
 from ledger import events as ev
 from planner import snapshot
+from planner.fold import fold
 from planner.plan import plan
-from planner.state import ClusterState, fold
+from planner.state import ClusterState
 
 LATER = (timedelta(0), timedelta(minutes=1), timedelta(minutes=17), timedelta(hours=2), timedelta(days=3))
 

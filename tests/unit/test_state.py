@@ -3,7 +3,7 @@ from __future__ import annotations
 from planner_fakes import GPU, FakeLedger, at, budget, envelope, fleet, node, run, setup
 
 from ledger import events as ev
-from planner.state import fold
+from planner.fold import fold
 
 
 def test_fold_tracks_nodes_domains_and_free_slots() -> None:

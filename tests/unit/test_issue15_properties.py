@@ -37,12 +37,12 @@ from test_reservation_properties import OWNERS, Sim, apply, ops
 
 from ledger import events as ev
 from ledger.model import parse_duration
+from planner.earliest import iso
 from planner.intended import CutView, DomainView
 from planner.losses import Batch
 from planner.lottery import seed_for
 from planner.lower import GroupDemand
 from planner.pack import PackFailure, pack
-from planner.reserve import iso
 from planner.resolve import Scope, plan_cuts
 from planner.state import DomainKey
 from planner.view import PlanView

@@ -22,7 +22,8 @@ import pytest
 from ledger.store import Ledger
 from tests.conftest import PgServer
 from tests.e2e.bad_inputs import exit_code
-from tests.e2e.bad_inputs.corpus import ALL, ELASTIC_RUN, EXAMPLES, Case
+from tests.e2e.bad_inputs.cases import ELASTIC_RUN, EXAMPLES, Case
+from tests.e2e.bad_inputs.corpus import ALL
 
 HANG_GUARD_SECONDS = 10.0
 

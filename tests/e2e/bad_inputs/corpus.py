@@ -10,124 +10,44 @@ run ``rai-sys/resnet-small``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-
-EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
-RUN = (EXAMPLES / "resnet-small.yaml").read_text().replace("name: resnet-small", "name: corpus-run")
-BUDGET = (EXAMPLES / "budget-rai-sys.yaml").read_text()
-CLUSTER = """apiVersion: rq.davidlangworthy.io/v1
-kind: Cluster
-metadata: {name: corpus}
-spec:
-  nodes:
-    - {name: z-0, gpuType: H100-80GB, gpus: 8, labels: {region: us-west, cluster: c1, fabricDomain: Z}}
-"""
-POLICY = """apiVersion: rq.davidlangworthy.io/v1
-kind: Policy
-metadata: {name: default}
-spec:
-  reservationNotice: 15m
-  accountingPeriod: 24h
-  spareChargeRate: 0.5
-  admins: [root-admin]
-"""
-#: the existing runs the per-run commands may name (ELASTIC is submitted by the fixture)
-EXISTING = "rai-sys/resnet-small"
-ELASTIC = "rai-sys/corpus-elastic"
-ELASTIC_RUN = RUN.replace("name: corpus-run", "name: corpus-elastic").replace(
-    "  runtime:", "  malleable: {minTotalGPUs: 8, maxTotalGPUs: 16, stepGPUs: 8}\n  runtime:"
+from tests.e2e.bad_inputs.cases import (
+    BOMB,
+    BUDGET,
+    CLUSTER,
+    ELASTIC,
+    EXISTING,
+    RUN,
+    TEN_MIB,
+    TOTAL,
+    UNKNOWN,
+    Case,
+    argv,
+    budget,
+    deep_block,
+    deep_flow,
+    edit,
+    envelope,
+    node,
+    policy,
+    raw,
+    run,
+    spec,
 )
-UNKNOWN = "rai-sys/no-such-run"
-
-
-@dataclass(frozen=True)
-class Case:
-    id: str
-    args: tuple[str, ...]
-    expect: str
-    manifest: str | bytes | None = None
-    code: int = 2
-    user: str = "root-admin"
-    env: dict[str, str] = field(default_factory=dict)
-    #: typer's own usage error (a framed message of several lines) rather than ours (one line)
-    usage: bool = False
-
-
-def _edit(base: str, old: str, new: str) -> str:
-    if old not in base:
-        raise AssertionError(f"corpus: {old!r} is not in the base manifest")
-    return base.replace(old, new, 1)
-
-
-def run(case: str, old: str, new: str, expect: str, **kw: object) -> Case:
-    return Case(f"run: {case}", ("submit", "-f", "{file}"), expect, _edit(RUN, old, new), **kw)  # type: ignore[arg-type]
-
-
-def spec(case: str, extra: str, expect: str) -> Case:
-    """A Run with ``extra`` YAML lines added to its spec."""
-    return run(case, "  runtime:", extra + "\n  runtime:", expect)
-
-
-def budget(case: str, old: str, new: str, expect: str, **kw: object) -> Case:
-    args = ("budgets", "apply", "-f", "{file}")
-    return Case(f"budget: {case}", args, expect, _edit(BUDGET, old, new), **kw)  # type: ignore[arg-type]
-
-
-def envelope(case: str, extra: str, expect: str) -> Case:
-    return budget(case, "      concurrency: 64", "      concurrency: 64\n" + extra, expect)
-
-
-def node(case: str, entry: str, expect: str, **kw: object) -> Case:
-    old = "{name: z-0, gpuType: H100-80GB, gpus: 8, labels: {region: us-west, cluster: c1, fabricDomain: Z}}"
-    text = _edit(CLUSTER, old, entry)
-    return Case(f"cluster: {case}", ("nodes", "apply", "-f", "{file}"), expect, text, **kw)  # type: ignore[arg-type]
-
-
-def policy(case: str, old: str, new: str, expect: str) -> Case:
-    return Case(f"policy: {case}", ("submit", "-f", "{file}"), expect, _edit(POLICY, old, new))
-
-
-def raw(case: str, content: str | bytes, expect: str, args: tuple[str, ...] = ("submit", "-f", "{file}")) -> Case:
-    return Case(f"file: {case}", args, expect, content)
-
-
-def argv(case: str, args: tuple[str, ...], expect: str, **kw: object) -> Case:
-    return Case(f"args: {case}", args, expect, **kw)  # type: ignore[arg-type]
-
-
-def _deep_flow(levels: int) -> str:
-    return "{a: " * levels + "1" + "}" * levels
-
-
-def _deep_block(levels: int) -> str:
-    return "\n".join("    " + "  " * i + "a:" for i in range(levels)) + " 1"
-
-
-_BOMB = "\n".join(
-    [
-        "  template:",
-        '    l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]',
-        *(f"    l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 10)),
-    ]
-)
-_TOTAL = ("totalGPUs: 8",)
-_TEN_MIB = 10 * 1024 * 1024
 
 RUNS = [
-    run("totalGPUs 2^31", *_TOTAL, "totalGPUs: 2147483648", "spec.resources.totalGPUs"),
-    run("totalGPUs 2^63", *_TOTAL, "totalGPUs: 9223372036854775808", "spec.resources.totalGPUs"),
-    run("totalGPUs 10^30", *_TOTAL, "totalGPUs: 1000000000000000000000000000000", "spec.resources.totalGPUs"),
-    run("totalGPUs 0", *_TOTAL, "totalGPUs: 0", "spec.resources.totalGPUs"),
-    run("totalGPUs negative", *_TOTAL, "totalGPUs: -1", "spec.resources.totalGPUs"),
-    run("totalGPUs true", *_TOTAL, "totalGPUs: true", "spec.resources.totalGPUs"),
-    run("totalGPUs a string", *_TOTAL, 'totalGPUs: "8"', "spec.resources.totalGPUs"),
-    run("totalGPUs a fraction", *_TOTAL, "totalGPUs: 8.5", "spec.resources.totalGPUs"),
-    run("totalGPUs a float", *_TOTAL, "totalGPUs: 8.0", "spec.resources.totalGPUs"),
-    run("totalGPUs .inf", *_TOTAL, "totalGPUs: .inf", "spec.resources.totalGPUs"),
-    run("totalGPUs null", *_TOTAL, "totalGPUs: null", "spec.resources.totalGPUs"),
+    run("totalGPUs 2^31", *TOTAL, "totalGPUs: 2147483648", "spec.resources.totalGPUs"),
+    run("totalGPUs 2^63", *TOTAL, "totalGPUs: 9223372036854775808", "spec.resources.totalGPUs"),
+    run("totalGPUs 10^30", *TOTAL, "totalGPUs: 1000000000000000000000000000000", "spec.resources.totalGPUs"),
+    run("totalGPUs 0", *TOTAL, "totalGPUs: 0", "spec.resources.totalGPUs"),
+    run("totalGPUs negative", *TOTAL, "totalGPUs: -1", "spec.resources.totalGPUs"),
+    run("totalGPUs true", *TOTAL, "totalGPUs: true", "spec.resources.totalGPUs"),
+    run("totalGPUs a string", *TOTAL, 'totalGPUs: "8"', "spec.resources.totalGPUs"),
+    run("totalGPUs a fraction", *TOTAL, "totalGPUs: 8.5", "spec.resources.totalGPUs"),
+    run("totalGPUs a float", *TOTAL, "totalGPUs: 8.0", "spec.resources.totalGPUs"),
+    run("totalGPUs .inf", *TOTAL, "totalGPUs: .inf", "spec.resources.totalGPUs"),
+    run("totalGPUs null", *TOTAL, "totalGPUs: null", "spec.resources.totalGPUs"),
     run("totalGPUs missing", "    totalGPUs: 8\n", "", "spec.resources.totalGPUs"),
-    run("totalGPUs a list", *_TOTAL, "totalGPUs: [8]", "spec.resources.totalGPUs"),
+    run("totalGPUs a list", *TOTAL, "totalGPUs: [8]", "spec.resources.totalGPUs"),
     run("gpuType empty", "gpuType: H100-80GB", 'gpuType: ""', "spec.resources.gpuType"),
     run("gpuType with a space", "gpuType: H100-80GB", 'gpuType: "H100 80GB"', "spec.resources.gpuType"),
     run("gpuType 300 characters", "gpuType: H100-80GB", "gpuType: " + "H" * 300, "spec.resources.gpuType"),
@@ -199,7 +119,7 @@ RUNS = [
     run("same name as an active run", "name: corpus-run", "name: resnet-small", "metadata.name"),
     spec("unknown spec field", "  colour: blue", "spec.colour: unknown field"),
     run("unknown top-level field", "kind: Run", "kind: Run\nstatus: {}", "status: unknown field"),
-    run("unknown resources field", *_TOTAL, "totalGPUs: 8\n    memory: 80Gi", "spec.resources.memory"),
+    run("unknown resources field", *TOTAL, "totalGPUs: 8\n    memory: 80Gi", "spec.resources.memory"),
     run("wrong kind", "kind: Run", "kind: Job", "kind"),
     run("kind missing", "kind: Run\n", "", "kind"),
     run("kind a list", "kind: Run", "kind: [Run]", "kind"),
@@ -209,17 +129,17 @@ RUNS = [
     spec("template a list", "  template: [1, 2]", "spec.template"),
     spec("template a string", "  template: pod", "spec.template"),
     spec("template NUL (escaped)", '  template: {spec: {containers: [{name: "a\\0b"}]}}', "control character"),
-    spec("template 65 levels", "  template: " + _deep_flow(65), "spec.template"),
-    spec("template 5000 levels (flow)", "  template: " + _deep_flow(5000), "spec.template"),
-    spec("template 200 levels (block)", "  template:\n" + _deep_block(200), "spec.template"),
+    spec("template 65 levels", "  template: " + deep_flow(65), "spec.template"),
+    spec("template 5000 levels (flow)", "  template: " + deep_flow(5000), "spec.template"),
+    spec("template 200 levels (block)", "  template:\n" + deep_block(200), "spec.template"),
     spec("template 300 KiB", '  template: {a: "' + "x" * (300 * 1024) + '"}', "spec.template"),
-    spec("template alias bomb", _BOMB, "alias"),
+    spec("template alias bomb", BOMB, "alias"),
     spec("template recursive alias", "  template: &t {a: *t}", "recursive"),
     spec("template 2000 aliases", "  template:\n    x: &x 1\n    y: [" + ", ".join(["*x"] * 2000) + "]", "alias"),
     run("duplicate key owner", "  owner: org:ai:rai:sys", "  owner: org:ai:rai:sys\n  owner: org:ai:mm", "spec.owner"),
     run("duplicate key kind", "kind: Run", "kind: Run\nkind: Run", "kind: duplicate key"),
-    run("duplicate key totalGPUs", *_TOTAL, "totalGPUs: 8\n    totalGPUs: 9", "spec.resources.totalGPUs"),
-    raw("one bad document of two", RUN + "---\n" + _edit(RUN, "totalGPUs: 8", "totalGPUs: -3"), "totalGPUs"),
+    run("duplicate key totalGPUs", *TOTAL, "totalGPUs: 8\n    totalGPUs: 9", "spec.resources.totalGPUs"),
+    raw("one bad document of two", RUN + "---\n" + edit(RUN, "totalGPUs: 8", "totalGPUs: -3"), "totalGPUs"),
     raw("a List with a bad item", "kind: List\nitems:\n  - {kind: Run, apiVersion: x}\n", "apiVersion"),
     raw("a list of scalars", "[1, 2]\n", "(document)"),
     raw("a scalar document", "hello\n", "(document)"),
@@ -229,16 +149,16 @@ RUNS = [
     raw("JSON 3000 levels", '{"a": ' * 3000 + "1" + "}" * 3000, "nested deeper"),
     raw("an empty file", "", "no manifest"),
     raw("only comments", "# nothing here\n", "no manifest"),
-    raw("a raw NUL byte", _edit(RUN, "owner: org", "owner: \x00org"), "control character U+0000"),
-    raw("a raw BEL byte", _edit(RUN, "owner: org", "owner: \x07org"), "control character U+0007"),
-    raw("a raw DEL byte", _edit(RUN, "owner: org", "owner: \x7forg"), "control character U+007F"),
-    raw("non-UTF-8 (latin-1)", _edit(RUN, "org:ai:rai:sys", "org:\xe9t\xe9").encode("latin-1"), "UTF-8"),
+    raw("a raw NUL byte", edit(RUN, "owner: org", "owner: \x00org"), "control character U+0000"),
+    raw("a raw BEL byte", edit(RUN, "owner: org", "owner: \x07org"), "control character U+0007"),
+    raw("a raw DEL byte", edit(RUN, "owner: org", "owner: \x7forg"), "control character U+007F"),
+    raw("non-UTF-8 (latin-1)", edit(RUN, "org:ai:rai:sys", "org:\xe9t\xe9").encode("latin-1"), "UTF-8"),
     raw("non-UTF-8 (lone byte 0xff)", b"\xff" + RUN.encode(), "UTF-8"),
     raw("UTF-16 with a byte-order mark", RUN.encode("utf-16"), "UTF-8"),
     raw("20 MB of run documents", ("---\n" + RUN) * (20_000_000 // len(RUN)), "10 MiB"),
     raw("11 MiB comment", "#" + "x" * (11 * 1024 * 1024) + "\n" + RUN, "10 MiB"),
     raw("20 MB template", RUN + '  template: {a: "' + "x" * 20_000_000 + '"}\n', "10 MiB"),
-    raw("10 MiB and one byte", RUN + "#" * (_TEN_MIB + 1 - len(RUN)), "10 MiB"),
+    raw("10 MiB and one byte", RUN + "#" * (TEN_MIB + 1 - len(RUN)), "10 MiB"),
 ]
 
 BUDGETS = [
@@ -400,7 +320,7 @@ _SIM = ("sim", "check", "{file}")
 SCENARIOS = [
     Case("sim: non-UTF-8 scenario", _SIM, "UTF-8", b"kind: Scenario\nmetadata: {name: \xff}\n"),
     Case("sim: duplicate key", _SIM, "kind: duplicate key", "kind: Scenario\nkind: Scenario\n"),
-    Case("sim: alias bomb", _SIM, "alias", "kind: Scenario\nspec:\n" + _BOMB + "\n"),
+    Case("sim: alias bomb", _SIM, "alias", "kind: Scenario\nspec:\n" + BOMB + "\n"),
     Case("sim: a raw NUL", _SIM, "control character", "kind: Scenario\nmetadata: {name: \x00}\n"),
     Case("sim: a missing file", ("sim", "check", "/nonexistent/scenario.yaml"), "SCENARIO"),
 ]

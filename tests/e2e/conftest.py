@@ -98,3 +98,11 @@ def fleet(jt: CLI) -> CLI:
     assert jt("nodes", "apply", "-f", str(EXAMPLES / "cluster.yaml")).code == 0
     assert jt("budgets", "apply", "-f", str(EXAMPLES / "budget-rai-sys.yaml")).code == 0
     return jt
+
+
+def second_resnet(tmp_path: Path, namespace: str) -> Path:
+    """examples/resnet-small.yaml in another namespace (the same name twice)."""
+    text = (EXAMPLES / "resnet-small.yaml").read_text().replace("namespace: rai-sys", f"namespace: {namespace}")
+    path = tmp_path / f"resnet-{namespace}.yaml"
+    path.write_text(text)
+    return path

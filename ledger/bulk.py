@@ -20,9 +20,11 @@ from sqlalchemy.exc import DBAPIError
 
 from ledger import events as ev
 from ledger import projections
+from ledger.appending import APPEND_LOCK_KEY, INSERT_EVENTS
+from ledger.chain import utc
 from ledger.embedded import LOCK_NAMESPACE
 from ledger.errors import ConcurrencyError, translate
-from ledger.store import _INSERT_EVENTS, APPEND_LOCK_KEY, Ledger, utc
+from ledger.store import Ledger
 
 _TIP = "SELECT position FROM events ORDER BY position DESC LIMIT 1"
 
@@ -43,7 +45,7 @@ def append_recorded(ledger: Ledger, records: Sequence[ev.Recorded], keys: Sequen
             tip = int(row[0]) if row else 0
             if tip != records[0].position - 1:
                 raise ConcurrencyError(f"the ledger is at position {tip}; the batch starts at {records[0].position}")
-            raw.execute(_INSERT_EVENTS, (_rows(records, keys),))
+            raw.execute(INSERT_EVENTS, (_rows(records, keys),))
             projections.apply_many(conn, records)
     except DBAPIError as exc:
         raise translate(exc) from exc

@@ -21,9 +21,10 @@ from typing import Any
 
 import psycopg
 
+from ledger.appending import EVENTS_CHANNEL
 from ledger.embedded import libpq_url
 from ledger.errors import LedgerError
-from ledger.store import EVENTS_CHANNEL, Ledger
+from ledger.store import Ledger
 from ledger.timeouts import connect_args
 
 

@@ -19,8 +19,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from ledger import events as ev
+from ledger.chain import utc
 from ledger.errors import ConcurrencyError
-from ledger.store import utc
 
 
 class MemoryEventStore:

@@ -22,8 +22,9 @@ from binder.sim import LeaseToBind, SimulatedCluster
 from binder.worker import BINDER_ACTOR
 from ledger import bulk
 from ledger import events as ev
+from ledger.chain import utc
 from ledger.errors import ConcurrencyError
-from ledger.store import Ledger, utc
+from ledger.store import Ledger
 
 Watcher = Callable[[Sequence[ev.Recorded]], None]
 

@@ -8,11 +8,11 @@ Create Date: 2026-12-04
   same set; ``tests/integration/test_chain_trigger.py`` checks they are equal). A later
   migration that adds an event type must INSERT it here, or appends of it are refused.
 - ``event_chain_rules``: which hashing rule covers which positions. Rule 1 (rows written
-  before this migration: ``ledger.store.event_hash_v1``, computed by the application) is
+  before this migration: ``ledger.chain.event_hash_v1``, computed by the application) is
   kept as it was — the chain forbids rewriting history — and rule 2 starts at the first
   position after the log's tip when this migration ran (position 1 on a new ledger).
 - ``jobtree_event_text(...)`` / ``jobtree_event_hash(...)``: rule 2, the canonical text of
-  a row and its sha256 with Postgres' own ``sha256()``. ``ledger.store.event_text_v2``
+  a row and its sha256 with Postgres' own ``sha256()``. ``ledger.chain.event_text_v2``
   builds the same text byte for byte; ``data`` enters it as Postgres renders the jsonb
   (``data::text``), so neither side has to imitate the other's JSON.
 - ``events_chain`` (BEFORE INSERT, each row): refuses a type not in the catalog, a payload

@@ -13,7 +13,7 @@ planner acted on it. Now:
   this migration keep NULL.
 - hash **rule 3** (``event_chain_rules``, from the first position after the tip when this
   migration ran): rule 2's text with ``recorded_by`` before ``data``
-  (``jobtree_event_text3``; ``ledger.store.event_text_v3`` builds the same bytes). Rows
+  (``jobtree_event_text3``; ``ledger.chain.event_text_v3`` builds the same bytes). Rows
   before keep their rule-1/rule-2 hashes, so old ledgers verify as they did.
 - the event type ``AdmissionReviewed`` (the intake's webhook admitted a Kubernetes Run for
   the user the API server authenticated; ``service``): the admission record outlives the

@@ -7,8 +7,9 @@ from typing import Any
 from sqlalchemy import text
 
 from ledger import audit
+from ledger.chain import canonical_json
 from ledger.events import LeaseEnded, LeaseStarted, NewEvent, plan_stream, to_data
-from ledger.store import Ledger, canonical_json
+from ledger.store import Ledger
 from tests.integration.test_accounting import at, budget, build, put, start, submitted
 
 

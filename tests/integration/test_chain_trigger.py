@@ -19,9 +19,10 @@ from alembic import command
 from sqlalchemy import create_engine, text
 
 from ledger import events as ev
+from ledger.chain import GENESIS_HASH, StoredRow, event_hash_v1, event_text_v2, event_text_v3
 from ledger.embedded import alembic_config, create_database, libpq_url, migrate, sqlalchemy_url
 from ledger.errors import ChainRefused
-from ledger.store import GENESIS_HASH, Ledger, StoredRow, event_hash_v1, event_text_v2, event_text_v3
+from ledger.store import Ledger
 from tests.conftest import PgServer
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)

@@ -21,6 +21,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from ledger.appending import APPEND_LOCK_KEY
 from ledger.embedded import (
     HANDLE_PIDS,
     LOCK_NAMESPACE,
@@ -31,7 +32,6 @@ from ledger.embedded import (
     repair_state_files,
     stop_embedded,
 )
-from ledger.store import APPEND_LOCK_KEY
 from ledger.timeouts import Timeouts, parse_timeouts
 from tests.backends import migrated_server
 from tests.e2e.bad_inputs import exit_code

@@ -9,8 +9,9 @@ from planner_fakes import T0, fleet, stream_for
 from sqlalchemy import text
 
 from ledger import events as ev
+from ledger.appending import EVENTS_CHANNEL
 from ledger.listen import Listener
-from ledger.store import EVENTS_CHANNEL, Ledger
+from ledger.store import Ledger
 
 
 def _terminate_listeners(ledger: Ledger) -> int:

@@ -13,6 +13,7 @@ from sqlalchemy.exc import DBAPIError
 
 from ledger import events as ev
 from ledger import tables
+from ledger.chain import GENESIS_HASH, StoredRow, event_hash_v3
 from ledger.embedded import (
     alembic_config,
     migrate,
@@ -22,7 +23,7 @@ from ledger.embedded import (
     stop_embedded,
 )
 from ledger.errors import ConcurrencyError, ImmutableLedgerError, translate
-from ledger.store import GENESIS_HASH, Ledger, StoredRow, event_hash_v3
+from ledger.store import Ledger
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 RUN_SPEC = {"owner": "org:a", "resources": {"gpuType": "H100-80GB", "totalGPUs": 8}}

@@ -33,7 +33,7 @@ from typing import Any
 from ledger import queries
 from ledger.errors import LedgerError
 from ledger.events import AdmissionReviewed, NewEvent, admission_stream
-from ledger.model import API_VERSION
+from ledger.fields import API_VERSION
 from ledger.store import Ledger
 
 log = logging.getLogger("jobtree.admission")

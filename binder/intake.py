@@ -38,9 +38,12 @@ from binder.kube.client import KubeApi
 from binder.kube.errors import KubeError, KubeForbidden, KubeGone, KubeNotFound, KubeUnauthorized
 from binder.kube.nodes import NodeFacts, node_facts, unhealthy_reason
 from binder.ports import IntakeReads
+from ledger.errors import ManifestError
 from ledger.events import NewEvent, NodeFailed, NodeRecovered, node_stream, run_key
+from ledger.fields import API_VERSION
 from ledger.intake_reads import PgIntakeReads
-from ledger.model import API_VERSION, Manifest, ManifestError, PolicySpec, validate_document
+from ledger.model import Manifest, PolicySpec
+from ledger.parsing import validate_document
 from ledger.store import Ledger
 from ledger.vocabulary import RunPhase
 

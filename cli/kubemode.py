@@ -29,7 +29,7 @@ from cli import context
 from cli.errors import BadInput, CommandError, Forbidden, NotFound
 from cli.kubeswitch import LEDGER_ONLY, SWITCH, active, refuse
 from cli.render import RUN_COLUMNS, console, emit_data, key_values, run_settled, run_summary, table
-from ledger.model import API_VERSION
+from ledger.fields import API_VERSION
 
 Row = dict[str, Any]
 __all__ = ["LEDGER_ONLY", "SWITCH", "active", "refuse"]

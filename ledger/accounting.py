@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from ledger.model import parse_duration
+from ledger.fields import parse_duration
 from ledger.queries import iso_utc
 
 Row = dict[str, Any]

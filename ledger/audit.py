@@ -30,7 +30,7 @@ from ledger import projections
 from ledger import tables as t
 from ledger.errors import LedgerError, UndecodableEvent
 from ledger.invariants import Violation, check_invariants
-from ledger.model import budget_from_spec, policy_from_spec, run_from_spec
+from ledger.parsing import budget_from_spec, policy_from_spec, run_from_spec
 from ledger.queries import iso_utc
 from ledger.store import Ledger
 

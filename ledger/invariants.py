@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from ledger import events as ev
-from ledger.model import BudgetSpec, Envelope, budget_from_spec, policy_from_spec, run_from_spec
+from ledger.model import BudgetSpec, Envelope
+from ledger.parsing import budget_from_spec, policy_from_spec, run_from_spec
 from ledger.vocabulary import HOLDING_ROLES, LeaseRole, PayerClass
 
 EPSILON_HOURS = 1e-6

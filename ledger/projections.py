@@ -22,7 +22,7 @@ from ledger import events as ev
 from ledger import projection_leases  # noqa: F401  (registers the lease and reservation handlers)
 from ledger import tables as t
 from ledger.errors import LedgerError
-from ledger.model import budget_from_spec, run_from_spec
+from ledger.parsing import budget_from_spec, run_from_spec
 from ledger.projection_kit import (
     BATCH_HANDLERS,
     HANDLERS,

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from ledger.model import parse_duration
+from ledger.fields import parse_duration
 from planner.state import RunState
 from planner.view import PlanView
 

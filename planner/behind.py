@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from ledger.model import parse_duration
+from ledger.fields import parse_duration
 from planner.state import RunState
 
 BEHIND = "waits behind"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from ledger.model import parse_duration
+from ledger.fields import parse_duration
 from planner.intended import Target
 from planner.payers import search_order
 from planner.rerank import funding_book

@@ -19,7 +19,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from ledger.model import Envelope, RunSpec, parse_duration
+from ledger.fields import parse_duration
+from ledger.model import Envelope, RunSpec
 from ledger.vocabulary import PayerClass
 from planner.family import Family
 from planner.hours import EPSILON_HOURS

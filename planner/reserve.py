@@ -40,7 +40,7 @@ from ledger.events import (
     ReservationReleased,
     to_data,
 )
-from ledger.model import parse_duration
+from ledger.fields import parse_duration
 from planner.backfill import Holds
 from planner.behind import Blocker, behind_message
 from planner.cover import cover

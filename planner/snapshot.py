@@ -3,9 +3,9 @@
 A snapshot is a folded ``ClusterState`` at a ledger position, so a restart reads
 the snapshot plus the tail instead of the whole history. Restoring is only valid
 for the code that wrote it, so every snapshot carries a **fingerprint** of the
-planner's sources, ``ledger/events.py``, ``ledger/model.py``, ``ledger/vocabulary.py``
-and the runtime
-(Python and pydantic versions); a snapshot with another fingerprint is ignored.
+planner's sources, ``ledger/events.py``, ``ledger/model.py`` (with ``fields.py`` and
+``parsing.py``), ``ledger/vocabulary.py`` and the runtime (Python and pydantic
+versions); a snapshot with another fingerprint is ignored.
 
 Encoding is pickle (protocol 5), on purpose and with care (docs/workers.md):
 
@@ -40,7 +40,14 @@ FORMAT = "pickle-5"
 PROTOCOL = 5
 #: Source paths (relative to the directory holding the ``planner`` package) whose
 #: content defines the snapshot layout; a directory means every ``*.py`` in it.
-SOURCES = ("planner", "ledger/events.py", "ledger/model.py", "ledger/vocabulary.py")
+SOURCES = (
+    "planner",
+    "ledger/events.py",
+    "ledger/model.py",
+    "ledger/fields.py",
+    "ledger/parsing.py",
+    "ledger/vocabulary.py",
+)
 _ALLOWED_MODULES = ("ledger.events", "ledger.model", "ledger.vocabulary", "datetime")
 #: Outside classes a state may hold: pydantic's own tzinfo on datetimes it parsed.
 _ALLOWED_CLASSES = frozenset({("pydantic_core._pydantic_core", "TzInfo")})

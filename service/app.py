@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ledger import queries
+from ledger.errors import ManifestError
 from ledger.events import (
     CLOCK_STREAM,
     POLICY_STREAM,
@@ -38,17 +39,8 @@ from ledger.events import (
     run_key,
     run_stream,
 )
-from ledger.model import (
-    BudgetManifest,
-    ClusterManifest,
-    Manifest,
-    ManifestError,
-    PolicyManifest,
-    PolicySpec,
-    RunManifest,
-    parse_manifests,
-    run_from_spec,
-)
+from ledger.model import BudgetManifest, ClusterManifest, Manifest, PolicyManifest, PolicySpec, RunManifest
+from ledger.parsing import parse_manifests, run_from_spec
 from ledger.readmodels import PostgresReadModels
 from ledger.store import Ledger
 from service.checks import Applied, RunChecks, budget_changed, has_cycle, resolve_now

@@ -126,7 +126,7 @@ def resolve_now(ledger: EventStore, requested: str | None, wall: datetime) -> da
     if requested is None:
         return max(wall, latest) if latest else wall
     if requested.startswith("+"):
-        from ledger.model import parse_duration
+        from ledger.fields import parse_duration
 
         try:
             return max(wall, latest or wall) + parse_duration(requested[1:])

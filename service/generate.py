@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from ledger.model import API_VERSION, format_duration, parse_duration
+from ledger.fields import API_VERSION, format_duration, parse_duration
 from service.errors import BadInput
 from service.workload import Row
 

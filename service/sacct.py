@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ledger.model import API_VERSION, format_duration
+from ledger.fields import API_VERSION, format_duration
 from service.errors import BadInput
 from service.workload import Row
 

@@ -29,26 +29,20 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator
 
 from ledger import manifest_yaml
+from ledger.errors import ManifestError
 from ledger.events import run_key
+from ledger.fields import API_VERSION, Metadata, Strict, format_duration, parse_duration
 from ledger.model import (
-    API_VERSION,
     BudgetManifest,
     ClusterManifest,
     ClusterSpec,
     Manifest,
-    ManifestError,
-    Metadata,
     NodeSpec,
     PolicySpec,
     RunManifest,
-    Strict,
-    _field_path,
-    _rule,
-    format_duration,
-    parse_duration,
     unique_node_names,
-    validate_document,
 )
+from ledger.parsing import _field_path, _rule, validate_document
 from service.errors import BadInput
 from service.workload import FIELD as WORKLOAD
 from service.workload import Row, Workload, mapping, parse_workload

@@ -29,7 +29,8 @@ from binder.worker import BINDER_ACTOR
 from ledger import events as ev
 from ledger import queries
 from ledger.events import NewEvent, run_key, run_stream
-from ledger.model import API_VERSION, BudgetManifest, Manifest, PolicyManifest, RunManifest
+from ledger.fields import API_VERSION
+from ledger.model import BudgetManifest, Manifest, PolicyManifest, RunManifest
 from ledger.store import Ledger
 from planner.elastic import shrink_refusal
 from planner.fold import fold

@@ -24,7 +24,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from ledger.model import API_VERSION, ManifestError, RunManifest, format_duration, validate_document
+from ledger.errors import ManifestError
+from ledger.fields import API_VERSION, format_duration
+from ledger.model import RunManifest
+from ledger.parsing import validate_document
 from service.errors import BadInput
 
 FIELD = "spec.workload"

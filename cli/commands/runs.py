@@ -31,7 +31,8 @@ from cli.render import (
 )
 from ledger import manifest_yaml
 from ledger.errors import ManifestError
-from ledger.model import Manifest, parse_manifests
+from ledger.model import Manifest
+from ledger.parsing import parse_manifests
 
 FileOption = Annotated[Path, typer.Option("-f", "--filename", help="Manifest file (YAML or JSON; '-' for stdin)")]
 RunArg = Annotated[

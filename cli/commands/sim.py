@@ -20,7 +20,7 @@ from ledger import manifest_yaml
 from ledger.databases import drop_database, fresh_database, shown_url
 from ledger.embedded import migrate, resolve_database_url
 from ledger.errors import LedgerError, ManifestError
-from ledger.model import format_duration
+from ledger.fields import format_duration
 from ledger.store import Ledger
 from service import generate, sacct
 from service.scenario import Scenario, load_scenario

@@ -209,7 +209,7 @@ def checkpoints(every: str | None, directory: Path | None, key: Path | None) -> 
         return None
     from ledger import anchors
     from ledger.embedded import default_home
-    from ledger.model import parse_duration
+    from ledger.fields import parse_duration
 
     try:
         seconds = parse_duration(every).total_seconds()

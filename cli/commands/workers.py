@@ -26,8 +26,9 @@ from cli.commands.up import Up, serve
 from cli.context import open_ledger
 from cli.errors import BadInput, CommandError, Forbidden
 from cli.render import console
+from ledger.fields import parse_duration
 from ledger.leader import Leadership, default_name
-from ledger.model import Manifest, PolicySpec, parse_duration
+from ledger.model import Manifest, PolicySpec
 from ledger.store import Ledger
 from service.app import JobtreeApp
 from service.errors import ServiceError

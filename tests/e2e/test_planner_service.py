@@ -23,7 +23,7 @@ from cli.background import PlannerThread, planner_running
 from ledger import events as ev
 from ledger import status as planner_status
 from ledger.embedded import sqlalchemy_url
-from ledger.model import parse_manifests
+from ledger.parsing import parse_manifests
 from ledger.store import Ledger
 from planner.plan import plan as pure_plan
 from planner.replay import replay

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
-from ledger.model import parse_manifests
+from ledger.parsing import parse_manifests
 from ledger.store import Ledger
 from service.app import JobtreeApp
 from service.identity import Identity

@@ -13,7 +13,8 @@ import yaml
 
 from binder.kube import crds as kube_crds
 from binder.kube import pods as kp
-from ledger.model import ManifestError, validate_document
+from ledger.errors import ManifestError
+from ledger.parsing import validate_document
 from tests.k8s.conftest import ROOT, example
 from tests.k8s.helm_render import TemplateError, documents, render_chart
 

@@ -5,7 +5,8 @@ from typing import Any
 
 from planner_fakes import GPU, T0, at, budget, envelope, fleet, run, setup
 
-from ledger.model import RunSpec, run_from_spec
+from ledger.model import RunSpec
+from ledger.parsing import run_from_spec
 from planner.cover import UNFUNDED, Cover, Payer, cover
 from planner.fold import fold
 from planner.lower import lower

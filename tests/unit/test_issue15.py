@@ -9,7 +9,7 @@ from planner_fakes import at, budget, envelope, fleet
 from test_reservation_properties import OWNERS, Sim, apply
 
 from ledger import events as ev
-from ledger.model import run_from_spec
+from ledger.parsing import run_from_spec
 from planner.elastic import shrink_refusal
 
 TRAINER = "ns/trainer"

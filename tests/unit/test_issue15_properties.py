@@ -36,7 +36,7 @@ from profiles import examples
 from test_reservation_properties import OWNERS, Sim, apply, ops
 
 from ledger import events as ev
-from ledger.model import parse_duration
+from ledger.fields import parse_duration
 from planner.earliest import iso
 from planner.intended import CutView, DomainView
 from planner.losses import Batch

@@ -5,7 +5,8 @@ from typing import Any
 import pytest
 from planner_fakes import run
 
-from ledger.model import RunSpec, run_from_spec
+from ledger.model import RunSpec
+from ledger.parsing import run_from_spec
 from planner.lower import GroupDemand, admission_widths, lower
 
 

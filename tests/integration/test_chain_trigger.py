@@ -18,6 +18,7 @@ import pytest
 from alembic import command
 from sqlalchemy import create_engine, text
 
+from ledger import event_codec
 from ledger import events as ev
 from ledger.chain import GENESIS_HASH, StoredRow, event_hash_v1, event_text_v2, event_text_v3
 from ledger.embedded import alembic_config, create_database, libpq_url, migrate, sqlalchemy_url
@@ -93,7 +94,7 @@ def test_the_catalog_knows_each_types_fields_as_the_registry_does(raw: psycopg.C
         "SELECT type, required, optional FROM event_types")}  # fmt: skip
     registry = {}
     for name, cls in ev.event_types().items():
-        names, required = ev._fields(cls)
+        names, required = event_codec.fields_of(cls)
         registry[name] = (set(required), set(names - required))
     drift = {
         t: (stored.get(t), registry.get(t)) for t in stored.keys() | registry.keys() if stored.get(t) != registry.get(t)

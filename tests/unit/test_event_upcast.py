@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from ledger import event_codec
 from ledger import events as ev
 from ledger.errors import UndecodableEvent
 from ledger.projections import _decode
@@ -18,8 +19,8 @@ AT = datetime(2026, 1, 1, tzinfo=UTC)
 @pytest.fixture
 def sample(monkeypatch: pytest.MonkeyPatch) -> type[ev.Event]:
     """A test-only event at version 3: v1 had ``gpus``; v2 renamed it ``width``; v3 added ``unit``."""
-    monkeypatch.setattr(ev, "_REGISTRY", dict(ev._REGISTRY))
-    monkeypatch.setattr(ev, "_UPCASTERS", dict(ev._UPCASTERS))
+    monkeypatch.setattr(event_codec, "_REGISTRY", dict(event_codec._REGISTRY))
+    monkeypatch.setattr(event_codec, "_UPCASTERS", dict(event_codec._UPCASTERS))
 
     @ev.event("TestWidthRecorded", version=3)
     @dataclass(frozen=True, slots=True)
@@ -71,7 +72,7 @@ def test_a_version_the_code_does_not_know_is_undecodable_not_a_crash(sample: typ
 def test_a_missing_step_or_a_second_upcaster_is_refused(
     sample: type[ev.Event], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delitem(ev._UPCASTERS, ("TestWidthRecorded", 2))
+    monkeypatch.delitem(event_codec._UPCASTERS, ("TestWidthRecorded", 2))
     with pytest.raises(UndecodableEvent, match="no upcaster from version 2"):
         ev.from_data("TestWidthRecorded", {"run": "ns/a", "gpus": 1})
     with pytest.raises(ValueError, match="duplicate upcaster"):

@@ -37,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import grow_ledger as g
 
+from benchmarks import harness as h
+
 SHAPES: dict[str, list[tuple[int, int]]] = {
     "512 x 1 GPU": [(512, 1)],
     "256 x 2 GPUs": [(256, 2)],
@@ -45,7 +47,7 @@ SHAPES: dict[str, list[tuple[int, int]]] = {
 NODES = 64
 
 
-def one_burst(server: g.BenchServer, label: str, shape: list[tuple[int, int]], rep: int,
+def one_burst(server: h.BenchServer, label: str, shape: list[tuple[int, int]], rep: int,
               profile: Path | None = None) -> tuple[float, float]:  # fmt: skip
     """(seconds to all Running and bound, seconds to the command's return) of one `submit -f`."""
     url = server.fresh()
@@ -54,52 +56,52 @@ def one_burst(server: g.BenchServer, label: str, shape: list[tuple[int, int]], r
     try:
         g.setup_fleet(url, NODES)
         planner_profile = profile.with_suffix(".up.prof") if profile else None
-        with g.PlannerProcess(url, name=f"bench-burst-{rep}", profile=planner_profile) as planner:
+        with h.PlannerProcess(url, name=f"bench-burst-{rep}", profile=planner_profile) as planner:
             planner.wait_serving()
             path = Path(tempfile.mkstemp(prefix="jtb-burst-", suffix=".yaml")[1])
             path.write_text(g.runs_yaml(f"r{rep}", namespace, shape))
             command = [sys.executable, *(["-m", "cProfile", "-o", str(profile)] if profile else []),
                        "-m", "cli.main", "submit", "-f", str(path), "--db", url]  # fmt: skip
-            with g.connect(url) as conn:
+            with h.connect(url) as conn:
                 started = time.perf_counter()
                 proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=g.ROOT,
-                                        env=g.child_env(planner.home))  # fmt: skip
+                                        env=h.child_env(planner.home))  # fmt: skip
                 ready = returned = None
                 while ready is None or returned is None:
                     now = time.perf_counter() - started
                     if returned is None and proc.poll() is not None:
                         returned = now
                         if proc.returncode != 0:
-                            raise g.CommandFailed(f"{label}: submit exited {proc.returncode}: "
+                            raise h.CommandFailed(f"{label}: submit exited {proc.returncode}: "
                                                   f"{proc.stderr.read().decode() if proc.stderr else ''}")  # fmt: skip
                     if ready is None:
                         runs, running, unbound = g.runs_state(conn, namespace)
                         if runs == expected and running == expected and unbound == 0:
                             ready = time.perf_counter() - started
                     if now > 600:
-                        raise g.CommandFailed(f"{label}: not settled after 600 s (runs/running/unbound "
+                        raise h.CommandFailed(f"{label}: not settled after 600 s (runs/running/unbound "
                                               f"{g.runs_state(conn, namespace)})")  # fmt: skip
                     time.sleep(0.005)
                 proc.communicate()
             path.unlink()
             if not planner.alive():
-                raise g.CommandFailed(f"the planner died: {planner.log.read_text()[-3000:]}")
+                raise h.CommandFailed(f"the planner died: {planner.log.read_text()[-3000:]}")
         return ready, returned
     finally:
         server.drop(url)
 
 
-def separate(server: g.BenchServer, count: int, base: g.Baseline) -> tuple[float, list[float]]:
+def separate(server: h.BenchServer, count: int, base: h.Baseline) -> tuple[float, list[float]]:
     """64 separate `submit` calls of one 1-GPU run (each waits for its answer); (total, per call)."""
     url = server.fresh()
     try:
         g.setup_fleet(url, NODES)
         calls: list[float] = []
-        with g.PlannerProcess(url, name="bench-separate") as planner:
+        with h.PlannerProcess(url, name="bench-separate") as planner:
             planner.wait_serving()
             started = time.perf_counter()
             for i in range(count):
-                calls.append(g.cli(url, "submit", "-f", "-", stdin=g.run_yaml(f"one-{i}", "sep", 1))[0])
+                calls.append(h.cli(url, "submit", "-f", "-", stdin=g.run_yaml(f"one-{i}", "sep", 1))[0])
             total = time.perf_counter() - started
             g.wait_running(url, "sep", count)
         for _ in range(3):
@@ -124,11 +126,11 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="cProfile one 512 x 1 submit -f")
     args = parser.parse_args()
     g.exit_on_sigterm()
-    g.machine("burst: one `submit -f` of many runs, and separate submits (planner service in its own process)")
+    h.machine("burst: one `submit -f` of many runs, and separate submits (planner service in its own process)")
     began = time.perf_counter()
     loads: list[float] = []
-    with g.BenchServer(durable=args.durable) as server:
-        base = g.Baseline(server.fresh("bench_baseline"))
+    with h.BenchServer(durable=args.durable) as server:
+        base = h.Baseline(server.fresh("bench_baseline"))
         ready: dict[str, list[float]] = {label: [] for label in SHAPES}
         returned: dict[str, list[float]] = {label: [] for label in SHAPES}
         for rep in range(args.repeat):  # interleaved: every shape, then the baselines, per repetition
@@ -136,30 +138,30 @@ def main() -> None:
                 r, c = one_burst(server, label, shape, rep)
                 ready[label].append(r)
                 returned[label].append(c)
-                loads.append(g.load()[0])
-                print(f"  rep {rep} {label}: Running and bound {g.ms(r)}, command returned {g.ms(c)} "
+                loads.append(h.load()[0])
+                print(f"  rep {rep} {label}: Running and bound {h.ms(r)}, command returned {h.ms(c)} "
                       f"(load {loads[-1]:.2f})", flush=True)  # fmt: skip
                 base.sample()
         total, calls = (0.0, [])
         if args.separate:
             total, calls = separate(server, args.separate, base)
-            loads.append(g.load()[0])
+            loads.append(h.load()[0])
             print(f"  {args.separate} separate submits: {total:.1f} s", flush=True)
         profile = None
         if args.profile:
             profile = Path(tempfile.gettempdir()) / "jtb-burst-submit.prof"
             one_burst(server, "profile", SHAPES["512 x 1 GPU"], 99, profile=profile)
         print(f"\nload average during the run: min {min(loads):.2f}, median {statistics.median(loads):.2f}, "
-              f"max {max(loads):.2f}{g.load_note(statistics.median(loads))}")  # fmt: skip
-        print(f"\n{g.HEADER}")
+              f"max {max(loads):.2f}{h.load_note(statistics.median(loads))}")  # fmt: skip
+        print(f"\n{h.HEADER}")
         for line in base.rows():
             print(line)
         for label in SHAPES:
             target_ready, target_return = (0.8, 1.0) if label.startswith("512") else (None, None)
-            print(g.row(f"{label}: all Running and bound", ready[label], base.help, target_ready))
-            print(g.row(f"{label}: `submit -f` returns", returned[label], base.help, target_return))
+            print(h.row(f"{label}: all Running and bound", ready[label], base.help, target_ready))
+            print(h.row(f"{label}: `submit -f` returns", returned[label], base.help, target_return))
         if calls:
-            print(g.row(f"{args.separate} separate `submit`: one call", calls, base.help))
+            print(h.row(f"{args.separate} separate `submit`: one call", calls, base.help))
             print(f"| {args.separate} separate `submit`: in all | 1 | | **{total:.1f} s** | | "
                   f"{total / statistics.median(base.help):.0f}x --help | <= 16 s: "
                   f"{'met' if total <= 16 else f'MISSED ({total / 16:.1f}x)'} |")  # fmt: skip

@@ -40,24 +40,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import grow_ledger as g
 
+from benchmarks import harness as h
+
 NODES = 64
 LIVE = 100
 
 
 def submit_one(url: str, name: str) -> float:
-    return g.cli(url, "submit", "-f", "-", stdin=g.run_yaml(name, "lat", 1))[0]
+    return h.cli(url, "submit", "-f", "-", stdin=g.run_yaml(name, "lat", 1))[0]
 
 
 def get_runs(url: str) -> float:
-    elapsed, out = g.cli(url, "get", "runs", "-n", "live")
+    elapsed, out = h.cli(url, "get", "runs", "-n", "live")
     if out.count("Running") < LIVE:
-        raise g.CommandFailed(f"get runs -n live shows {out.count('Running')} Running runs, expected {LIVE}:\n{out}")
+        raise h.CommandFailed(f"get runs -n live shows {out.count('Running')} Running runs, expected {LIVE}:\n{out}")
     return elapsed
 
 
 def profiled(url: str, path: Path, *args: str, stdin: str | None = None) -> None:
     command = [sys.executable, "-m", "cProfile", "-o", str(path), "-m", "cli.main", *args, "--db", url]
-    subprocess.run(command, input=stdin, capture_output=True, text=True, cwd=g.ROOT, env=g.child_env(
+    subprocess.run(command, input=stdin, capture_output=True, text=True, cwd=g.ROOT, env=h.child_env(
         Path(tempfile.gettempdir()) / "jtb-home"), check=True)  # fmt: skip
 
 
@@ -79,17 +81,17 @@ def main() -> None:
                         help="skip a size whose growth would not fit in this many seconds")  # fmt: skip
     args = parser.parse_args()
     g.exit_on_sigterm()
-    g.machine("command_latency: one `submit` and one `get runs` as the ledger grows (planner service running)")
+    h.machine("command_latency: one `submit` and one `get runs` as the ledger grows (planner service running)")
     sizes = list(g.iter_sizes(args.sizes))
     verify_max = next(g.iter_sizes(args.verify_max))
     began = time.perf_counter()
     results: list[tuple[int, list[float], list[float], float]] = []
     loads: list[float] = []
-    with g.BenchServer(durable=args.durable) as server:
+    with h.BenchServer(durable=args.durable) as server:
         url = server.fresh()
-        base = g.Baseline(url)
+        base = h.Baseline(url)
         g.setup_fleet(url, NODES)
-        planner: g.PlannerProcess | None = None
+        planner: h.PlannerProcess | None = None
         rate = 0.0
         count = 0
         try:
@@ -104,7 +106,7 @@ def main() -> None:
                 grown = g.grow(url, size - 2 * args.repeat * 5, NODES)  # leave room for the measured submits
                 if grown.seconds > 0 and grown.events > position:
                     rate = (grown.events - position) / grown.seconds
-                planner = g.PlannerProcess(url, name=f"bench-lat-{size}").start()
+                planner = h.PlannerProcess(url, name=f"bench-lat-{size}").start()
                 serving = planner.wait_serving()
                 if size == sizes[0]:
                     g.live_runs(url, LIVE)
@@ -119,36 +121,36 @@ def main() -> None:
                     submits.append(submit_one(url, f"s{count}"))
                     gets.append(get_runs(url))
                     base.sample()
-                    loads.append(g.load()[0])
+                    loads.append(h.load()[0])
                 if args.profile and size == sizes[-1]:
                     tmp = Path(tempfile.gettempdir())
                     profiled(url, tmp / "jtb-submit.prof", "submit", "-f", "-", stdin=g.run_yaml("prof", "lat", 1))
                     profiled(url, tmp / "jtb-get.prof", "get", "runs", "-n", "live")
-                print(f"  submit {g.ms(statistics.median(submits))}, get runs {g.ms(statistics.median(gets))} "
+                print(f"  submit {h.ms(statistics.median(submits))}, get runs {h.ms(statistics.median(gets))} "
                       f"(medians; load {loads[-1]:.2f})", flush=True)  # fmt: skip
                 if size <= verify_max:
                     took, report = g.audit_verify(url)
                     print(f"  audit verify ({took:.1f} s): " + " | ".join(line.strip() for line in
                           report.splitlines()[1:]), flush=True)  # fmt: skip
                 if not planner.alive():
-                    raise g.CommandFailed(f"the planner died: {planner.log.read_text()[-3000:]}")
+                    raise h.CommandFailed(f"the planner died: {planner.log.read_text()[-3000:]}")
                 results.append((events, submits, gets, serving))
         finally:
             if planner is not None:
                 planner.stop()
             base.close()
     print(f"\nload average during the run: min {min(loads):.2f}, median {statistics.median(loads):.2f}, "
-          f"max {max(loads):.2f}{g.load_note(statistics.median(loads))}")  # fmt: skip
-    print(f"\n{g.HEADER}")
+          f"max {max(loads):.2f}{h.load_note(statistics.median(loads))}")  # fmt: skip
+    print(f"\n{h.HEADER}")
     for line in base.rows():
         print(line)
     first_submit = statistics.median(results[0][1])
     first_get = statistics.median(results[0][2])
     for events, submits, gets, _ in results:
         first = events == results[0][0]
-        print(g.row(f"`submit` of one 1-GPU run, {events:,} events", submits, base.help,
+        print(h.row(f"`submit` of one 1-GPU run, {events:,} events", submits, base.help,
                     0.250 if first else 1.2 * first_submit))  # fmt: skip
-        print(g.row(f"`get runs -n live` (100 rows), {events:,} events", gets, base.help,
+        print(h.row(f"`get runs -n live` (100 rows), {events:,} events", gets, base.help,
                     0.200 if first else min(0.200, 1.2 * first_get)))  # fmt: skip
     if args.profile:
         tmp = Path(tempfile.gettempdir())

@@ -28,23 +28,25 @@ from typing import Any
 
 import grow_ledger as g  # benchmarks/ is sys.path[0] when run as a script
 
+from benchmarks import harness as h
+
 LIVE_SHAPE = [(800, 8), (400, 4), (400, 2), (400, 1)]
 
 
 def restart(url: str, name: str) -> tuple[float, float, float]:
     """(seconds to the first status, VmRSS MB, VmHWM MB) of one fresh `jobtree up`."""
-    with g.PlannerProcess(url, name=name) as planner:
+    with h.PlannerProcess(url, name=name) as planner:
         serving = planner.wait_serving()
         rss, peak = planner.rss()
     return serving, rss, peak
 
 
-def history(server: g.BenchServer, events: int, repeat: int, floor: list[float]) -> dict[str, Any]:
+def history(server: h.BenchServer, events: int, repeat: int, floor: list[float]) -> dict[str, Any]:
     url = server.fresh("restart_history")
     empty = server.fresh("restart_floor")
     g.setup_fleet(url, 64)
     g.setup_fleet(empty, 64)
-    with g.PlannerProcess(url, name="bench-live") as planner:
+    with h.PlannerProcess(url, name="bench-live") as planner:
         planner.wait_serving()
         g.live_runs(url, 100)
     grown = g.grow(url, events, 64)
@@ -52,29 +54,29 @@ def history(server: g.BenchServer, events: int, repeat: int, floor: list[float])
           f"{grown.seconds:.0f} s, {grown.events / grown.seconds:,.0f} events/s), 100 live runs",
           flush=True)  # fmt: skip
     first = restart(url, "bench-first")
-    print(f"  first start after the bulk load: serving after {g.ms(first[0])}, RSS {first[1]:.0f} MB "
+    print(f"  first start after the bulk load: serving after {h.ms(first[0])}, RSS {first[1]:.0f} MB "
           f"(peak {first[2]:.0f} MB)", flush=True)  # fmt: skip
     samples: list[tuple[float, float, float]] = []
     for i in range(repeat):
         samples.append(restart(url, f"bench-restart-{i}"))
         floor.append(restart(empty, f"bench-floor-{i}")[0])
-        print(f"  restart {i}: serving after {g.ms(samples[-1][0])}, RSS {samples[-1][1]:.0f} MB; floor "
-              f"{g.ms(floor[-1])} (load {g.load()[0]:.2f})", flush=True)  # fmt: skip
-    with g.PlannerProcess(url, name="bench-check") as planner:
+        print(f"  restart {i}: serving after {h.ms(samples[-1][0])}, RSS {samples[-1][1]:.0f} MB; floor "
+              f"{h.ms(floor[-1])} (load {h.load()[0]:.2f})", flush=True)  # fmt: skip
+    with h.PlannerProcess(url, name="bench-check") as planner:
         planner.wait_serving()
         took = g.live_runs(url, 5, namespace="after")
-        print(f"  after the restarts: 5 more runs Running and bound in {g.ms(took)}", flush=True)
+        print(f"  after the restarts: 5 more runs Running and bound in {h.ms(took)}", flush=True)
     return {"events": grown.events, "finished": grown.finished_runs, "first": first, "samples": samples}
 
 
-def live(server: g.BenchServer, repeat: int, floor: list[float]) -> dict[str, Any]:
+def live(server: h.BenchServer, repeat: int, floor: list[float]) -> dict[str, Any]:
     url = server.fresh("restart_live")
     g.setup_fleet(url, 1280)
     runs = sum(count for count, _ in LIVE_SHAPE)
-    with g.PlannerProcess(url, name="bench-big") as planner:
+    with h.PlannerProcess(url, name="bench-big") as planner:
         planner.wait_serving()
         started = time.perf_counter()
-        g.cli(url, "submit", "-f", "-", stdin=g.runs_yaml("big", "big", LIVE_SHAPE))
+        h.cli(url, "submit", "-f", "-", stdin=g.runs_yaml("big", "big", LIVE_SHAPE))
         g.wait_running(url, "big", runs)
         admitted = time.perf_counter() - started
         time.sleep(1)
@@ -84,7 +86,7 @@ def live(server: g.BenchServer, repeat: int, floor: list[float]) -> dict[str, An
     samples = []
     for i in range(repeat):
         samples.append(restart(url, f"bench-big-{i}"))
-        print(f"  restart {i}: serving after {g.ms(samples[-1][0])}, RSS {samples[-1][1]:.0f} MB "
+        print(f"  restart {i}: serving after {h.ms(samples[-1][0])}, RSS {samples[-1][1]:.0f} MB "
               f"(peak {samples[-1][2]:.0f} MB)", flush=True)  # fmt: skip
     return {"runs": runs, "admitted": admitted, "rss": serving_rss, "samples": samples}
 
@@ -104,30 +106,30 @@ def main() -> None:
     parser.add_argument("--skip-live", action="store_true")
     args = parser.parse_args()
     g.exit_on_sigterm()
-    g.machine("planner_restart: `jobtree up` to its first planner_status, and its RSS")
+    h.machine("planner_restart: `jobtree up` to its first planner_status, and its RSS")
     began = time.perf_counter()
     floor: list[float] = []
-    with g.BenchServer(durable=args.durable) as server:
-        base = g.Baseline(server.fresh("bench_baseline"))
+    with h.BenchServer(durable=args.durable) as server:
+        base = h.Baseline(server.fresh("bench_baseline"))
         base.sample()
         hist = history(server, next(g.iter_sizes(args.events)), args.repeat, floor)
         base.sample()
         big = None if args.skip_live else live(server, args.repeat, floor)
         base.sample()
         base.close()
-    print(f"\nload average at the end: {g.load()[0]:.2f}{g.load_note(g.load()[0])}")
-    print(f"\n{g.HEADER}")
+    print(f"\nload average at the end: {h.load()[0]:.2f}{h.load_note(h.load()[0])}")
+    print(f"\n{h.HEADER}")
     for line in base.rows():
         print(line)
-    print(g.row("`jobtree up` to first status, fleet only (floor)", floor, base.help))
-    print(g.row(f"first start after bulk load, {hist['events']:,} events", [hist["first"][0]], floor, 1.0))
-    print(g.row(f"restart, {hist['events']:,} events ({hist['finished']:,} finished, ~100 live)",
+    print(h.row("`jobtree up` to first status, fleet only (floor)", floor, base.help))
+    print(h.row(f"first start after bulk load, {hist['events']:,} events", [hist["first"][0]], floor, 1.0))
+    print(h.row(f"restart, {hist['events']:,} events ({hist['finished']:,} finished, ~100 live)",
                 [s[0] for s in hist["samples"]], floor, 1.0))  # fmt: skip
     print(mb_row(f"planner RSS after restart, {hist['events']:,} events", [s[1] for s in hist["samples"]], None))
     if big is not None:
         print(mb_row("planner RSS, 10,240 GPUs, 2,000 live runs (serving after the burst)", [big["rss"][0]], 150))
         print(mb_row("planner peak RSS (VmHWM) over that burst", [big["rss"][1]], None))
-        print(g.row("restart, 10,240 GPUs, 2,000 live runs", [s[0] for s in big["samples"]], floor, 1.0))
+        print(h.row("restart, 10,240 GPUs, 2,000 live runs", [s[0] for s in big["samples"]], floor, 1.0))
         print(mb_row("planner RSS after restart, 10,240 GPUs, 2,000 live", [s[1] for s in big["samples"]], 150))
     print(f"\ntotal runtime {time.perf_counter() - began:.0f} s")
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.grow_ledger import Baseline, BenchServer, load, load_note, machine, stats
+from benchmarks.harness import Baseline, BenchServer, load, load_note, machine, stats
 
 ROOT = Path(__file__).resolve().parents[1]
 

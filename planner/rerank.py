@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -325,6 +325,21 @@ class FundingBook:
                 )  # fmt: skip
         self._dirty.clear()
         return out
+
+    def forget(self, lease_id: str) -> None:
+        """A lease this call ended: the book never re-pays or rewrites it."""
+        self.claims.pop(lease_id, None)
+        for ids in self._on_env.values():
+            ids.discard(lease_id)
+        self._dirty.discard(lease_id)
+
+    def refund(self, ended: Callable[[str], bool]) -> None:
+        """After cuts: every unfunded GPU (of leases started in this call too) tries to find a payer."""
+        self.gpus_on("")  # indexes the leases started in this call
+        for lid, claim in sorted(self.claims.items()):
+            if any(p.envelope is None for p in claim.payers) and not ended(lid):
+                heapq.heappush(self._heap, (claim.rank, lid))
+        self.promote()
 
     def finalize(self, decisions: list[Event]) -> list[Event]:
         """Rewrite leases decided in this call whose payers changed afterwards."""

@@ -17,7 +17,6 @@ remedies, conflict set, shrink amounts and kill probabilities, without changing 
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -379,22 +378,11 @@ class Cutter:
 
 def _forget(view: PlanView, lease_id: str) -> None:
     """The funding book of this call must not re-pay (or rewrite) a lease the activation ended."""
-    book = view.funding
-    if not isinstance(book, FundingBook):
-        return
-    book.claims.pop(lease_id, None)
-    for ids in book._on_env.values():  # the book has no public "lease ended" (planner.rerank)
-        ids.discard(lease_id)
-    book._dirty.discard(lease_id)
+    if isinstance(view.funding, FundingBook):
+        view.funding.forget(lease_id)
 
 
 def refund(view: PlanView) -> None:
     """After cuts: every unfunded GPU (of leases started in this call too) tries to find a payer."""
-    book = view.funding
-    if not isinstance(book, FundingBook):
-        return
-    book.gpus_on("")  # indexes the leases started in this call
-    for lid, claim in sorted(book.claims.items()):
-        if any(p.envelope is None for p in claim.payers) and not view.ended(lid):
-            heapq.heappush(book._heap, (claim.rank, lid))
-    book.promote()
+    if isinstance(view.funding, FundingBook):
+        view.funding.refund(view.ended)

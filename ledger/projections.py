@@ -15,13 +15,14 @@ from itertools import groupby
 from typing import Any
 
 import psycopg
-from sqlalchemy import Connection, case, delete, func, text, update
+from sqlalchemy import Connection, case, delete, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
 from ledger import events as ev
 from ledger import projection_leases  # noqa: F401  (registers the lease and reservation handlers)
 from ledger import tables as t
 from ledger.errors import LedgerError
+from ledger.model import shrunk_width
 from ledger.parsing import budget_from_spec, run_from_spec
 from ledger.projection_kit import (
     BATCH_HANDLERS,
@@ -272,8 +273,12 @@ def _run_deferred(conn: Connection, e: ev.RunDeferred, at: datetime) -> None:
 
 @on(ev.RunShrinkRequested)
 def _run_shrink_requested(conn: Connection, e: ev.RunShrinkRequested, at: datetime) -> None:
+    """The planner's rule, ``shrunk_width`` (SPEC §7), on the projected widths: one definition of shrink."""
     runs = t.runs.c
-    set_run(conn, e.run, desired_gpus=func.greatest(runs.min_gpus, runs.desired_gpus - e.by))
+    row = conn.execute(select(runs.spec, runs.allocated_gpus, runs.desired_gpus).where(runs.run == e.run)).one_or_none()
+    if row is not None:
+        desired = shrunk_width(run_from_spec(row.spec), row.allocated_gpus, row.desired_gpus, e.by)
+        set_run(conn, e.run, desired_gpus=desired)
 
 
 @on(ev.RunFinished)

@@ -13,9 +13,9 @@ from datetime import datetime
 
 from ledger import events as ev
 from ledger.errors import UndecodableEvent
+from ledger.model import shrunk_width
 from ledger.parsing import budget_from_spec, policy_from_spec, run_from_spec
 from ledger.vocabulary import HOLDING_ROLES
-from planner.lower import shrunk_width
 from planner.state import ClusterState, DomainState, LeaseState, NodeState, ReservationState, RunState
 
 

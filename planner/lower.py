@@ -42,19 +42,3 @@ def admission_widths(spec: RunSpec, desired: int | None = None) -> list[int]:
     low, step = spec.malleable.min_total_gpus, spec.malleable.step_gpus
     top = max(low, min(top, spec.malleable.max_total_gpus))
     return list(range(top, low - 1, -step))
-
-
-def shrunk_width(spec: RunSpec, allocated: int, desired: int, by: int) -> int:
-    """The new desired width after ``shrink --by`` (SPEC §7): ``allocated - by``, step-aligned, >= min.
-
-    A run holding nothing yet (pending) shrinks from its desired width instead; a second
-    shrink folded before the planner acted on the first counts from the lower of the two.
-    """
-    if spec.malleable is None:
-        return desired
-    low, step = spec.malleable.min_total_gpus, spec.malleable.step_gpus
-    base = min(allocated, desired) if allocated > 0 else desired
-    want = base - by
-    if want <= low:
-        return low
-    return low + ((want - low) // step) * step

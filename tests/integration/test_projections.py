@@ -209,8 +209,9 @@ def test_run_lifecycle_and_gpu_counters(ledger: Ledger) -> None:
         "end_reason": "ReclaimUnfunded",
         "seed": "ab" * 32,
     }
-    ledger.append([new("run:ns/r", ev.RunShrinkRequested("ns/r", 8))], actor="alice", at=T0 + 2 * H)
-    assert one(ledger, run)["desired_gpus"] == 8
+    # SPEC §7, the planner's rule: allocated (8) - 4, step-aligned, never below min (not desired 16 - 4)
+    ledger.append([new("run:ns/r", ev.RunShrinkRequested("ns/r", 4))], actor="alice", at=T0 + 2 * H)
+    assert one(ledger, run)["desired_gpus"] == 4
     ledger.append([new("run:ns/r", ev.RunShrinkRequested("ns/r", 100))], actor="alice", at=T0 + 2 * H)
     assert one(ledger, run)["desired_gpus"] == 4
     ledger.append([new("binder:0", ev.PodBound("L1", "a-0", ("ns-r-0",)))], actor="binder", at=T0 + 2 * H)

@@ -16,7 +16,7 @@ from ledger.errors import UndecodableEvent
 from ledger.model import shrunk_width
 from ledger.parsing import budget_from_spec, policy_from_spec, run_from_spec
 from ledger.vocabulary import HOLDING_ROLES
-from planner.state import ClusterState, DomainState, LeaseState, NodeState, ReservationState, RunState
+from planner.state import ClusterState, DomainState, LeaseState, NodeState, ReservationState, RunState, change_free
 
 
 def fold(records: Iterable[ev.Recorded], base: ClusterState | None = None) -> ClusterState:
@@ -283,13 +283,9 @@ def _lease_ended(state: ClusterState, record: ev.Recorded) -> None:
 
 
 def _hold(state: ClusterState, node: NodeState, slots: tuple[int, ...], take: bool) -> None:
-    before = len(node.free)
-    if take:
-        node.free.difference_update(slots)
-    else:
-        node.free.update(s for s in slots if s < node.gpus)
+    change = change_free(node.free, slots, node.gpus, take)
     if node.schedulable:
-        state.domains[node.domain].free += len(node.free) - before
+        state.domains[node.domain].free += change
 
 
 # ---------------------------------------------------------------- reservations

@@ -152,3 +152,13 @@ class ClusterState:
 
     def pending_in_order(self) -> list[RunState]:
         return [self.runs[k] for k, _ in sorted(self.pending.items(), key=lambda kv: kv[1])]
+
+
+def change_free(free: set[int], slots: tuple[int, ...], gpus: int, take: bool) -> int:
+    """Take ``slots`` out of a node's ``free`` set, or give them back (within its ``gpus``): the change in size."""
+    before = len(free)
+    if take:
+        free.difference_update(slots)
+    else:
+        free.update(s for s in slots if s < gpus)
+    return len(free) - before

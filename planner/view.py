@@ -13,7 +13,7 @@ from typing import Any
 from ledger.events import LeaseStarted
 from ledger.model import BudgetSpec
 from ledger.vocabulary import HOLDING_ROLES, PayerClass
-from planner.state import ClusterState, DomainKey, DomainState, LeaseState, NodeState, lease_id
+from planner.state import ClusterState, DomainKey, DomainState, LeaseState, NodeState, change_free, lease_id
 
 
 class PlanView:
@@ -166,10 +166,6 @@ class PlanView:
         free = self._node_free.get(name)
         if free is None:
             free = self._node_free[name] = set(node.free)
-        before = len(free)
-        if take:
-            free.difference_update(slots)
-        else:
-            free.update(s for s in slots if s < node.gpus)
+        change = change_free(free, slots, node.gpus, take)
         if node.schedulable:
-            self._domain_delta[node.domain] = self._domain_delta.get(node.domain, 0) + len(free) - before
+            self._domain_delta[node.domain] = self._domain_delta.get(node.domain, 0) + change

@@ -234,22 +234,6 @@ class RunSpec(Strict):
         return self.malleable.max_total_gpus if self.malleable else self.resources.total_gpus
 
 
-def shrunk_width(spec: RunSpec, allocated: int, desired: int, by: int) -> int:
-    """The new desired width after ``shrink --by`` (SPEC §7): ``allocated - by``, step-aligned, >= min.
-
-    A run holding nothing yet (pending) shrinks from its desired width instead; a second
-    shrink folded before the planner acted on the first counts from the lower of the two.
-    """
-    if spec.malleable is None:
-        return desired
-    low, step = spec.malleable.min_total_gpus, spec.malleable.step_gpus
-    base = min(allocated, desired) if allocated > 0 else desired
-    want = base - by
-    if want <= low:
-        return low
-    return low + ((want - low) // step) * step
-
-
 class RunMetadata(Metadata):
     namespace: DnsLabel = "default"
 

@@ -15,14 +15,13 @@ from itertools import groupby
 from typing import Any
 
 import psycopg
-from sqlalchemy import Connection, case, delete, select, text, update
+from sqlalchemy import Connection, delete, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
 from ledger import events as ev
 from ledger import projection_leases  # noqa: F401  (registers the lease and reservation handlers)
 from ledger import tables as t
 from ledger.errors import LedgerError
-from ledger.model import shrunk_width
 from ledger.parsing import budget_from_spec, run_from_spec
 from ledger.projection_kit import (
     BATCH_HANDLERS,
@@ -37,6 +36,7 @@ from ledger.projection_kit import (
     update_sql,
     upsert_sql,
 )
+from ledger.rules import cordon_after_recovery, shrunk_width
 
 
 def apply(conn: Connection, recorded: ev.Recorded) -> None:
@@ -155,9 +155,11 @@ def _node_failed(conn: Connection, e: ev.NodeFailed, at: datetime) -> None:
 
 @on(ev.NodeRecovered)
 def _node_recovered(conn: Connection, e: ev.NodeRecovered, at: datetime) -> None:
-    """Like planner.state: recovery clears the failure and any cordon not set by hand (SPEC §6.3)."""
-    manual = t.nodes.c.cordon_reason.is_not_distinct_from("manual")  # NULL when not cordoned
-    _set_node(conn, e.name, failed=False, cordoned=manual, cordon_reason=case((manual, "manual"), else_=None))
+    """Recovery clears the failure and any cordon not set by hand (SPEC §6.3, ``cordon_after_recovery``)."""
+    nodes = t.nodes.c
+    reason = conn.execute(select(nodes.cordon_reason).where(nodes.name == e.name)).scalar_one_or_none()
+    kept = cordon_after_recovery(reason)
+    _set_node(conn, e.name, failed=False, cordoned=kept is not None, cordon_reason=kept)
 
 
 # ---------------------------------------------------------------- budgets and policy

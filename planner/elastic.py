@@ -3,7 +3,7 @@
 - **Admission width** is in ``planner.plan.attempt``: the widest step-aligned
   width in ``[min, desired]`` that packs and is funded.
 - **Shrink.** ``jobtree shrink RUN --by N`` sets ``desired = allocated - N`` (the fold
-  does it through ``ledger.model.shrunk_width``: step-aligned, never below ``min``).
+  does it through ``ledger.rules.shrunk_width``: step-aligned, never below ``min``).
   A running run wider than ``desired`` ends its highest groups at once (``Shrink``)
   while the width stays at or above ``desired``; spares and fills of those groups go
   with them. A run without ``groupGPUs`` gives back part of its highest group when
@@ -24,7 +24,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ledger.events import RunResized
-from ledger.model import RunSpec, shrunk_width
+from ledger.model import RunSpec
+from ledger.rules import shrunk_width
 from ledger.vocabulary import LeaseReason, LeaseRole, RunPhase
 from planner.cover import LeasePlan, Payer, cover
 from planner.losses import Batch

@@ -13,8 +13,8 @@ from datetime import datetime
 
 from ledger import events as ev
 from ledger.errors import UndecodableEvent
-from ledger.model import shrunk_width
 from ledger.parsing import budget_from_spec, policy_from_spec, run_from_spec
+from ledger.rules import cordon_after_recovery, shrunk_width
 from ledger.vocabulary import HOLDING_ROLES
 from planner.state import ClusterState, DomainState, LeaseState, NodeState, ReservationState, RunState, change_free
 
@@ -114,8 +114,8 @@ def _node_recovered(state: ClusterState, record: ev.Recorded) -> None:
     e = record.event
     assert isinstance(e, ev.NodeRecovered)
     node = state.nodes.get(e.name)
-    keep_cordon = node is not None and node.cordoned and node.cordon_reason == "manual"
-    _set_flags(state, e.name, keep_cordon, False, "manual" if keep_cordon else "")
+    kept = cordon_after_recovery(node.cordon_reason if node is not None and node.cordoned else None)
+    _set_flags(state, e.name, kept is not None, False, kept or "")
 
 
 # ---------------------------------------------------------------- budgets and policy

@@ -4,7 +4,7 @@ A snapshot is a folded ``ClusterState`` at a ledger position, so a restart reads
 the snapshot plus the tail instead of the whole history. Restoring is only valid
 for the code that wrote it, so every snapshot carries a **fingerprint** of the
 planner's sources, ``ledger/events.py`` (with ``event_codec.py``), ``ledger/model.py``
-(with ``fields.py`` and ``parsing.py``), ``ledger/vocabulary.py`` and the runtime
+(with ``fields.py``, ``parsing.py`` and ``rules.py``), ``ledger/vocabulary.py`` and the runtime
 (Python and pydantic versions); a snapshot with another fingerprint is ignored.
 
 Encoding is pickle (protocol 5), on purpose and with care (docs/workers.md):
@@ -47,6 +47,7 @@ SOURCES = (
     "ledger/model.py",
     "ledger/fields.py",
     "ledger/parsing.py",
+    "ledger/rules.py",
     "ledger/vocabulary.py",
 )
 _ALLOWED_MODULES = ("ledger.events", "ledger.model", "ledger.vocabulary", "datetime")

@@ -241,10 +241,7 @@ def _run_resized(state: ClusterState, record: ev.Recorded) -> None:
 def _lease_started(state: ClusterState, record: ev.Recorded) -> None:
     e = record.event
     assert isinstance(e, ev.LeaseStarted)
-    lease = LeaseState(
-        e.lease_id, e.run, e.group, e.role, e.node, tuple(e.slots), e.envelope,
-        e.payer_owner, e.payer_class, record.occurred_at, record.position,
-    )  # fmt: skip
+    lease = LeaseState.started(e, record.occurred_at, record.position)
     state.leases[e.lease_id] = lease
     state.next_lease_seq += 1
     if e.role == "Fill":

@@ -66,12 +66,7 @@ class Batch:
         """Index the LeaseStarted decisions of this call (ours, admission's, re-ranking's) by run."""
         for decision in self.out[self._seen :]:
             if isinstance(decision, LeaseStarted):
-                d = decision
-                lease = LeaseState(
-                    d.lease_id, d.run, d.group, d.role, d.node, d.slots, d.envelope,
-                    d.payer_owner, d.payer_class, self.now, 0,
-                )  # fmt: skip
-                self.started.setdefault(d.run, []).append(lease)
+                self.started.setdefault(decision.run, []).append(LeaseState.started(decision, self.now))
         self._seen = len(self.out)
 
     def group_sizes(self, run: str) -> dict[int, int]:

@@ -80,11 +80,7 @@ class Scope:
             claim: Claim | None = claims.get(lid)
             classes = {p.payer_class for p in claim.payers} if claim is not None else {e.payer_class}
             payer_class = PayerClass.UNFUNDED if PayerClass.UNFUNDED in classes else min(classes)
-            lease = LeaseState(
-                e.lease_id, e.run, e.group, e.role, e.node, e.slots, e.envelope,
-                e.payer_owner, payer_class, batch.now, 0,
-            )  # fmt: skip
-            self.fresh.setdefault(e.run, {})[e.lease_id] = lease
+            self.fresh.setdefault(e.run, {})[e.lease_id] = LeaseState.started(e, batch.now, payer_class=payer_class)
         found = running(self.view, batch.done)
         found += [self.view.state.runs[k] for k in sorted(self.fresh) if k in self.view.state.runs]
         self.runs = {

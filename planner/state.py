@@ -88,6 +88,12 @@ class LeaseState:
     started_at: datetime
     position: int
 
+    @classmethod
+    def started(cls, e: ev.LeaseStarted, at: datetime, position: int = 0, payer_class: str | None = None) -> LeaseState:
+        """The open lease a LeaseStarted describes (``position`` 0: decided in this plan call, not yet stored)."""
+        return cls(e.lease_id, e.run, e.group, e.role, e.node, tuple(e.slots), e.envelope, e.payer_owner,
+                   e.payer_class if payer_class is None else payer_class, at, position)  # fmt: skip
+
 
 @dataclass(slots=True)
 class RunState:

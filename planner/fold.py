@@ -15,7 +15,7 @@ from ledger import events as ev
 from ledger.errors import UndecodableEvent
 from ledger.parsing import budget_from_spec, policy_from_spec, run_from_spec
 from ledger.rules import cordon_after_recovery, shrunk_width
-from ledger.vocabulary import HOLDING_ROLES
+from ledger.vocabulary import HOLDING_ROLES, LeaseRole
 from planner.state import ClusterState, DomainState, LeaseState, NodeState, ReservationState, RunState, change_free
 
 
@@ -244,7 +244,7 @@ def _lease_started(state: ClusterState, record: ev.Recorded) -> None:
     lease = LeaseState.started(e, record.occurred_at, record.position)
     state.leases[e.lease_id] = lease
     state.next_lease_seq += 1
-    if e.role == "Fill":
+    if e.role == LeaseRole.FILL:
         state.fills.add(e.lease_id)
     run = state.runs.get(e.run)
     if run is not None:

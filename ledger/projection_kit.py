@@ -18,12 +18,10 @@ from ledger import tables as t
 from ledger.vocabulary import LeaseRole, PayerClass
 
 PAYER_CLASSES = tuple(PayerClass)
-FILL = LeaseRole.FILL
-WIDTH_ROLES = (LeaseRole.ACTIVE, FILL)  # a filling run's GPUs run its pods: allocated, classed unfunded
 
 
 def width_class(role: str, payer_class: str) -> str:
-    return PayerClass.UNFUNDED if role == FILL else payer_class  # Fill is charged to nobody (SPEC §6.2)
+    return PayerClass.UNFUNDED if role == LeaseRole.FILL else payer_class  # Fill is charged to nobody (SPEC §6.2)
 
 
 Handler = Callable[[Connection, Any, datetime], None]

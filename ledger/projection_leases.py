@@ -14,9 +14,7 @@ from ledger import events as ev
 from ledger import tables as t
 from ledger.errors import LedgerError, slot_conflict
 from ledger.projection_kit import (
-    FILL,
     PAYER_CLASSES,
-    WIDTH_ROLES,
     Items,
     as_json,
     iso,
@@ -28,6 +26,7 @@ from ledger.projection_kit import (
     update_sql,
     width_class,
 )
+from ledger.vocabulary import WIDTH_ROLES, LeaseRole
 
 # ---------------------------------------------------------------- leases
 
@@ -132,7 +131,7 @@ def _lease_started(conn: Connection, e: ev.LeaseStarted, at: datetime) -> None:
 
 
 def _insert_slots(conn: Connection, e: ev.LeaseStarted, rows: list[dict[str, Any]]) -> None:
-    if e.role == FILL:
+    if e.role == LeaseRole.FILL:
         conn.execute(_INSERT_SLOT, rows)
         return
     try:

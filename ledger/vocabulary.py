@@ -21,6 +21,9 @@ class LeaseRole(StrEnum):
 HOLDING_ROLES: frozenset[str] = frozenset({LeaseRole.ACTIVE, LeaseRole.SPARE})
 """Roles that hold slots exclusively and are paid for (Fill leases sit on Spare slots)."""
 
+WIDTH_ROLES: frozenset[str] = frozenset({LeaseRole.ACTIVE, LeaseRole.FILL})
+"""Roles whose GPUs count toward a run's allocated width (a filling run's GPUs run its pods)."""
+
 
 class PayerClass(StrEnum):
     """Who pays for a lease (SPEC §4), in the order tables and plots show them."""

@@ -24,12 +24,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from ledger.events import Event, LeaseEnded, LeaseStarted, RunFinished, RunRequeued, RunResized
-from ledger.vocabulary import LeaseReason, LeaseRole, RunPhase
+from ledger.vocabulary import WIDTH_ROLES, LeaseReason, LeaseRole, RunPhase
 from planner.cover import LeasePlan
 from planner.state import LeaseState, RunState
 from planner.view import PlanView
-
-WIDTH_ROLES = frozenset({LeaseRole.ACTIVE, LeaseRole.FILL})
 
 
 @dataclass
